@@ -1,0 +1,307 @@
+"""WorkerApi: every call of the worker-facing API (see shared protocol notes), through one helper.
+
+Each public method says what it raises. All of them may also raise Interrupted when the caller's
+`interrupt` event is set during a wait between tries.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import requests
+from pydantic import ValidationError
+from requests_toolbelt import MultipartEncoder
+
+from fetcher.api.auth import CognitoLogin, FixedToken, TokenSource
+from fetcher.api.http import Http, Transient
+from fetcher.errors import ApiRejected, AuthError, BadResponse, Interrupted, InvalidJobSpec, TransferError
+from fetcher.models import ClaimOffer, FileHTTPRequest, JobSpecs, JobStatus, UploadType
+from fetcher.settings import Settings
+
+log = logging.getLogger(__name__)
+
+CHUNK = 1024 * 1024
+MAX_DETAILS_QUOTED = 6000  # runtime_details travels in the query string; keep the URL well under 8 KB
+Progress = Callable[[int, int | None], None]
+
+
+@dataclass
+class ClaimResult:
+    jobs: dict[str, JobSpecs] = field(default_factory=dict)
+    invalid: list[InvalidJobSpec] = field(default_factory=list)
+
+
+def fit_details(details: str) -> str:
+    """Keep the end of `details` (the most recent log lines) so that it fits in a query string."""
+    while len(quote(details)) > MAX_DETAILS_QUOTED:
+        details = "…" + details[len(details) // 8 + 1 :]
+    return details
+
+
+def check_relative_path(value: str, what: str) -> None:
+    """A path the fetcher sends or honours must be relative and free of `..`. Raises ValueError."""
+    parts = value.replace("\\", "/").split("/")
+    if value.startswith(("/", "\\")) or ".." in parts or (len(value) > 1 and value[1] == ":"):
+        raise ValueError(f"{what} {value!r} must be a relative path without '..'")
+
+
+class WorkerApi:
+    def __init__(self, api_url: str, tokens: TokenSource, http: Http) -> None:
+        self.api_url = api_url.rstrip("/")
+        self._origin = urlsplit(self.api_url)[:2]
+        self.tokens = tokens
+        self.http = http
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> WorkerApi:
+        http = Http(
+            connect_timeout_s=settings.http_connect_timeout_s,
+            read_timeout_s=settings.http_read_timeout_s,
+            retry_s=settings.api_retry_s,
+        )
+        tokens: TokenSource
+        if settings.username:
+            assert settings.password is not None
+            tokens = CognitoLogin(
+                http,
+                settings.api_url,
+                settings.username,
+                settings.password.get_secret_value(),
+                endpoint=settings.cognito_endpoint,
+            )
+        else:
+            assert settings.access_token is not None
+            tokens = FixedToken(settings.access_token.get_secret_value())
+        return cls(settings.api_url, tokens, http)
+
+    # --- the helper --------------------------------------------------------------------------
+    def _authed(self, headers: dict[str, str] | None = None) -> dict[str, str]:
+        return {**(headers or {}), "Authorization": f"Bearer {self.tokens.token()}"}
+
+    def _send_api(self, method: str, path: str, *, what: str, **kw: Any) -> requests.Response:
+        """One authenticated try; raises Transient for failures worth another."""
+        return self.http.send(method, f"{self.api_url}{path}", what=what, headers=self._authed(), **kw)
+
+    def _relogin_once(self, fn: Callable[[], Any], what: str) -> Any:
+        """Run `fn`; on a 401 log in again once (where the token can be renewed) and run it again."""
+        try:
+            return fn()
+        except AuthError as exc:
+            if exc.status_code != 401 or not self.tokens.renew():
+                raise
+            log.info("auth: %s answered 401, logging in again", what)
+            return fn()
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        what: str,
+        interrupt: threading.Event | None = None,
+        retry_s: float | None = None,
+        **kw: Any,
+    ) -> requests.Response:
+        """An authenticated call of the API: retries transient failures, logs in again once on 401."""
+        return self._relogin_once(  # type: ignore[no-any-return]
+            lambda: self.http.call(
+                lambda: self._send_api(method, path, what=what, **kw), what, retry_s=retry_s, interrupt=interrupt
+            ),
+            what,
+        )
+
+    # --- jobs --------------------------------------------------------------------------------
+    def claim_jobs(self, offer: ClaimOffer, *, interrupt: threading.Event | None = None, retry_s: float | None = None) -> ClaimResult:
+        """GET /jobs: claim jobs that fit `offer`. Keys are queue ids, the id of every later call.
+
+        A job whose spec cannot be parsed is returned in `invalid` (it was claimed: report it).
+        Raises ApiUnavailable, AuthError, ApiRejected, BadResponse.
+        """
+        resp = self._call(
+            "GET", "/jobs", what="claim jobs", params=offer.to_query(), interrupt=interrupt, retry_s=retry_s
+        )
+        try:
+            body = resp.json()
+        except ValueError:
+            raise BadResponse("claim jobs: answer is not JSON") from None
+        if not isinstance(body, dict):
+            raise BadResponse(f"claim jobs: expected an object of jobs, got {type(body).__name__}")
+        result = ClaimResult()
+        for queue_id, raw in body.items():
+            try:
+                result.jobs[str(queue_id)] = JobSpecs.model_validate(raw)
+            except ValidationError as exc:
+                err = exc.errors()[0]
+                loc = ".".join(str(p) for p in err["loc"]) or "(root)"
+                result.invalid.append(InvalidJobSpec(str(queue_id), loc, err["msg"]))
+        return result
+
+    def put_status(
+        self,
+        job_id: str,
+        status: JobStatus,
+        runtime_details: str | None = None,
+        *,
+        interrupt: threading.Event | None = None,
+        retry_s: float | None = None,
+    ) -> None:
+        """PUT /jobs/{id}/status: also the keep-alive. Raises JobGone (404), ApiUnavailable, AuthError."""
+        params: dict[str, str] = {"status": status.value}
+        if runtime_details:
+            params["runtime_details"] = fit_details(runtime_details)
+        self._call(
+            "PUT",
+            f"/jobs/{quote(job_id, safe='')}/status",
+            what=f"status {status.value}",
+            expected=(204, 200),
+            params=params,
+            job_id=job_id,
+            interrupt=interrupt,
+            retry_s=retry_s,
+        )
+
+    def get_status(self, job_id: str, *, retry_s: float | None = None) -> JobStatus:
+        """GET /jobs/{id}/status. Raises JobGone (404: unknown), ApiUnavailable, BadResponse."""
+        resp = self._call(
+            "GET", f"/jobs/{quote(job_id, safe='')}/status", what="get status", job_id=job_id, retry_s=retry_s
+        )
+        try:
+            return JobStatus(resp.json())
+        except ValueError:
+            raise BadResponse(f"job {job_id}: unexpected status answer {resp.text[:100]!r}") from None
+
+    # --- files -------------------------------------------------------------------------------
+    def _file_request(self, resp: requests.Response, what: str) -> FileHTTPRequest:
+        try:
+            return FileHTTPRequest.model_validate(resp.json())
+        except (ValueError, ValidationError):
+            raise BadResponse(f"{what}: the API's file request is malformed") from None
+
+    def _headers_for(self, req: FileHTTPRequest) -> dict[str, str]:
+        """The bearer token goes only to the API's own URLs, never to a pre-signed S3 URL."""
+        headers = dict(req.headers)
+        if urlsplit(req.url)[:2] == self._origin:
+            headers = self._authed(headers)
+        return headers
+
+    def download_file(
+        self,
+        file_id: str,
+        dest: Path,
+        *,
+        interrupt: threading.Event | None = None,
+        progress: Progress | None = None,
+    ) -> int:
+        """Download file `file_id` to `dest`, streamed (never whole in memory). Returns the size.
+
+        Written to `dest.part` first, renamed when complete. A broken transfer starts again.
+        Raises TransferError (missing, forbidden, server failure), ApiUnavailable, AuthError, Interrupted.
+        """
+        if ".." in file_id.split("/"):
+            raise TransferError(f"file id {file_id!r} contains '..'")
+        what = f"download {file_id}"
+        part = dest.with_name(dest.name + ".part")
+
+        def attempt() -> int:
+            resp = self._send_api("GET", f"/files/{quote(file_id, safe='/:')}/url", what=what)
+            req = self._file_request(resp, what)
+            data = self.http.send(
+                req.method.upper(), req.url, what=what, headers=self._headers_for(req), stream=True
+            )
+            total = int(data.headers["Content-Length"]) if "Content-Length" in data.headers else None
+            done = 0
+            try:
+                with data, part.open("wb") as fh:
+                    for chunk in data.iter_content(CHUNK):
+                        if interrupt is not None and interrupt.is_set():
+                            raise Interrupted(f"{what}: interrupted")
+                        fh.write(chunk)
+                        done += len(chunk)
+                        if progress:
+                            progress(done, total)
+            except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
+                raise Transient(f"transfer broke off after {done} bytes ({type(exc).__name__})") from None
+            if total is not None and done != total:
+                raise Transient(f"transfer ended after {done} of {total} bytes")
+            part.replace(dest)
+            return done
+
+        try:
+            return self._retry_transfer(attempt, what, interrupt)
+        finally:
+            part.unlink(missing_ok=True)
+
+    def upload_file(
+        self,
+        job_id: str,
+        path: Path,
+        upload_type: UploadType,
+        base_path: str,
+        *,
+        interrupt: threading.Event | None = None,
+    ) -> int:
+        """Upload `path` as `<type dir>/<base_path>/<path.name>`: a streamed multipart POST. Returns the size.
+
+        Raises JobGone, TransferError (request refused), ApiUnavailable, AuthError, Interrupted.
+        """
+        if base_path:
+            check_relative_path(base_path, "base_path")
+        what = f"job {job_id}: upload {upload_type.value}/{base_path + '/' if base_path else ''}{path.name}"
+        size = path.stat().st_size
+
+        def attempt() -> int:
+            resp = self._send_api(
+                "POST",
+                f"/jobs/{quote(job_id, safe='')}/files/url",
+                what=what,
+                expected=(201, 200),
+                params={"type": upload_type.value, "base_path": base_path},
+                job_id=job_id,
+            )
+            req = self._file_request(resp, what)
+            with path.open("rb") as fh:
+                fields: list[tuple[str, Any]] = [(k, str(v)) for k, v in req.data.items()]
+                fields.append(("file", (path.name, _Interruptible(fh, interrupt), "application/octet-stream")))
+                body = MultipartEncoder(fields=fields)
+                headers = {**self._headers_for(req), "Content-Type": body.content_type}
+                self.http.send(req.method.upper(), req.url, what=what, headers=headers, data=body, expected=(200, 201, 204))
+            return size
+
+        return self._retry_transfer(attempt, what, interrupt)
+
+    def _retry_transfer(self, attempt: Callable[[], int], what: str, interrupt: threading.Event | None) -> int:
+        """Retry a whole transfer; a refusal (missing, forbidden, malformed) becomes TransferError."""
+        try:
+            return self._relogin_once(  # type: ignore[no-any-return]
+                lambda: self.http.call(attempt, what, interrupt=interrupt), what
+            )
+        except (ApiRejected, BadResponse) as exc:
+            raise TransferError(str(exc)) from None
+        except AuthError as exc:
+            if exc.status_code == 403:  # outside the user's store, or an absolute base_path
+                raise TransferError(str(exc)) from None
+            raise
+
+
+class _Interruptible:
+    """A file wrapper whose reads stop an upload at once when `interrupt` is set."""
+
+    def __init__(self, fh: Any, interrupt: threading.Event | None) -> None:
+        self._fh = fh
+        self._interrupt = interrupt
+        self.name = getattr(fh, "name", "file")
+
+    def read(self, n: int = -1) -> bytes:
+        if self._interrupt is not None and self._interrupt.is_set():
+            raise Interrupted("upload interrupted")
+        return self._fh.read(n)  # type: ignore[no-any-return]
+
+    def __len__(self) -> int:  # MultipartEncoder asks for the length to set Content-Length
+        return os.fstat(self._fh.fileno()).st_size - self._fh.tell()

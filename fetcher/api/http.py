@@ -1,0 +1,186 @@
+"""The one helper every HTTP call goes through: timeouts, retries with backoff and jitter, error mapping.
+
+Transient failures (connection errors, timeouts, 429, 5xx) are retried with exponential backoff and
+full jitter for up to `retry_s` seconds, then raise ApiUnavailable. 401/403 raise AuthError, 404
+raises JobGone where the call is about a job, any other 4xx raises ApiRejected. Waits between tries
+stop at once when the caller's `interrupt` event is set (Interrupted). Error texts never contain
+headers, and URLs in them lose their query string (pre-signed URLs carry signatures).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import requests
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_delay
+from tenacity.wait import wait_random_exponential
+
+from fetcher import __version__
+from fetcher.errors import (
+    ApiRejected,
+    ApiUnavailable,
+    AuthError,
+    Interrupted,
+    JobGone,
+)
+from fetcher.logs import redact
+
+log = logging.getLogger(__name__)
+
+TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+_NEVER = threading.Event()
+
+
+class Transient(Exception):
+    """A failure worth another try; `retry_after_s` comes from a Retry-After header."""
+
+    def __init__(self, message: str, status_code: int | None = None, retry_after_s: float = 0) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.retry_after_s = retry_after_s
+
+
+def safe_url(url: str) -> str:
+    """The URL without query or fragment (pre-signed URLs carry secrets there)."""
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+
+
+def _detail(resp: requests.Response) -> str:
+    try:
+        body = resp.json()
+    except ValueError:
+        body = resp.text
+    if isinstance(body, dict) and "detail" in body:
+        body = body["detail"]
+    text = str(body).strip().replace("\n", " ")
+    return redact(text[:300])
+
+
+def _retry_after(resp: requests.Response) -> float:
+    value = resp.headers.get("Retry-After")
+    if not value:
+        return 0.0
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        parsed = email.utils.parsedate_to_datetime(value)
+        return max(0.0, parsed.timestamp() - time.time()) if parsed else 0.0
+
+
+class Http:
+    """A requests session with timeouts, retries and error mapping. Thread-safe for our use."""
+
+    def __init__(
+        self,
+        *,
+        connect_timeout_s: float = 10.0,
+        read_timeout_s: float = 60.0,
+        retry_s: float = 120.0,
+        max_backoff_s: float = 30.0,
+        session: requests.Session | None = None,
+    ) -> None:
+        self.timeout = (connect_timeout_s, read_timeout_s)
+        self.retry_s = retry_s
+        self.max_backoff_s = max_backoff_s
+        self.session = session or requests.Session()
+        self.session.headers["User-Agent"] = f"decode-fetcher/{__version__}"
+
+    def retrying(self, what: str, *, retry_s: float | None = None, interrupt: threading.Event | None = None) -> Retrying:
+        """A tenacity policy for an operation that raises Transient on a failure worth retrying."""
+        event = interrupt or _NEVER
+        budget = self.retry_s if retry_s is None else retry_s
+        exp = wait_random_exponential(multiplier=0.5, max=self.max_backoff_s)
+
+        def wait(state: RetryCallState) -> float:
+            delay = exp(state)
+            exc = state.outcome.exception() if state.outcome else None
+            if isinstance(exc, Transient) and exc.retry_after_s:
+                delay = max(delay, min(exc.retry_after_s, self.max_backoff_s))
+            delay = max(0.0, min(delay, budget - state.seconds_since_start))  # never sleep past the budget
+            log.debug("%s: try %d failed (%s), next in %.1f s", what, state.attempt_number, exc, delay)
+            return float(delay)
+
+        def sleep(seconds: float) -> None:
+            if event.wait(seconds):
+                raise Interrupted(f"{what}: interrupted")
+
+        return Retrying(
+            retry=retry_if_exception_type(Transient),
+            wait=wait,
+            stop=stop_after_delay(budget),
+            sleep=sleep,
+            reraise=True,
+        )
+
+    def call(
+        self,
+        op: Callable[[], Any],
+        what: str,
+        *,
+        retry_s: float | None = None,
+        interrupt: threading.Event | None = None,
+    ) -> Any:
+        """Run `op` under the retry policy; Transient failures that outlive it become ApiUnavailable."""
+        started = time.monotonic()
+        attempts = 0
+        try:
+            for attempt in self.retrying(what, retry_s=retry_s, interrupt=interrupt):
+                with attempt:
+                    attempts += 1
+                    if interrupt is not None and interrupt.is_set():
+                        raise Interrupted(f"{what}: interrupted")
+                    return op()
+        except Transient as exc:
+            raise ApiUnavailable(
+                f"{what}: {exc} (gave up after {attempts} tries in {time.monotonic() - started:.0f} s)",
+                exc.status_code,
+            ) from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def send(
+        self,
+        method: str,
+        url: str,
+        *,
+        what: str,
+        expected: tuple[int, ...] = (200,),
+        headers: Mapping[str, str] | None = None,
+        params: Any = None,
+        json: Any = None,
+        data: Any = None,
+        stream: bool = False,
+        job_id: str | None = None,
+    ) -> requests.Response:
+        """One try: send, and map the answer. Raises Transient for a failure worth retrying."""
+        try:
+            resp = self.session.request(
+                method,
+                url,
+                headers=dict(headers or {}),
+                params=params,
+                json=json,
+                data=data,
+                stream=stream,
+                timeout=self.timeout,
+            )
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            raise Transient(f"{type(exc).__name__} on {method} {safe_url(url)}") from None
+        if resp.status_code in expected:
+            return resp
+        status = resp.status_code
+        detail = _detail(resp)
+        resp.close()
+        if status in TRANSIENT_STATUS:
+            raise Transient(f"HTTP {status} {detail}", status, _retry_after(resp))
+        if status in (401, 403):
+            raise AuthError(f"{what}: HTTP {status}: {detail}", status)
+        if status == 404 and job_id is not None:
+            raise JobGone(f"job {job_id}: {what}: the job is no longer this worker's (HTTP 404)", 404)
+        raise ApiRejected(f"{what}: HTTP {status}: {detail}", status)

@@ -1,0 +1,161 @@
+"""What this box offers (CPU, memory, GPUs via NVML), and the share each running job holds."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from fetcher.models import ClaimOffer, HardwareSpecs
+from fetcher.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# NVML's nvmlDeviceGetArchitecture values
+ARCHITECTURES = {2: "kepler", 3: "maxwell", 4: "pascal", 5: "volta", 6: "turing", 7: "ampere",
+                 8: "ada", 9: "hopper", 10: "blackwell"}
+
+
+@dataclass(frozen=True)
+class Gpu:
+    index: int
+    uuid: str
+    model: str
+    memory_mb: int
+    archi: str | None
+
+
+@dataclass(frozen=True)
+class Host:
+    cpu_cores: int
+    memory_mb: int
+    gpus: tuple[Gpu, ...] = ()
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def detect_gpus(nvml: Any = None) -> list[Gpu]:
+    """The GPUs NVML shows this process; [] where there is no NVIDIA driver. `nvml`: pynvml or a fake."""
+    if nvml is None:
+        try:
+            import pynvml as nvml
+        except ImportError:  # pragma: no cover - nvidia-ml-py is a dependency
+            return []
+    try:
+        nvml.nvmlInit()
+    except Exception as exc:  # NVMLError_LibraryNotFound, DriverNotLoaded, ...
+        log.info("resources: no NVIDIA GPU visible (%s)", exc)
+        return []
+    try:
+        gpus = []
+        for i in range(nvml.nvmlDeviceGetCount()):
+            handle = nvml.nvmlDeviceGetHandleByIndex(i)
+            try:
+                archi = ARCHITECTURES.get(int(nvml.nvmlDeviceGetArchitecture(handle)))
+            except Exception:
+                archi = None
+            gpus.append(Gpu(
+                index=i,
+                uuid=_text(nvml.nvmlDeviceGetUUID(handle)),
+                model=_text(nvml.nvmlDeviceGetName(handle)),
+                memory_mb=int(nvml.nvmlDeviceGetMemoryInfo(handle).total) // (1024 * 1024),
+                archi=archi,
+            ))
+        return gpus
+    finally:
+        try:
+            nvml.nvmlShutdown()
+        except Exception:
+            log.debug("resources: nvmlShutdown failed", exc_info=True)
+
+
+def detect_host(docker_info: dict[str, Any], settings: Settings, gpus: list[Gpu]) -> Host:
+    """CPU and memory of the engine that runs the jobs (right even when the fetcher is in a container),
+    capped or overridden by the settings; GPUs restricted to GPUS when set."""
+    cpu = settings.cpu_cores or int(docker_info.get("NCPU") or 1)
+    mem = settings.memory_mb or int(docker_info.get("MemTotal") or 0) // (1024 * 1024)
+    cpu = max(cpu - settings.reserve_cpu_cores, 0)
+    mem = max(mem - settings.reserve_memory_mb, 0)
+    chosen = settings.gpu_selection
+    if chosen:
+        gpus = [g for g in gpus if g.uuid in chosen or str(g.index) in chosen]
+    return Host(cpu, mem, tuple(gpus))
+
+
+@dataclass
+class Allocation:
+    job_id: str
+    cpu_cores: int
+    memory_mb: int
+    gpus: list[Gpu] = field(default_factory=list)
+
+
+class ResourcePool:
+    """Slots and shares: each running job holds its cores, memory and GPU until released."""
+
+    def __init__(self, host: Host, max_jobs: int | None, default_cpu: int, default_memory_mb: int) -> None:
+        self.host = host
+        self.max_jobs = max_jobs or max(1, len(host.gpus))
+        self.default_cpu = default_cpu
+        self.default_memory_mb = default_memory_mb
+        self.held: dict[str, Allocation] = {}
+        self._lock = threading.Lock()
+
+    def _free(self) -> tuple[int, int, list[Gpu]]:
+        cpu = self.host.cpu_cores - sum(a.cpu_cores for a in self.held.values())
+        mem = self.host.memory_mb - sum(a.memory_mb for a in self.held.values())
+        used = {g.uuid for a in self.held.values() for g in a.gpus}
+        return cpu, mem, [g for g in self.host.gpus if g.uuid not in used]
+
+    def offer(self, groups: list[str]) -> ClaimOffer | None:
+        """What to ask the server for now; None when no slot is free."""
+        with self._lock:
+            if len(self.held) >= self.max_jobs:
+                return None
+            cpu, mem, gpus = self._free()
+            if cpu < 1 or mem < 1:
+                return None
+            best = max(gpus, key=lambda g: g.memory_mb, default=None)
+            return ClaimOffer(
+                memory=mem, cpu_cores=cpu, groups=groups,
+                gpu_mem=best.memory_mb if best else 0,
+                gpu_model=best.model if best else None,
+                gpu_archi=best.archi if best else None,
+            )
+
+    def allocate(self, job_id: str, hw: HardwareSpecs) -> Allocation | str:
+        """Reserve the job's share; a string says why it does not fit what is free."""
+        with self._lock:
+            cpu, mem, gpus = self._free()
+            need_cpu = hw.cpu_cores or self.default_cpu
+            need_mem = hw.memory or self.default_memory_mb
+            if len(self.held) >= self.max_jobs:
+                return f"no free slot ({self.max_jobs} jobs running)"
+            if need_cpu > cpu:
+                return f"needs {need_cpu} CPU cores, {cpu} free"
+            if need_mem > mem:
+                return f"needs {need_mem} MB memory, {mem} MB free"
+            fitting = [g for g in gpus
+                       if (hw.gpu_mem or 0) <= g.memory_mb
+                       and hw.gpu_model in (None, g.model) and hw.gpu_archi in (None, g.archi)]
+            if hw.needs_gpu and not fitting:
+                if not self.host.gpus:
+                    return "needs a GPU; this host has none"
+                return (f"needs a GPU (gpu_mem={hw.gpu_mem}, gpu_model={hw.gpu_model}, "
+                        f"gpu_archi={hw.gpu_archi}); none of the free ones fits")
+            chosen = sorted(fitting, key=lambda g: g.memory_mb)[:1]  # smallest that fits, one per job
+            alloc = Allocation(job_id, need_cpu, need_mem, chosen)
+            self.held[job_id] = alloc
+            return alloc
+
+    def release(self, job_id: str) -> None:
+        with self._lock:
+            self.held.pop(job_id, None)
+
+    @property
+    def running(self) -> int:
+        with self._lock:
+            return len(self.held)

@@ -1,0 +1,3 @@
+from mock_api.cli import main
+
+raise SystemExit(main())

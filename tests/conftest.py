@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fetcher.job.container import LABEL
+from mock_api.server import MockServer
+from mock_api.state import MockState
+from tests.helpers import API_KEY, IMAGE, TOKEN, Env
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[Env]:
+    """A fresh mock API on 127.0.0.1 and an empty base path."""
+    state = MockState(str(tmp_path / "data"), API_KEY, [TOKEN])
+    base = tmp_path / "base"
+    base.mkdir()
+    with MockServer(state) as server:
+        yield Env(server, tmp_path, base)
+
+
+@pytest.fixture(scope="session")
+def docker_client() -> Any:
+    """The real Docker engine. Skips on a laptop without one; fails under CI=true."""
+    import docker
+
+    try:
+        client = docker.from_env()
+        client.ping()
+        client.images.get(IMAGE)
+    except Exception as exc:
+        message = f"Docker engine or test image {IMAGE} unavailable ({exc}); run scripts/test.sh to set them up"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    return client
+
+
+@pytest.fixture
+def engine(docker_client: Any) -> Iterator[Any]:
+    """The engine, checked after the test: no container of the fetcher may be left behind."""
+    yield docker_client
+    left = docker_client.containers.list(all=True, filters={"label": LABEL})
+    for c in left:
+        c.remove(force=True)
+    assert not left, f"containers left behind: {[c.name for c in left]}"

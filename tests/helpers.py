@@ -1,0 +1,136 @@
+"""Shared test helpers: the mock API, settings for a test, job submission, a GPU-less NVML fake."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fetcher.models import HardwareSpecs, HandlerSpecs, AppSpecs, JobSpecs, MetaSpecs, PathsUploadSpecs, SubmittedJob
+from fetcher.settings import Settings
+from mock_api.server import MockServer
+from mock_api.state import MockJob, MockState
+
+TOKEN = "worker-token-abcdef123456"
+API_KEY = "test-api-key"
+IMAGE = os.environ.get("FETCHER_TEST_IMAGE", "fetcher-test/busybox:1")
+REGISTRY_IMAGE = os.environ.get("FETCHER_TEST_REGISTRY_IMAGE", "127.0.0.1:5000/test/job:1")
+
+
+@dataclass
+class Env:
+    """One test's world: a mock API on real HTTP, its data root, and the fetcher's base path."""
+
+    mock: MockServer
+    root: Path
+    base: Path
+
+    @property
+    def state(self) -> MockState:
+        return self.mock.state
+
+    def settings(self, **overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "api_url": self.mock.url,
+            "access_token": TOKEN,
+            "path_base": self.base,
+            "poll_interval_s": 0.2,
+            "keepalive_interval_s": 1.0,
+            "stop_grace_s": 1.0,
+            "api_retry_s": 3.0,
+            "fetcher_id": "t" + uuid.uuid4().hex[:8],
+            "shm_size": "64m",
+            "job_default_memory_mb": 64,
+        }
+        values.update(overrides)
+        return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+    def input_file(self, relative: str, content: bytes) -> str:
+        path = Path(self.state.data_root, relative)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+        return str(path)
+
+    def submit(
+        self,
+        cmd: list[str] | None,
+        *,
+        image: str = IMAGE,
+        files_down: dict[str, str] | None = None,
+        files_up: dict[str, str] | None = None,
+        env: dict[str, str] | None = None,
+        hardware: HardwareSpecs | None = None,
+        priority: int = 0,
+        group: str | None = None,
+    ) -> MockJob:
+        spec = JobSpecs(
+            app=AppSpecs(cmd=cmd, env=env),
+            handler=HandlerSpecs(image_url=image, files_down=files_down,
+                                 files_up=files_up if files_up is not None else {"output": "output", "log": "log"}),  # type: ignore[arg-type]
+            meta=MetaSpecs(job_id=4242, job_name="test"),
+            hardware=hardware or HardwareSpecs(cpu_cores=1, memory=64),
+        )
+        out = f"{self.state.data_root}/user1/out"
+        return self.state.submit(SubmittedJob(
+            job=spec, group=group, priority=priority,
+            paths_upload=PathsUploadSpecs(output=f"{out}/output", log=f"{out}/log", artifact=f"{out}/artifact"),
+        ))
+
+
+def wait_for(predicate: Callable[[], Any], timeout_s: float = 30.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def statuses(job: MockJob) -> list[str]:
+    return [h["status"] for h in job.history]
+
+
+class FakeNvml:
+    """A table-driven stand-in for pynvml: `gpus` is a list of (uuid, name, memory_mb, arch int)."""
+
+    class NVMLError(Exception):
+        pass
+
+    def __init__(self, gpus: list[tuple[str, str, int, int]] | None = None, fail_init: bool = False) -> None:
+        self.gpus = gpus or []
+        self.fail_init = fail_init
+        self.shutdowns = 0
+
+    def nvmlInit(self) -> None:
+        if self.fail_init:
+            raise self.NVMLError("NVML Shared Library Not Found")
+
+    def nvmlShutdown(self) -> None:
+        self.shutdowns += 1
+
+    def nvmlDeviceGetCount(self) -> int:
+        return len(self.gpus)
+
+    def nvmlDeviceGetHandleByIndex(self, i: int) -> int:
+        return i
+
+    def nvmlDeviceGetUUID(self, h: int) -> str:
+        return self.gpus[h][0]
+
+    def nvmlDeviceGetName(self, h: int) -> bytes:
+        return self.gpus[h][1].encode()
+
+    def nvmlDeviceGetMemoryInfo(self, h: int) -> Any:
+        return type("Mem", (), {"total": self.gpus[h][2] * 1024 * 1024})()
+
+    def nvmlDeviceGetArchitecture(self, h: int) -> int:
+        return self.gpus[h][3]
+
+
+def four_gpus() -> FakeNvml:
+    return FakeNvml([(f"GPU-{i}0000000-aaaa-bbbb-cccc-{i:012d}", "NVIDIA A100-SXM4-40GB", 40960, 7) for i in range(4)])
