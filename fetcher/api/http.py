@@ -170,7 +170,8 @@ class Http:
                 stream=stream,
                 timeout=self.timeout,
             )
-        except (requests.ConnectionError, requests.Timeout) as exc:
+        except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
+            # a connection cut mid-answer is as transient as one refused
             raise Transient(f"{type(exc).__name__} on {method} {safe_url(url)}") from None
         if resp.status_code in expected:
             return resp
