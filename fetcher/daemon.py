@@ -13,11 +13,11 @@ from typing import IO, Any
 import docker
 
 from fetcher.api.client import WorkerApi
-from fetcher.errors import ApiError, ConfigError
+from fetcher.errors import ApiError, ConfigError, InvalidJobSpec
 from fetcher.job.container import Limits
 from fetcher.job.keepalive import Cancel
 from fetcher.job.pipeline import JobDeps, process_job
-from fetcher.models import ClaimOffer, JobSpecs, JobStatus
+from fetcher.models import ClaimOffer, ClaimResult, JobSpecs, JobStatus
 from fetcher.outbox import Journal, Outbox
 from fetcher.recovery import recover
 from fetcher.resources import Allocation, Host, ResourcePool, detect_gpus, detect_host
@@ -37,12 +37,12 @@ class ApiJobSource:
         self.outbox = outbox
         self.heartbeat = heartbeat
 
-    def claim(self, offer: ClaimOffer) -> dict[str, JobSpecs]:
-        result = self.api.claim_jobs(offer, retry_s=5)
-        for bad in result.invalid:
-            log.error("%s", bad)
-            self.outbox.report(bad.job_id, JobStatus.error, str(bad).removeprefix(f"job {bad.job_id}: "))
-        return result.jobs
+    def claim(self, offer: ClaimOffer) -> ClaimResult:
+        return self.api.claim_jobs(offer, retry_s=5)
+
+    def reject(self, invalid: InvalidJobSpec) -> None:
+        log.error("%s", invalid)
+        self.outbox.report(invalid.job_id, JobStatus.error, str(invalid).removeprefix(f"job {invalid.job_id}: "))
 
     def hand_back(self, job_id: str, reason: str) -> None:
         try:
@@ -133,6 +133,7 @@ def build_daemon(
         exit_when_idle=exit_when_idle,
         max_jobs=max_jobs,
         drain_timeout_s=settings.drain_timeout_s,
+        max_backoff_s=settings.api_backoff_max_s,
     )
     return Daemon(Worker(source, pool, execute, options), deps, host, lock)
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from fetcher.errors import InvalidJobSpec
 
 
 class JobStatus(StrEnum):
@@ -125,3 +128,11 @@ class ClaimOffer(BaseModel):
             query.append(("gpu_archi", self.gpu_archi))
         query.extend(("groups", g) for g in self.groups)
         return query
+
+
+@dataclass
+class ClaimResult:
+    """What one claim brought: parsed jobs by queue id, and claimed jobs whose spec is invalid."""
+
+    jobs: dict[str, JobSpecs] = field(default_factory=dict)
+    invalid: list[InvalidJobSpec] = field(default_factory=list)

@@ -52,6 +52,7 @@ class Settings(BaseSettings):
         default=60.0, gt=0, validation_alias=AliasChoices("TIMEOUT_STATUS", "keepalive_interval_s")
     )
     stop_grace_s: float = Field(default=10.0, ge=0, description="SIGTERM → SIGKILL grace of a job")
+    api_backoff_max_s: float = Field(default=60.0, gt=0, description="Longest wait between claims while the API is down")
     drain_timeout_s: float | None = Field(
         default=None, ge=0, description="After the first stop signal, wait this long, then force"
     )

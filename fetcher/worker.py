@@ -15,21 +15,21 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Protocol
 
-from fetcher.errors import ApiError, AuthError
+from fetcher.errors import ApiError, AuthError, InvalidJobSpec
 from fetcher.job.keepalive import Cancel
-from fetcher.models import ClaimOffer, JobSpecs
+from fetcher.models import ClaimOffer, ClaimResult, JobSpecs
 from fetcher.resources import Allocation, ResourcePool
 
 log = logging.getLogger(__name__)
 
-MAX_BACKOFF_S = 60.0
-
-
 class JobSource(Protocol):
     """The server, as the loop sees it."""
 
-    def claim(self, offer: ClaimOffer) -> dict[str, JobSpecs]:
-        """Claimed jobs by queue id (invalid specs are reported by the source itself)."""
+    def claim(self, offer: ClaimOffer) -> ClaimResult:
+        """Claim jobs that fit `offer`."""
+
+    def reject(self, invalid: InvalidJobSpec) -> None:
+        """A claimed job whose spec is invalid: report it `error`."""
 
     def hand_back(self, job_id: str, reason: str) -> None: ...
 
@@ -47,6 +47,7 @@ class LoopOptions:
     exit_when_idle: bool = False
     max_jobs: int | None = None
     drain_timeout_s: float | None = None
+    max_backoff_s: float = 60.0
 
 
 class Worker:
@@ -121,16 +122,19 @@ class Worker:
         if offer is None:
             return self.options.poll_interval_s
         try:
-            jobs = self.source.claim(offer)
+            result = self.source.claim(offer)
         except ApiError as exc:
             return self._api_failed(exc)
         self._api_ok()
-        if not jobs:
+        for bad in result.invalid:
+            self.claimed += 1
+            self.source.reject(bad)
+        if not result.jobs and not result.invalid:
             if self.options.exit_when_idle:
                 log.info("worker: no job available; exiting when idle")
                 self.request_stop()
             return self.options.poll_interval_s
-        for job_id, spec in jobs.items():
+        for job_id, spec in result.jobs.items():
             self._dispatch(job_id, spec)
         return None
 
@@ -164,7 +168,7 @@ class Worker:
             hint = " (check ACCESS_TOKEN or USERNAME/PASSWORD)" if isinstance(exc, AuthError) else ""
             log.error("worker: cannot claim jobs: %s%s; retrying with backoff", problem, hint)
         self._api_problem = problem
-        self._backoff_s = min(self._backoff_s * 2, MAX_BACKOFF_S)
+        self._backoff_s = min(self._backoff_s * 2, self.options.max_backoff_s)
         return self._backoff_s
 
     def _api_ok(self) -> None:

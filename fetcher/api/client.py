@@ -10,7 +10,6 @@ import logging
 import os
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -22,7 +21,7 @@ from requests_toolbelt import MultipartEncoder
 from fetcher.api.auth import CognitoLogin, FixedToken, TokenSource
 from fetcher.api.http import Http, Transient
 from fetcher.errors import ApiRejected, AuthError, BadResponse, Interrupted, InvalidJobSpec, TransferError
-from fetcher.models import ClaimOffer, FileHTTPRequest, JobSpecs, JobStatus, UploadType
+from fetcher.models import ClaimOffer, ClaimResult, FileHTTPRequest, JobSpecs, JobStatus, UploadType
 from fetcher.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -30,12 +29,6 @@ log = logging.getLogger(__name__)
 CHUNK = 1024 * 1024
 MAX_DETAILS_QUOTED = 6000  # runtime_details travels in the query string; keep the URL well under 8 KB
 Progress = Callable[[int, int | None], None]
-
-
-@dataclass
-class ClaimResult:
-    jobs: dict[str, JobSpecs] = field(default_factory=dict)
-    invalid: list[InvalidJobSpec] = field(default_factory=list)
 
 
 def fit_details(details: str) -> str:

@@ -55,3 +55,158 @@ def test_exit_code_3_is_an_error_with_the_log_tail(env: Env, engine: Any) -> Non
     details = job.history[-1]["runtime_details"]
     assert details.startswith("exit_code: 3")
     assert "something broke" in details and "b'" not in details
+
+
+def containers_of(engine: Any, job_id: int) -> list[Any]:
+    from fetcher.job.container import LABEL_JOB
+
+    return list(engine.containers.list(all=True, filters={"label": f"{LABEL_JOB}={job_id}"}))
+
+
+def start_daemon_thread(env: Env, engine: Any, **settings: Any) -> tuple[Any, Any]:
+    import threading
+
+    daemon = build_daemon(env.settings(**settings), exit_when_idle=True, docker_client=engine)
+    result: dict[str, int] = {}
+    thread = threading.Thread(target=lambda: result.setdefault("rc", daemon.run()), daemon=True)
+    thread.start()
+    return daemon, (thread, result)
+
+
+def test_job_deleted_mid_run_is_stopped_within_one_keepalive_interval(env: Env, engine: Any) -> None:
+    import time
+
+    from tests.helpers import wait_for
+
+    # Given a long job that is running
+    job = env.submit(["echo started", "&&", "sleep 300"])
+    _daemon, (thread, result) = start_daemon_thread(env, engine, keepalive_interval_s=1.0, stop_grace_s=1.0)
+    wait_for(lambda: job.status.value == "running" and containers_of(engine, job.id), 30, "job running")
+    # When its user deletes it
+    env.state.delete(job.id)
+    deleted_at = time.monotonic()
+    # Then the container is gone within one keep-alive interval (plus the stop itself)
+    wait_for(lambda: not containers_of(engine, job.id), 10, "container removed")
+    assert time.monotonic() - deleted_at < 1.0 + 1.0 + 1.5
+    thread.join(30)
+    assert result["rc"] == 0
+    assert job.uploads == [], "a gone job is not uploaded"
+    assert job.status.value == "running" and job.history[-1]["status"] == "running"  # no status after the 404
+    assert list(env.base.iterdir()) == [env.base / ".fetcher"]
+
+
+def test_missing_image_under_never_is_an_error_with_the_reason(env: Env, engine: Any) -> None:
+    job = env.submit(["true"], image="fetcher-test/not-there:1")
+    run_until_idle(env, engine, image_pull_policy="never")
+    assert job.status.value == "error"
+    assert "not present" in job.history[-1]["runtime_details"] and "never" in job.history[-1]["runtime_details"]
+
+
+def test_failed_pull_from_local_registry_is_an_error_with_dockers_message(env: Env, engine: Any) -> None:
+    from tests.helpers import REGISTRY_IMAGE
+
+    missing = REGISTRY_IMAGE.rsplit(":", 1)[0] + ":no-such-tag"
+    job = env.submit(["true"], image=missing)
+    run_until_idle(env, engine, image_pull_policy="always")
+    assert job.status.value == "error"
+    details = job.history[-1]["runtime_details"]
+    assert details.startswith("pull of ") and ("manifest unknown" in details or "not found" in details), details
+
+
+def test_pull_from_local_registry_then_run(env: Env, engine: Any) -> None:
+    from tests.helpers import REGISTRY_IMAGE
+
+    try:
+        engine.images.remove(REGISTRY_IMAGE)
+    except Exception:
+        pass
+    job = env.submit(["echo pulled-and-ran"], image=REGISTRY_IMAGE)
+    run_until_idle(env, engine, image_pull_policy="if-not-present")
+    assert job.status.value == "finished", job.history
+    engine.images.get(REGISTRY_IMAGE)
+
+
+def test_gpu_request_on_a_host_without_gpu_runtime_is_an_error_and_leaves_no_container(env: Env, engine: Any) -> None:
+    from tests.helpers import FakeNvml
+
+    # Given NVML (faked) shows one GPU, but this engine has no NVIDIA runtime
+    nvml = FakeNvml([("GPU-11111111-2222-3333-4444-555555555555", "NVIDIA T4", 15360, 6)])
+    job = env.submit(["true"], hardware=__import__("fetcher.models", fromlist=["HardwareSpecs"]).HardwareSpecs(gpu_mem=1000, memory=64))
+    daemon = build_daemon(env.settings(), exit_when_idle=True, docker_client=engine, nvml=nvml)
+    assert daemon.run() == 0
+    # Then the job is an error with docker's reason, and the `created` container is removed
+    assert job.status.value == "error"
+    assert "could not select device driver" in job.history[-1]["runtime_details"]
+    assert job.claims[0]["gpu_mem"] == 15360 and job.claims[0]["gpu_model"] == "NVIDIA T4"
+
+
+@pytest.mark.parametrize("key", ["../escape.txt", "/tmp/abs-escape.txt", "a/../../escape.txt"])
+def test_path_escaping_files_down_is_an_error_and_writes_nothing_outside(env: Env, engine: Any, key: str) -> None:
+    fid = env.input_file("user1/in/x.txt", b"x")
+    job = env.submit(["true"], files_down={"ok.txt": fid, key: fid})
+    before = {p for p in env.root.rglob("*")}
+    run_until_idle(env, engine)
+    assert job.status.value == "error"
+    assert "files_down" in job.history[-1]["runtime_details"]
+    created = {p for p in env.root.rglob("*")} - before
+    assert not [p for p in created if "escape" in p.name]
+    assert not Path("/tmp/abs-escape.txt").exists()
+    assert job.history[-1]["status"] == "error" and "running" not in statuses(job)
+
+
+def test_path_escaping_files_up_is_an_error(env: Env, engine: Any) -> None:
+    job = env.submit(["true"], files_up={"output": "../../"})
+    run_until_idle(env, engine)
+    assert job.status.value == "error" and "files_up" in job.history[-1]["runtime_details"]
+
+
+def test_null_cmd_runs_the_images_own_cmd(env: Env, engine: Any) -> None:
+    job = env.submit(None)
+    run_until_idle(env, engine)
+    assert job.status.value == "finished", job.history
+
+
+def test_symlinks_written_by_the_job_are_not_uploaded(env: Env, engine: Any) -> None:
+    job = env.submit(["mkdir -p /files/output", "&&", "ln -s /etc/passwd /files/output/passwd",
+                      "&&", "echo ok > /files/output/real.txt"])
+    run_until_idle(env, engine)
+    assert job.status.value == "finished"
+    assert [u["filename"] for u in job.uploads if u["type"] == "output"] == ["real.txt"]
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_malformed_job_spec_from_the_server_is_reported_and_the_daemon_goes_on(env: Env, engine: Any) -> None:
+    bad = env.submit(["true"])
+    good = env.submit(["true"])
+    with env.state.lock:  # the server hands out a spec with a wrong type in it
+        bad.spec.app.__dict__["cmd"] = "not-a-list"
+    run_until_idle(env, engine)
+    assert bad.status.value == "error" and "app.cmd" in bad.history[-1]["runtime_details"]
+    assert good.status.value == "finished"
+
+
+def test_stage_functions_are_usable_on_their_own(env: Env, engine: Any, tmp_path: Path) -> None:
+    import threading
+
+    from fetcher.api.client import WorkerApi
+    from fetcher.job.container import ContainerOptions, JobContainer, Limits
+    from fetcher.job.transfer import download_inputs, upload_outputs
+    from fetcher.job.workspace import Workspace
+    from fetcher.models import ClaimOffer
+
+    fid = env.input_file("user1/in/in.txt", b"42")
+    job = env.submit(["cat /files/in.txt > /files/output/out.txt"], files_down={"in.txt": fid, "output/.keep": fid})
+    api = WorkerApi.from_settings(env.settings())
+    jid, spec = next(iter(api.claim_jobs(ClaimOffer(memory=1000, cpu_cores=1)).jobs.items()))
+    ws = Workspace.for_job(jid, tmp_path, tmp_path)
+    ws.create()
+    stop = threading.Event()
+    download_inputs(api, jid, spec, ws, cancel=stop)
+    box = JobContainer(engine, jid, "standalone", ContainerOptions(shm_size="64m"))
+    try:
+        box.start(spec, ws, [], Limits())
+        assert box.wait(stop) == 0
+    finally:
+        box.remove()
+    upload_outputs(api, jid, spec, ws, cancel=stop)
+    assert Path(job.paths_upload["output"], "out.txt").read_text() == "42"
