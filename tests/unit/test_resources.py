@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+from typing import Any
+
+from fetcher.models import HardwareSpecs
+from fetcher.resources import Allocation, Gpu, Host, ResourcePool, detect_gpus, detect_host
+from fetcher.settings import Settings
+from tests.helpers import FakeNvml, four_gpus
+
+
+def settings(**kw: Any) -> Settings:
+    return Settings(_env_file=None, api_url="http://x", access_token="t0ken", path_base="/tmp", **kw)  # type: ignore[call-arg]
+
+
+def test_nvml_gpus_are_detected_with_uuid_model_memory_and_architecture() -> None:
+    nvml = four_gpus()
+    gpus = detect_gpus(nvml)
+    assert [g.index for g in gpus] == [0, 1, 2, 3]
+    assert len({g.uuid for g in gpus}) == 4
+    assert gpus[0].model == "NVIDIA A100-SXM4-40GB" and gpus[0].memory_mb == 40960 and gpus[0].archi == "ampere"
+    assert nvml.shutdowns == 1
+
+
+def test_no_nvidia_driver_means_no_gpus() -> None:
+    assert detect_gpus(FakeNvml(fail_init=True)) == []
+
+
+def test_host_comes_from_the_engine_info_with_caps_and_gpu_selection() -> None:
+    gpus = detect_gpus(four_gpus())
+    info = {"NCPU": 32, "MemTotal": 64 * 1024**3}
+    host = detect_host(info, settings(), gpus)
+    assert (host.cpu_cores, host.memory_mb, len(host.gpus)) == (32, 65536, 4)
+    host = detect_host(info, settings(reserve_cpu_cores=2, reserve_memory_mb=4096, gpus=f"1,{gpus[3].uuid}"), gpus)
+    assert (host.cpu_cores, host.memory_mb) == (30, 61440)
+    assert [g.index for g in host.gpus] == [1, 3]
+    host = detect_host(info, settings(cpu_cores=8, memory_mb=1000), [])
+    assert (host.cpu_cores, host.memory_mb, host.gpus) == (8, 1000, ())
+
+
+def gpu(i: int, model: str = "A100", mem: int = 40960, archi: str = "ampere") -> Gpu:
+    return Gpu(i, f"GPU-{i}", model, mem, archi)
+
+
+def test_one_slot_per_gpu_each_job_its_own_gpu() -> None:
+    pool = ResourcePool(Host(64, 256000, tuple(gpu(i) for i in range(4))), None, 1, 1000)
+    assert pool.max_jobs == 4
+    allocs = [pool.allocate(str(i), HardwareSpecs(gpu_mem=1000, cpu_cores=2, memory=4000)) for i in range(4)]
+    assert all(isinstance(a, Allocation) for a in allocs)
+    assert len({a.gpus[0].uuid for a in allocs if isinstance(a, Allocation)}) == 4
+    assert pool.offer([]) is None
+    assert isinstance(pool.allocate("5", HardwareSpecs()), str)
+    pool.release("2")
+    offer = pool.offer(["g"])
+    assert offer is not None and offer.gpu_mem == 40960 and offer.groups == ["g"]
+    assert offer.cpu_cores == 64 - 6 and offer.memory == 256000 - 12000
+
+
+def test_offer_sends_free_figures_and_biggest_free_gpu() -> None:
+    pool = ResourcePool(Host(8, 16000, (gpu(0, "T4", 15360, "turing"), gpu(1, "A100", 40960))), None, 1, 1000)
+    offer = pool.offer([])
+    assert offer is not None
+    assert (offer.memory, offer.cpu_cores, offer.gpu_mem, offer.gpu_model, offer.gpu_archi) == (16000, 8, 40960, "A100", "ampere")
+
+
+def test_job_that_does_not_fit_gets_a_reason() -> None:
+    pool = ResourcePool(Host(4, 8000, (gpu(0, "T4", 15360, "turing"),)), 2, 1, 1000)
+    assert "memory" in str(pool.allocate("1", HardwareSpecs(memory=9000)))
+    assert "CPU" in str(pool.allocate("1", HardwareSpecs(cpu_cores=5)))
+    assert "none of the free ones fits" in str(pool.allocate("1", HardwareSpecs(gpu_model="A100")))
+    assert "none of the free ones fits" in str(pool.allocate("1", HardwareSpecs(gpu_mem=20000)))
+    assert pool.running == 0
+
+
+def test_box_without_gpus_offers_gpu_mem_zero_and_refuses_gpu_jobs() -> None:
+    pool = ResourcePool(Host(4, 8000, ()), None, 1, 1000)
+    offer = pool.offer([])
+    assert offer is not None and offer.gpu_mem == 0 and offer.gpu_model is None
+    assert pool.max_jobs == 1
+    assert pool.allocate("1", HardwareSpecs(gpu_mem=1)) == "needs a GPU; this host has none"
+    cpu_job = pool.allocate("2", HardwareSpecs())
+    assert isinstance(cpu_job, Allocation) and cpu_job.gpus == [] and cpu_job.memory_mb == 1000

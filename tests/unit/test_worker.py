@@ -1,0 +1,195 @@
+"""The loop with fakes: no HTTP, no Docker."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+
+import pytest
+
+from fetcher.errors import ApiUnavailable, InvalidJobSpec
+from fetcher.job.keepalive import Cancel
+from fetcher.models import ClaimOffer, ClaimResult, HandlerSpecs, HardwareSpecs, JobSpecs
+from fetcher.resources import Allocation, Host, ResourcePool
+from fetcher.worker import LoopOptions, Worker
+
+
+def spec(**hw: int) -> JobSpecs:
+    return JobSpecs(handler=HandlerSpecs(image_url="img"), hardware=HardwareSpecs(**hw))
+
+
+class FakeSource:
+    """A table-driven server: each claim pops the next answer (a dict of jobs or an exception)."""
+
+    def __init__(self, answers: list[object]) -> None:
+        self.answers = answers
+        self.offers: list[ClaimOffer] = []
+        self.handed_back: list[tuple[str, str]] = []
+        self.rejected: list[str] = []
+        self.housekeeping_calls = 0
+
+    def claim(self, offer: ClaimOffer) -> ClaimResult:
+        self.offers.append(offer)
+        answer = self.answers.pop(0) if self.answers else {}
+        if isinstance(answer, Exception):
+            raise answer
+        if isinstance(answer, ClaimResult):
+            return answer
+        assert isinstance(answer, dict)
+        return ClaimResult(jobs=answer)
+
+    def reject(self, invalid: InvalidJobSpec) -> None:
+        self.rejected.append(invalid.job_id)
+
+    def hand_back(self, job_id: str, reason: str) -> None:
+        self.handed_back.append((job_id, reason))
+
+    def housekeeping(self) -> None:
+        self.housekeeping_calls += 1
+
+
+class Jobs:
+    """Records executions; each job waits for `release` (or its cancel) before returning."""
+
+    def __init__(self) -> None:
+        self.started: list[str] = []
+        self.cancelled: list[tuple[str, str | None]] = []
+        self.release = threading.Event()
+
+    def __call__(self, job_id: str, spec: JobSpecs, alloc: Allocation, cancel: Cancel) -> None:
+        self.started.append(job_id)
+        while not self.release.is_set():
+            if cancel.event.wait(0.01):
+                self.cancelled.append((job_id, cancel.reason))
+                return
+
+
+def worker(source: FakeSource, jobs: Jobs, slots: int = 1, **opts: object) -> Worker:
+    pool = ResourcePool(Host(8, 8000, ()), slots, 1, 100)
+    options = LoopOptions(poll_interval_s=0.01, **opts)  # type: ignore[arg-type]
+    return Worker(source, pool, jobs, options)
+
+
+def run_in_thread(w: Worker) -> tuple[threading.Thread, dict[str, int]]:
+    out: dict[str, int] = {}
+    t = threading.Thread(target=lambda: out.setdefault("rc", w.run()), daemon=True)
+    t.start()
+    return t, out
+
+
+def test_exit_when_idle_exits_0_once_no_job_is_available() -> None:
+    jobs = Jobs()
+    jobs.release.set()
+    source = FakeSource([{"1": spec()}, {}])
+    assert worker(source, jobs, exit_when_idle=True).run() == 0
+    assert jobs.started == ["1"]
+
+
+def test_max_jobs_stops_claiming_after_n() -> None:
+    jobs = Jobs()
+    jobs.release.set()
+    source = FakeSource([{"1": spec()}, {"2": spec()}, {"3": spec()}])
+    assert worker(source, jobs, max_jobs=2).run() == 0
+    assert jobs.started == ["1", "2"]
+
+
+def test_job_that_does_not_fit_is_handed_back_and_the_loop_goes_on() -> None:
+    jobs = Jobs()
+    jobs.release.set()
+    source = FakeSource([{"big": spec(memory=99999)}, {"ok": spec()}, {}])
+    assert worker(source, jobs, exit_when_idle=True).run() == 0
+    assert source.handed_back[0][0] == "big" and "memory" in source.handed_back[0][1]
+    assert jobs.started == ["ok"]
+
+
+def test_invalid_claimed_jobs_are_rejected_and_not_idle() -> None:
+    jobs = Jobs()
+    jobs.release.set()
+    bad = ClaimResult(invalid=[InvalidJobSpec("7", "handler.image_url", "Field required")])
+    source = FakeSource([bad, {"8": spec()}, {}])
+    assert worker(source, jobs, exit_when_idle=True).run() == 0
+    assert source.rejected == ["7"] and jobs.started == ["8"]
+
+
+def test_claims_only_while_a_slot_is_free_and_at_once_when_one_frees() -> None:
+    jobs = Jobs()
+    source = FakeSource([{"1": spec()}, {"2": spec()}, {}])
+    w = worker(source, jobs, slots=1, exit_when_idle=True)
+    w.options.poll_interval_s = 30  # a freed slot must wake the loop, not the poll timer
+    t, out = run_in_thread(w)
+    time.sleep(0.3)
+    assert jobs.started == ["1"] and len(source.offers) == 1
+    jobs.release.set()
+    t.join(5)
+    assert out == {"rc": 0} and jobs.started == ["1", "2"]
+
+
+def test_api_down_is_logged_once_per_state_change_with_backoff(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    jobs = Jobs()
+    jobs.release.set()
+    down = [ApiUnavailable("claim jobs: HTTP 503") for _ in range(6)]
+    source = FakeSource([*down, {"1": spec()}, {}])
+    w = worker(source, jobs, exit_when_idle=True, max_backoff_s=0.05)
+    assert w.run() == 0
+    errors = [r for r in caplog.records if "cannot claim" in r.getMessage()]
+    back = [r for r in caplog.records if "reachable again" in r.getMessage()]
+    assert len(errors) == 1 and len(back) == 1
+    assert jobs.started == ["1"]
+
+
+def test_first_signal_drains_second_cancels_running_jobs() -> None:
+    jobs = Jobs()
+    source = FakeSource([{"1": spec()}])
+    w = worker(source, jobs)
+    t, out = run_in_thread(w)
+    deadline = time.monotonic() + 5
+    while not jobs.started and time.monotonic() < deadline:
+        time.sleep(0.01)
+    w.handle_signal(signal.SIGTERM)
+    time.sleep(0.2)
+    assert t.is_alive() and jobs.cancelled == [], "first signal lets the running job finish"
+    claims = len(source.offers)
+    w.handle_signal(signal.SIGTERM)
+    t.join(5)
+    assert out == {"rc": 0}
+    assert jobs.cancelled == [("1", "worker shut down")]
+    assert len(source.offers) == claims, "no claim after the first signal"
+
+
+def test_first_signal_with_a_job_finishing_exits_0_without_cancel() -> None:
+    jobs = Jobs()
+    source = FakeSource([{"1": spec()}])
+    w = worker(source, jobs)
+    t, out = run_in_thread(w)
+    while not jobs.started:
+        time.sleep(0.01)
+    w.handle_signal(signal.SIGINT)
+    jobs.release.set()
+    t.join(5)
+    assert out == {"rc": 0} and jobs.cancelled == []
+
+
+def test_drain_timeout_forces_the_stop() -> None:
+    jobs = Jobs()
+    source = FakeSource([{"1": spec()}])
+    w = worker(source, jobs, drain_timeout_s=0.2)
+    t, out = run_in_thread(w)
+    while not jobs.started:
+        time.sleep(0.01)
+    w.request_stop()
+    t.join(5)
+    assert out == {"rc": 0} and jobs.cancelled == [("1", "worker shut down")]
+
+
+def test_a_crashing_job_does_not_take_the_loop_down() -> None:
+    def explode(job_id: str, spec: JobSpecs, alloc: Allocation, cancel: Cancel) -> None:
+        raise RuntimeError("bug")
+
+    source = FakeSource([{"1": spec()}, {"2": spec()}, {}])
+    pool = ResourcePool(Host(8, 8000, ()), 1, 1, 100)
+    w = Worker(source, pool, explode, LoopOptions(poll_interval_s=0.01, exit_when_idle=True))
+    assert w.run() == 0
+    assert pool.running == 0
