@@ -37,6 +37,7 @@ class Faults(BaseModel):
     delay_s: float = Field(default=0.0, ge=0, description="slow answers: wait before each")
     down_for_s: float = Field(default=0.0, ge=0, description="drop every request for this long")
     fail_next: list[int] = Field(default_factory=list, description="next answers: status codes, 0 = drop")
+    ignore_hardware: bool = Field(default=False, description="hand out jobs without matching hardware")
     seed: int | None = None
 
 
@@ -229,6 +230,9 @@ class MockState:
                 if job.status != JobStatus.queued or job.deleted or worker in job.handed_back_by:
                     continue
                 if now - job.created < older_than:
+                    continue
+                if self.faults.ignore_hardware:
+                    candidates.append(job)
                     continue
                 if (hw.cpu_cores or 0) > cpu_cores or (hw.memory or 0) > memory or (hw.gpu_mem or 0) > gpu_mem:
                     continue
