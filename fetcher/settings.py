@@ -77,6 +77,7 @@ class Settings(BaseSettings):
     )
     download_workers: int = Field(default=4, ge=1, le=32)
     log_tail_bytes: int = Field(default=4000, ge=100)
+    probe_image: str = Field(default="busybox:latest", description="Small image `check` uses to probe the mount")
 
     # --- identity, logging -----------------------------------------------------------------------
     fetcher_id: str | None = Field(
