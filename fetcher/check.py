@@ -31,22 +31,33 @@ class Line:
 
 def check_api(settings: Any) -> Line:
     try:
-        resp = requests.get(f"{settings.api_url}/access_info", timeout=settings.http_connect_timeout_s)
+        resp = requests.get(
+            f"{settings.api_url}/access_info", timeout=settings.http_connect_timeout_s
+        )
         resp.raise_for_status()
     except requests.RequestException as exc:
-        return Line("FAIL", "api", f"cannot reach {settings.api_url} ({type(exc).__name__}); check API_URL and the network")
+        return Line(
+            "FAIL",
+            "api",
+            f"cannot reach {settings.api_url} ({type(exc).__name__}); check API_URL and the network",
+        )
     return Line("OK", "api", f"{settings.api_url} answers")
 
 
 def check_login(settings: Any) -> Line:
     what = f"user {settings.username}" if settings.username else "ACCESS_TOKEN"
     try:
-        WorkerApi.from_settings(settings.model_copy(update={"api_retry_s": 3.0})).get_status("0", retry_s=3)
+        WorkerApi.from_settings(settings.model_copy(update={"api_retry_s": 3.0})).get_status(
+            "0", retry_s=3
+        )
     except JobGone:
         return Line("OK", "login", f"{what} accepted by the API")
     except AuthError as exc:
-        hint = ("the account must be in the 'workers' group" if exc.status_code == 403
-                else "check ACCESS_TOKEN, or USERNAME/PASSWORD (and COGNITO_ENDPOINT)")
+        hint = (
+            "the account must be in the 'workers' group"
+            if exc.status_code == 403
+            else "check ACCESS_TOKEN, or USERNAME/PASSWORD (and COGNITO_ENDPOINT)"
+        )
         return Line("FAIL", "login", f"{what} refused: {exc}; {hint}")
     except (ApiError, FetcherError) as exc:
         return Line("FAIL", "login", f"could not check {what}: {exc}")
@@ -65,12 +76,20 @@ def check_probe_mount(settings: Any, client: Any, image: str) -> Line:
         return Line("FAIL", "path", f"cannot write under PATH_BASE {settings.path_base}: {exc}")
     host_dir = settings.host_base / ".fetcher"
     try:
-        out = client.containers.run(image, ["cat", f"/files/{name}"], remove=True,
-                                    volumes={str(host_dir): {"bind": "/files", "mode": "ro"}},
-                                    labels={"org.decode-opencloud.fetcher.check": "1"})
+        out = client.containers.run(
+            image,
+            ["cat", f"/files/{name}"],
+            remove=True,
+            volumes={str(host_dir): {"bind": "/files", "mode": "ro"}},
+            labels={"org.decode-opencloud.fetcher.check": "1"},
+        )
         seen = out.decode().strip() == token
     except docker.errors.ImageNotFound:
-        return Line("WARN", "path", f"probe image {image} not present; set PROBE_IMAGE to a local image with `cat`")
+        return Line(
+            "WARN",
+            "path",
+            f"probe image {image} not present; set PROBE_IMAGE to a local image with `cat`",
+        )
     except docker.errors.ContainerError:
         seen = False
     except docker.errors.APIError as exc:
@@ -78,11 +97,18 @@ def check_probe_mount(settings: Any, client: Any, image: str) -> Line:
     finally:
         (state / name).unlink(missing_ok=True)
     if not seen:
-        return Line("FAIL", "path",
-                    f"a container mounting {settings.host_base} does not see the files the fetcher writes in "
-                    f"{settings.path_base}: set PATH_HOST_BASE to the host directory mounted at PATH_BASE "
-                    "(e.g. docker run -v /srv/fetcher:/data -e PATH_BASE=/data -e PATH_HOST_BASE=/srv/fetcher)")
-    return Line("OK", "path", f"jobs will see {settings.path_base} at /files (host side {settings.host_base})")
+        return Line(
+            "FAIL",
+            "path",
+            f"a container mounting {settings.host_base} does not see the files the fetcher writes in "
+            f"{settings.path_base}: set PATH_HOST_BASE to the host directory mounted at PATH_BASE "
+            "(e.g. docker run -v /srv/fetcher:/data -e PATH_BASE=/data -e PATH_HOST_BASE=/srv/fetcher)",
+        )
+    return Line(
+        "OK",
+        "path",
+        f"jobs will see {settings.path_base} at /files (host side {settings.host_base})",
+    )
 
 
 def run_checks(
@@ -102,33 +128,71 @@ def run_checks(
     try:
         client = client or docker.from_env()
         version = client.version()
-        lines.append(Line("OK", "docker", f"engine {version.get('Version')} (API {version.get('ApiVersion')})"))
+        lines.append(
+            Line(
+                "OK", "docker", f"engine {version.get('Version')} (API {version.get('ApiVersion')})"
+            )
+        )
     except (docker.errors.DockerException, requests.RequestException) as exc:
-        lines.append(Line("FAIL", "docker", f"cannot reach the Docker engine ({exc}); start it, or mount "
-                                            "/var/run/docker.sock into the fetcher's container"))
+        lines.append(
+            Line(
+                "FAIL",
+                "docker",
+                f"cannot reach the Docker engine ({exc}); start it, or mount "
+                "/var/run/docker.sock into the fetcher's container",
+            )
+        )
         client = None
     gpus = detect_gpus(nvml)
     runtimes = set((client.info().get("Runtimes") or {}) if client else {})
     if gpus:
-        lines.append(Line("OK", "gpus", ", ".join(f"{g.index}: {g.model} {g.memory_mb} MB {g.uuid}" for g in gpus)))
+        lines.append(
+            Line(
+                "OK",
+                "gpus",
+                ", ".join(f"{g.index}: {g.model} {g.memory_mb} MB {g.uuid}" for g in gpus),
+            )
+        )
         if client is not None and "nvidia" not in runtimes:
-            lines.append(Line("FAIL", "gpu runtime", "the engine has no NVIDIA runtime: GPU jobs will fail with "
-                                                     "'could not select device driver'; install nvidia-container-toolkit "
-                                                     "and restart dockerd"))
+            lines.append(
+                Line(
+                    "FAIL",
+                    "gpu runtime",
+                    "the engine has no NVIDIA runtime: GPU jobs will fail with "
+                    "'could not select device driver'; install nvidia-container-toolkit "
+                    "and restart dockerd",
+                )
+            )
         elif client is not None:
             lines.append(Line("OK", "gpu runtime", "the engine has the nvidia runtime"))
     else:
-        lines.append(Line("WARN", "gpus", "no NVIDIA GPU visible through NVML: only CPU jobs will be claimed "
-                                          "(in a container: run it with --gpus all)"))
+        lines.append(
+            Line(
+                "WARN",
+                "gpus",
+                "no NVIDIA GPU visible through NVML: only CPU jobs will be claimed "
+                "(in a container: run it with --gpus all)",
+            )
+        )
     if settings.path_base.is_dir():
         free_mb = shutil.disk_usage(settings.path_base).free // (1024 * 1024)
         level = "OK" if free_mb >= min_free_disk_mb else "FAIL"
-        hint = "" if level == "OK" else f"; jobs need room for inputs and outputs (want {min_free_disk_mb} MB)"
+        hint = (
+            ""
+            if level == "OK"
+            else f"; jobs need room for inputs and outputs (want {min_free_disk_mb} MB)"
+        )
         lines.append(Line(level, "disk", f"{free_mb} MB free under {settings.path_base}{hint}"))
         if client is not None:
             lines.append(check_probe_mount(settings, client, probe_image or settings.probe_image))
     else:
-        lines.append(Line("FAIL", "path", f"PATH_BASE {settings.path_base} is not a directory; create it or fix PATH_BASE"))
+        lines.append(
+            Line(
+                "FAIL",
+                "path",
+                f"PATH_BASE {settings.path_base} is not a directory; create it or fix PATH_BASE",
+            )
+        )
     for line in lines:
         out(str(line))
     return 1 if any(line.level == "FAIL" for line in lines) else 0

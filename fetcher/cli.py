@@ -41,15 +41,25 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     host = detect_host(connect_docker().info(), settings, detect_gpus())
-    pool = ResourcePool(host, settings.max_parallel_jobs, settings.job_default_cpu_cores, settings.job_default_memory_mb)
+    pool = ResourcePool(
+        host,
+        settings.max_parallel_jobs,
+        settings.job_default_cpu_cores,
+        settings.job_default_memory_mb,
+    )
     offer = pool.offer(settings.group_list)
-    print(json.dumps({
-        "cpu_cores": host.cpu_cores,
-        "memory_mb": host.memory_mb,
-        "gpus": [g.__dict__ for g in host.gpus],
-        "parallel_jobs": pool.max_jobs,
-        "first_claim": offer.model_dump() if offer else None,
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "cpu_cores": host.cpu_cores,
+                "memory_mb": host.memory_mb,
+                "gpus": [g.__dict__ for g in host.gpus],
+                "parallel_jobs": pool.max_jobs,
+                "first_claim": offer.model_dump() if offer else None,
+            },
+            indent=2,
+        )
+    )
     return 0
 
 
@@ -68,7 +78,9 @@ def cmd_health(args: argparse.Namespace) -> int:
     age = heartbeat_age_s(settings)
     limit = max(3 * settings.poll_interval_s, 120.0)
     if age is None or age > limit:
-        print(f"unhealthy: heartbeat {'missing' if age is None else f'{age:.0f} s old'} (limit {limit:.0f} s)")
+        print(
+            f"unhealthy: heartbeat {'missing' if age is None else f'{age:.0f} s old'} (limit {limit:.0f} s)"
+        )
         return 1
     print(f"healthy: heartbeat {age:.0f} s old")
     return 0
@@ -86,18 +98,30 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="the daemon: claim and run jobs until stopped")
-    run.add_argument("--exit-when-idle", action="store_true", help="exit 0 once no job is available")
-    run.add_argument("--max-jobs", type=int, default=None, metavar="N", help="claim at most N jobs, then exit")
+    run.add_argument(
+        "--exit-when-idle", action="store_true", help="exit 0 once no job is available"
+    )
+    run.add_argument(
+        "--max-jobs", type=int, default=None, metavar="N", help="claim at most N jobs, then exit"
+    )
     run.set_defaults(fn=cmd_run)
-    for name, fn, text in (("check", cmd_check, "diagnose the set-up: API, login, Docker, GPUs, paths"),
-                           ("info", cmd_info, "print the resources that would be offered to the server"),
-                           ("health", cmd_health, "exit 0 if the daemon's heartbeat is fresh (HEALTHCHECK)")):
+    for name, fn, text in (
+        ("check", cmd_check, "diagnose the set-up: API, login, Docker, GPUs, paths"),
+        ("info", cmd_info, "print the resources that would be offered to the server"),
+        ("health", cmd_health, "exit 0 if the daemon's heartbeat is fresh (HEALTHCHECK)"),
+    ):
         sp = sub.add_parser(name, help=text)
         sp.set_defaults(fn=fn)
     for sp in (run, *(sub.choices[n] for n in ("check", "info", "health"))):
-        sp.add_argument("--env-file", default=None, help="read settings from this file instead of ./.env")
-    demo = sub.add_parser("demo", help="run one sample job end to end against an in-process mock API")
-    demo.add_argument("--workdir", default=None, help="where to keep the demo's files (default: a temp dir)")
+        sp.add_argument(
+            "--env-file", default=None, help="read settings from this file instead of ./.env"
+        )
+    demo = sub.add_parser(
+        "demo", help="run one sample job end to end against an in-process mock API"
+    )
+    demo.add_argument(
+        "--workdir", default=None, help="where to keep the demo's files (default: a temp dir)"
+    )
     demo.set_defaults(fn=cmd_demo)
     return p
 

@@ -42,13 +42,19 @@ class ApiJobSource:
 
     def reject(self, invalid: InvalidJobSpec) -> None:
         log.error("%s", invalid)
-        self.outbox.report(invalid.job_id, JobStatus.error, str(invalid).removeprefix(f"job {invalid.job_id}: "))
+        self.outbox.report(
+            invalid.job_id, JobStatus.error, str(invalid).removeprefix(f"job {invalid.job_id}: ")
+        )
 
     def hand_back(self, job_id: str, reason: str) -> None:
         try:
             self.api.put_status(job_id, JobStatus.queued, reason, retry_s=30)
         except ApiError as exc:
-            log.error("job %s: could not hand it back (%s); the server will re-queue it when it times out", job_id, exc)
+            log.error(
+                "job %s: could not hand it back (%s); the server will re-queue it when it times out",
+                job_id,
+                exc,
+            )
 
     def housekeeping(self) -> None:
         self.outbox.flush()
@@ -63,7 +69,9 @@ def state_lock(state_dir: Path) -> IO[str]:
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         fh.close()
-        raise ConfigError(f"PATH_BASE: another fetcher is already using {state_dir.parent}") from None
+        raise ConfigError(
+            f"PATH_BASE: another fetcher is already using {state_dir.parent}"
+        ) from None
     return fh
 
 
@@ -97,7 +105,9 @@ def connect_docker() -> Any:
         client.ping()
         return client
     except docker.errors.DockerException as exc:
-        raise ConfigError(f"docker: cannot reach the Docker engine ({exc}); is the socket mounted?") from None
+        raise ConfigError(
+            f"docker: cannot reach the Docker engine ({exc}); is the socket mounted?"
+        ) from None
 
 
 def build_daemon(
@@ -113,18 +123,43 @@ def build_daemon(
     lock = state_lock(settings.state_dir)
     client = docker_client or connect_docker()
     api = WorkerApi.from_settings(settings)
-    outbox = Outbox(settings.state_dir / "outbox",
-                    lambda j, s, d: api.put_status(j, s, d, retry_s=min(settings.api_retry_s, 30)))
-    deps = JobDeps(settings, api, client, outbox, Journal(settings.state_dir / "jobs"), fetcher_identity(settings))
+    outbox = Outbox(
+        settings.state_dir / "outbox",
+        lambda j, s, d: api.put_status(j, s, d, retry_s=min(settings.api_retry_s, 30)),
+    )
+    deps = JobDeps(
+        settings,
+        api,
+        client,
+        outbox,
+        Journal(settings.state_dir / "jobs"),
+        fetcher_identity(settings),
+    )
     host = detect_host(client.info(), settings, detect_gpus(nvml))
-    pool = ResourcePool(host, settings.max_parallel_jobs, settings.job_default_cpu_cores, settings.job_default_memory_mb)
-    log.info("worker: fetcher %s, %d CPU cores, %d MB, GPUs: %s", deps.fetcher_id, host.cpu_cores, host.memory_mb,
-             ", ".join(f"{g.index}:{g.model}" for g in host.gpus) or "none")
+    pool = ResourcePool(
+        host,
+        settings.max_parallel_jobs,
+        settings.job_default_cpu_cores,
+        settings.job_default_memory_mb,
+    )
+    log.info(
+        "worker: fetcher %s, %d CPU cores, %d MB, GPUs: %s",
+        deps.fetcher_id,
+        host.cpu_cores,
+        host.memory_mb,
+        ", ".join(f"{g.index}:{g.model}" for g in host.gpus) or "none",
+    )
     recover(deps)
 
     def execute(job_id: str, spec: JobSpecs, alloc: Allocation, cancel: Cancel) -> None:
-        process_job(job_id, spec, deps, cancel=cancel, gpu_uuids=[g.uuid for g in alloc.gpus],
-                    limits=Limits(alloc.cpu_cores, alloc.memory_mb))
+        process_job(
+            job_id,
+            spec,
+            deps,
+            cancel=cancel,
+            gpu_uuids=[g.uuid for g in alloc.gpus],
+            limits=Limits(alloc.cpu_cores, alloc.memory_mb),
+        )
 
     source = ApiJobSource(api, outbox, settings.state_dir / HEARTBEAT)
     options = LoopOptions(

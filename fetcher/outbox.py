@@ -36,8 +36,10 @@ class Outbox:
 
     def report(self, job_id: str, status: JobStatus, details: str | None) -> bool:
         """Keep the final status on disk, then try to deliver it. True if delivered now."""
-        write_json_atomic(self.dir / f"{job_id}.json",
-                          {"job_id": job_id, "status": status.value, "details": details, "since": time.time()})
+        write_json_atomic(
+            self.dir / f"{job_id}.json",
+            {"job_id": job_id, "status": status.value, "details": details, "since": time.time()},
+        )
         return self._deliver(self.dir / f"{job_id}.json")
 
     def pending(self) -> list[str]:
@@ -51,7 +53,11 @@ class Outbox:
     def _deliver(self, path: Path) -> bool:
         try:
             entry = json.loads(path.read_text())
-            job_id, status, details = str(entry["job_id"]), JobStatus(entry["status"]), entry.get("details")
+            job_id, status, details = (
+                str(entry["job_id"]),
+                JobStatus(entry["status"]),
+                entry.get("details"),
+            )
         except (OSError, ValueError, KeyError) as exc:
             log.error("outbox: dropping unreadable entry %s: %s", path.name, exc)
             path.unlink(missing_ok=True)
@@ -59,19 +65,39 @@ class Outbox:
         try:
             self.send(job_id, status, details)
         except JobGone:
-            log.warning("job %s: final status %s not delivered: the job is no longer ours", job_id, status.value)
+            log.warning(
+                "job %s: final status %s not delivered: the job is no longer ours",
+                job_id,
+                status.value,
+            )
         except ApiError as exc:
             age = time.time() - float(entry.get("since", time.time()))
             if age > MAX_AGE_S:
-                log.error("job %s: giving up on final status %s after %.0f h: %s", job_id, status.value, age / 3600, exc)
+                log.error(
+                    "job %s: giving up on final status %s after %.0f h: %s",
+                    job_id,
+                    status.value,
+                    age / 3600,
+                    exc,
+                )
             else:
                 if job_id not in self._waiting_logged:
-                    log.warning("job %s: final status %s kept until the API takes it: %s", job_id, status.value, exc)
+                    log.warning(
+                        "job %s: final status %s kept until the API takes it: %s",
+                        job_id,
+                        status.value,
+                        exc,
+                    )
                     self._waiting_logged.add(job_id)
                 return False
         else:
             held = time.time() - float(entry.get("since", time.time()))
-            log.info("job %s: reported %s%s", job_id, status.value, f" (held {held:.0f} s)" if held > 5 else "")
+            log.info(
+                "job %s: reported %s%s",
+                job_id,
+                status.value,
+                f" (held {held:.0f} s)" if held > 5 else "",
+            )
             self._waiting_logged.discard(job_id)
         path.unlink(missing_ok=True)
         return True

@@ -27,7 +27,12 @@ def recover(deps: JobDeps) -> list[str]:
     for c in containers:
         job_id = c.labels.get(LABEL_JOB, "?")
         jobs.add(job_id)
-        log.warning("job %s: removing container %s left by an earlier run (%s)", job_id, c.short_id, c.status)
+        log.warning(
+            "job %s: removing container %s left by an earlier run (%s)",
+            job_id,
+            c.short_id,
+            c.status,
+        )
         try:
             c.stop(timeout=int(deps.settings.stop_grace_s))
             c.remove(force=True)
@@ -54,7 +59,9 @@ def _report_restarted(deps: JobDeps, job_id: str) -> None:
         log.info("job %s: the server no longer knows it; nothing to report", job_id)
         return
     except ApiError as exc:
-        log.warning("job %s: could not ask the server about it (%s); reporting error anyway", job_id, exc)
+        log.warning(
+            "job %s: could not ask the server about it (%s); reporting error anyway", job_id, exc
+        )
         status = None
     if status is not None and status.is_final:
         return

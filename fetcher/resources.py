@@ -13,8 +13,17 @@ from fetcher.settings import Settings
 log = logging.getLogger(__name__)
 
 # NVML's nvmlDeviceGetArchitecture values
-ARCHITECTURES = {2: "kepler", 3: "maxwell", 4: "pascal", 5: "volta", 6: "turing", 7: "ampere",
-                 8: "ada", 9: "hopper", 10: "blackwell"}
+ARCHITECTURES = {
+    2: "kepler",
+    3: "maxwell",
+    4: "pascal",
+    5: "volta",
+    6: "turing",
+    7: "ampere",
+    8: "ada",
+    9: "hopper",
+    10: "blackwell",
+}
 
 
 @dataclass(frozen=True)
@@ -40,13 +49,12 @@ def _text(value: Any) -> str:
 def detect_gpus(nvml: Any = None) -> list[Gpu]:
     """The GPUs NVML shows this process; [] where there is no NVIDIA driver. `nvml`: pynvml or a fake."""
     if nvml is None:
-        try:
-            import pynvml as nvml
-        except ImportError:  # pragma: no cover - nvidia-ml-py is a dependency
-            return []
+        import pynvml
+
+        nvml = pynvml
     try:
         nvml.nvmlInit()
-    except Exception as exc:  # NVMLError_LibraryNotFound, DriverNotLoaded, ...
+    except Exception as exc:  # noqa: BLE001 - any NVMLError (LibraryNotFound, DriverNotLoaded, ...)
         log.info("resources: no NVIDIA GPU visible (%s)", exc)
         return []
     try:
@@ -55,15 +63,17 @@ def detect_gpus(nvml: Any = None) -> list[Gpu]:
             handle = nvml.nvmlDeviceGetHandleByIndex(i)
             try:
                 archi = ARCHITECTURES.get(int(nvml.nvmlDeviceGetArchitecture(handle)))
-            except Exception:
+            except Exception:  # noqa: BLE001 - old drivers lack the call
                 archi = None
-            gpus.append(Gpu(
-                index=i,
-                uuid=_text(nvml.nvmlDeviceGetUUID(handle)),
-                model=_text(nvml.nvmlDeviceGetName(handle)),
-                memory_mb=int(nvml.nvmlDeviceGetMemoryInfo(handle).total) // (1024 * 1024),
-                archi=archi,
-            ))
+            gpus.append(
+                Gpu(
+                    index=i,
+                    uuid=_text(nvml.nvmlDeviceGetUUID(handle)),
+                    model=_text(nvml.nvmlDeviceGetName(handle)),
+                    memory_mb=int(nvml.nvmlDeviceGetMemoryInfo(handle).total) // (1024 * 1024),
+                    archi=archi,
+                )
+            )
         return gpus
     finally:
         try:
@@ -96,7 +106,9 @@ class Allocation:
 class ResourcePool:
     """Slots and shares: each running job holds its cores, memory and GPU until released."""
 
-    def __init__(self, host: Host, max_jobs: int | None, default_cpu: int, default_memory_mb: int) -> None:
+    def __init__(
+        self, host: Host, max_jobs: int | None, default_cpu: int, default_memory_mb: int
+    ) -> None:
         self.host = host
         self.max_jobs = max_jobs or max(1, len(host.gpus))
         self.default_cpu = default_cpu
@@ -120,7 +132,9 @@ class ResourcePool:
                 return None
             best = max(gpus, key=lambda g: g.memory_mb, default=None)
             return ClaimOffer(
-                memory=mem, cpu_cores=cpu, groups=groups,
+                memory=mem,
+                cpu_cores=cpu,
+                groups=groups,
                 gpu_mem=best.memory_mb if best else 0,
                 gpu_model=best.model if best else None,
                 gpu_archi=best.archi if best else None,
@@ -138,15 +152,23 @@ class ResourcePool:
                 return f"needs {need_cpu} CPU cores, {cpu} free"
             if need_mem > mem:
                 return f"needs {need_mem} MB memory, {mem} MB free"
-            fitting = [g for g in gpus
-                       if (hw.gpu_mem or 0) <= g.memory_mb
-                       and hw.gpu_model in (None, g.model) and hw.gpu_archi in (None, g.archi)]
+            fitting = [
+                g
+                for g in gpus
+                if (hw.gpu_mem or 0) <= g.memory_mb
+                and hw.gpu_model in (None, g.model)
+                and hw.gpu_archi in (None, g.archi)
+            ]
             if hw.needs_gpu and not fitting:
                 if not self.host.gpus:
                     return "needs a GPU; this host has none"
-                return (f"needs a GPU (gpu_mem={hw.gpu_mem}, gpu_model={hw.gpu_model}, "
-                        f"gpu_archi={hw.gpu_archi}); none of the free ones fits")
-            chosen = sorted(fitting, key=lambda g: g.memory_mb)[:1]  # smallest that fits, one per job
+                return (
+                    f"needs a GPU (gpu_mem={hw.gpu_mem}, gpu_model={hw.gpu_model}, "
+                    f"gpu_archi={hw.gpu_archi}); none of the free ones fits"
+                )
+            chosen = sorted(fitting, key=lambda g: g.memory_mb)[
+                :1
+            ]  # smallest that fits, one per job
             alloc = Allocation(job_id, need_cpu, need_mem, chosen)
             self.held[job_id] = alloc
             return alloc

@@ -9,7 +9,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fetcher.errors import ConfigError
@@ -36,7 +43,9 @@ class Settings(BaseSettings):
     http_read_timeout_s: float = Field(default=60.0, gt=0)
 
     # --- where jobs live -------------------------------------------------------------------------
-    path_base: Path = Field(description="Directory holding the job directories (as the fetcher sees it)")
+    path_base: Path = Field(
+        description="Directory holding the job directories (as the fetcher sees it)"
+    )
     path_host_base: Path | None = Field(
         default=None,
         description="The same directory as the Docker engine's host sees it (when the fetcher runs"
@@ -52,7 +61,9 @@ class Settings(BaseSettings):
         default=60.0, gt=0, validation_alias=AliasChoices("TIMEOUT_STATUS", "keepalive_interval_s")
     )
     stop_grace_s: float = Field(default=10.0, ge=0, description="SIGTERM → SIGKILL grace of a job")
-    api_backoff_max_s: float = Field(default=60.0, gt=0, description="Longest wait between claims while the API is down")
+    api_backoff_max_s: float = Field(
+        default=60.0, gt=0, description="Longest wait between claims while the API is down"
+    )
     drain_timeout_s: float | None = Field(
         default=None, ge=0, description="After the first stop signal, wait this long, then force"
     )
@@ -63,7 +74,9 @@ class Settings(BaseSettings):
     reserve_cpu_cores: int = Field(default=0, ge=0)
     memory_mb: int | None = Field(default=None, ge=1, description="Override the engine's memory")
     reserve_memory_mb: int = Field(default=0, ge=0)
-    gpus: str = Field(default="", description="Comma-separated GPU UUIDs or indices to use; empty = all")
+    gpus: str = Field(
+        default="", description="Comma-separated GPU UUIDs or indices to use; empty = all"
+    )
     groups: str = Field(default="", description="Comma-separated job groups to prefer")
     job_default_cpu_cores: int = Field(default=1, ge=1)
     job_default_memory_mb: int = Field(default=2000, ge=1)
@@ -77,11 +90,15 @@ class Settings(BaseSettings):
     )
     download_workers: int = Field(default=4, ge=1, le=32)
     log_tail_bytes: int = Field(default=4000, ge=100)
-    probe_image: str = Field(default="busybox:latest", description="Small image `check` uses to probe the mount")
+    probe_image: str = Field(
+        default="busybox:latest", description="Small image `check` uses to probe the mount"
+    )
 
     # --- identity, logging -----------------------------------------------------------------------
     fetcher_id: str | None = Field(
-        default=None, pattern=r"^[A-Za-z0-9_.-]+$", description="Default: kept in PATH_BASE/.fetcher/id"
+        default=None,
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        description="Default: kept in PATH_BASE/.fetcher/id",
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -138,7 +155,9 @@ def load_settings(**overrides: object) -> Settings:
             msg = err["msg"].removeprefix("Value error, ")
             if err["type"] == "missing":
                 msg = "missing (required)"
-                desc = Settings.model_fields[loc].description if loc in Settings.model_fields else None
+                desc = (
+                    Settings.model_fields[loc].description if loc in Settings.model_fields else None
+                )
                 if desc:
                     msg += f": {desc}"
             problems.append(f"{name}: {msg}" if name else msg)

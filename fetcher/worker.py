@@ -22,6 +22,7 @@ from fetcher.resources import Allocation, ResourcePool
 
 log = logging.getLogger(__name__)
 
+
 class JobSource(Protocol):
     """The server, as the loop sees it."""
 
@@ -79,8 +80,11 @@ class Worker:
     def handle_signal(self, signum: int, _frame: FrameType | None = None) -> None:
         name = signal.Signals(signum).name
         if not self.stop_requested:
-            log.info("worker: %s: no new jobs; waiting for %d running job(s) to finish (again to stop them)",
-                     name, len(self._running))
+            log.info(
+                "worker: %s: no new jobs; waiting for %d running job(s) to finish (again to stop them)",
+                name,
+                len(self._running),
+            )
             self.request_stop()
         else:
             log.warning("worker: %s again: stopping running jobs", name)
@@ -100,7 +104,11 @@ class Worker:
 
     # --- the loop ------------------------------------------------------------------------------
     def run(self) -> int:
-        log.info("worker: up, %d slot(s), polling every %.0f s", self.pool.max_jobs, self.options.poll_interval_s)
+        log.info(
+            "worker: up, %d slot(s), polling every %.0f s",
+            self.pool.max_jobs,
+            self.options.poll_interval_s,
+        )
         while not self.stop_requested:
             self.source.housekeeping()
             if self.options.max_jobs is not None and self.claimed >= self.options.max_jobs:
@@ -146,7 +154,9 @@ class Worker:
             self.source.hand_back(job_id, f"handed back by the worker: {alloc}")
             return
         cancel = Cancel()
-        thread = threading.Thread(target=self._job_thread, args=(job_id, spec, alloc, cancel), name=f"job-{job_id}")
+        thread = threading.Thread(
+            target=self._job_thread, args=(job_id, spec, alloc, cancel), name=f"job-{job_id}"
+        )
         with self._lock:
             self._running[job_id] = (thread, cancel)
         thread.start()
@@ -165,7 +175,9 @@ class Worker:
     def _api_failed(self, exc: ApiError) -> float:
         problem = f"{type(exc).__name__}: {exc}"
         if self._api_problem is None:
-            hint = " (check ACCESS_TOKEN or USERNAME/PASSWORD)" if isinstance(exc, AuthError) else ""
+            hint = (
+                " (check ACCESS_TOKEN or USERNAME/PASSWORD)" if isinstance(exc, AuthError) else ""
+            )
             log.error("worker: cannot claim jobs: %s%s; retrying with backoff", problem, hint)
         self._api_problem = problem
         self._backoff_s = min(self._backoff_s * 2, self.options.max_backoff_s)
@@ -178,7 +190,11 @@ class Worker:
         self._backoff_s = self.options.poll_interval_s
 
     def _drain(self) -> None:
-        deadline = None if self.options.drain_timeout_s is None else time.monotonic() + self.options.drain_timeout_s
+        deadline = (
+            None
+            if self.options.drain_timeout_s is None
+            else time.monotonic() + self.options.drain_timeout_s
+        )
         while True:
             with self._lock:
                 threads = [t for t, _ in self._running.values()]
@@ -186,7 +202,9 @@ class Worker:
                 return
             self.source.housekeeping()
             if deadline is not None and time.monotonic() >= deadline and not self.force_requested:
-                log.warning("worker: drain timeout reached; stopping %d running job(s)", len(threads))
+                log.warning(
+                    "worker: drain timeout reached; stopping %d running job(s)", len(threads)
+                )
                 self.request_force_stop()
             self._wake.wait(1.0)
             self._wake.clear()

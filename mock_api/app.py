@@ -57,14 +57,27 @@ class FaultMiddleware:
         if status is None:
             await self.app(scope, receive, send)
         elif status == 0:
-            await send({"type": "http.response.start", "status": 200,
-                        "headers": [(b"content-length", b"1000"), (b"content-type", b"application/json")]})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [
+                        (b"content-length", b"1000"),
+                        (b"content-type", b"application/json"),
+                    ],
+                }
+            )
             await send({"type": "http.response.body", "body": b"{", "more_body": True})
             raise DroppedConnection
         else:
             body = b"Internal Server Error" if status >= 500 else b'{"detail":"Too Many Requests"}'
-            await send({"type": "http.response.start", "status": status,
-                        "headers": [(b"content-length", str(len(body)).encode())]})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": status,
+                    "headers": [(b"content-length", str(len(body)).encode())],
+                }
+            )
             await send({"type": "http.response.body", "body": body})
 
 
@@ -92,14 +105,26 @@ def create_app(state: MockState) -> FastAPI:
     async def _failure(_: Request, exc: ApiFailure) -> Response:
         if exc.status == 500 and exc.detail is None:
             return PlainTextResponse("Internal Server Error", status_code=500)
-        if exc.status == 400 and exc.detail and ("password" in exc.detail or "Refresh" in exc.detail or "AuthFlow" in exc.detail):
-            return JSONResponse({"__type": "NotAuthorizedException", "message": exc.detail}, status_code=400)
+        if (
+            exc.status == 400
+            and exc.detail
+            and ("password" in exc.detail or "Refresh" in exc.detail or "AuthFlow" in exc.detail)
+        ):
+            return JSONResponse(
+                {"__type": "NotAuthorizedException", "message": exc.detail}, status_code=400
+            )
         return JSONResponse({"detail": exc.detail}, status_code=exc.status)
 
     # --- worker-facing ------------------------------------------------------------------------
     @app.get("/access_info")
     def access_info() -> dict[str, Any]:
-        return {"cognito": {"user_pool_id": "mock-pool", "client_id": "mock-client", "region": "mock-region"}}
+        return {
+            "cognito": {
+                "user_pool_id": "mock-pool",
+                "client_id": "mock-client",
+                "region": "mock-region",
+            }
+        }
 
     @app.get("/jobs")
     def get_jobs(
@@ -113,13 +138,23 @@ def create_app(state: MockState) -> FastAPI:
         limit: int = 1,
         older_than: int = 0,
     ) -> dict[str, Any]:
-        given = state.claim(token.user, memory=memory, cpu_cores=cpu_cores, gpu_mem=gpu_mem,
-                            gpu_model=gpu_model, gpu_archi=gpu_archi, groups=groups or [],
-                            limit=limit, older_than=older_than)
+        given = state.claim(
+            token.user,
+            memory=memory,
+            cpu_cores=cpu_cores,
+            gpu_mem=gpu_mem,
+            gpu_model=gpu_model,
+            gpu_archi=gpu_archi,
+            groups=groups or [],
+            limit=limit,
+            older_than=older_than,
+        )
         return {str(k): v.model_dump(mode="json") for k, v in given.items()}
 
     @app.put("/jobs/{job_id}/status", status_code=204)
-    def put_status(token: Worker, job_id: int, status: JobStatus, runtime_details: str | None = None) -> Response:
+    def put_status(
+        token: Worker, job_id: int, status: JobStatus, runtime_details: str | None = None
+    ) -> Response:
         state.put_status(token.user, job_id, status, runtime_details)
         return Response(status_code=204)
 
@@ -166,7 +201,7 @@ def create_app(state: MockState) -> FastAPI:
         token: Worker,
         job_id: int,
         request: Request,
-        type: str,  # noqa: A002 - the real query parameter's name
+        type: str,
         base_path: str | None = None,
     ) -> FileHTTPRequest:
         policy, _ = state.grant_upload(token.user, job_id, type, base_path)
@@ -174,10 +209,14 @@ def create_app(state: MockState) -> FastAPI:
         url = f"{base}/_upload/{job_id}/{type}"
         if base_path is not None:
             url += f"?base_path={quote(base_path)}"
-        return FileHTTPRequest(method="post", url=url, data={"key": f"{type}/${{filename}}", "policy": policy})
+        return FileHTTPRequest(
+            method="post", url=url, data={"key": f"{type}/${{filename}}", "policy": policy}
+        )
 
     @app.post("/_upload/{job_id}/{kind}", status_code=201)
-    async def upload(job_id: int, kind: str, request: Request, base_path: str | None = None) -> None:
+    async def upload(
+        job_id: int, kind: str, request: Request, base_path: str | None = None
+    ) -> None:
         if base_path is None:
             raise ApiFailure(422, "base_path: field required")
         form = await request.form(max_part_size=64 * 1024 * 1024)
@@ -200,7 +239,9 @@ def create_app(state: MockState) -> FastAPI:
         await form.close()
 
     @app.post("/_cognito/")
-    async def cognito(request: Request, x_amz_target: Annotated[str | None, Header()] = None) -> Response:
+    async def cognito(
+        request: Request, x_amz_target: Annotated[str | None, Header()] = None
+    ) -> Response:
         if x_amz_target != "AWSCognitoIdentityProviderService.InitiateAuth":
             raise ApiFailure(400, f"unknown X-Amz-Target {x_amz_target}")
         body = await request.json()

@@ -10,14 +10,23 @@ from mock_api.state import MockState
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="mock-api", description="Mock DECODE OpenCloud worker-facing API")
+    p = argparse.ArgumentParser(
+        prog="mock-api", description="Mock DECODE OpenCloud worker-facing API"
+    )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8001)
     p.add_argument("--data-root", required=True, help="file store; file ids begin with it as given")
-    p.add_argument("--worker-token", action="append", default=[], help="fixed worker token (repeatable)")
+    p.add_argument(
+        "--worker-token", action="append", default=[], help="fixed worker token (repeatable)"
+    )
     p.add_argument("--api-key", required=True, help="x-api-key for POST /_jobs and the /_ routes")
-    p.add_argument("--user", action="append", default=[], metavar="NAME:PASSWORD[:GROUP,...]",
-                   help="a Cognito user for USERNAME/PASSWORD login (default group: workers)")
+    p.add_argument(
+        "--user",
+        action="append",
+        default=[],
+        metavar="NAME:PASSWORD[:GROUP,...]",
+        help="a Cognito user for USERNAME/PASSWORD login (default group: workers)",
+    )
     p.add_argument("--token-expiry-s", type=float, default=3600.0)
     p.add_argument("--failure-timeout-s", type=float, default=300.0)
     p.add_argument("--check-interval-s", type=float, default=60.0)

@@ -26,8 +26,13 @@ class MockServer:
         self.state = state
         self.host = host
         self.port = port or free_port(host)
-        config = uvicorn.Config(create_app(state), host=host, port=self.port, log_level="warning",
-                                timeout_graceful_shutdown=1)
+        config = uvicorn.Config(
+            create_app(state),
+            host=host,
+            port=self.port,
+            log_level="warning",
+            timeout_graceful_shutdown=1,
+        )
         self.server = uvicorn.Server(config)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -45,7 +50,9 @@ class MockServer:
 
     def start(self) -> MockServer:
         server_thread = threading.Thread(target=self.server.run, name="mock-api", daemon=True)
-        checker = threading.Thread(target=self._check_timeouts, name="mock-api-timeouts", daemon=True)
+        checker = threading.Thread(
+            target=self._check_timeouts, name="mock-api-timeouts", daemon=True
+        )
         self._threads = [server_thread, checker]
         for t in self._threads:
             t.start()
@@ -69,7 +76,9 @@ class MockServer:
         self.stop()
 
     def serve_forever(self) -> None:
-        checker = threading.Thread(target=self._check_timeouts, name="mock-api-timeouts", daemon=True)
+        checker = threading.Thread(
+            target=self._check_timeouts, name="mock-api-timeouts", daemon=True
+        )
         checker.start()
         try:
             self.server.run()

@@ -36,8 +36,12 @@ class Faults(BaseModel):
     drop_rate: float = Field(default=0.0, ge=0, le=1, description="share of dropped connections")
     delay_s: float = Field(default=0.0, ge=0, description="slow answers: wait before each")
     down_for_s: float = Field(default=0.0, ge=0, description="drop every request for this long")
-    fail_next: list[int] = Field(default_factory=list, description="next answers: status codes, 0 = drop")
-    ignore_hardware: bool = Field(default=False, description="hand out jobs without matching hardware")
+    fail_next: list[int] = Field(
+        default_factory=list, description="next answers: status codes, 0 = drop"
+    )
+    ignore_hardware: bool = Field(
+        default=False, description="hand out jobs without matching hardware"
+    )
     seed: int | None = None
 
 
@@ -74,7 +78,12 @@ class MockJob:
         self.status = status
         self.last_update = time.time()
         self.history.append(
-            {"time": self.last_update, "status": status.value, "runtime_details": details, "worker": worker}
+            {
+                "time": self.last_update,
+                "status": status.value,
+                "runtime_details": details,
+                "worker": worker,
+            }
         )
 
     def view(self) -> dict[str, Any]:
@@ -102,7 +111,9 @@ class Token:
 
 
 class MockState:
-    def __init__(self, data_root: str, api_key: str, worker_tokens: list[str] | None = None) -> None:
+    def __init__(
+        self, data_root: str, api_key: str, worker_tokens: list[str] | None = None
+    ) -> None:
         self.data_root = data_root.rstrip("/") or "/"
         Path(self.data_root).mkdir(parents=True, exist_ok=True)
         self.api_key = api_key
@@ -112,7 +123,8 @@ class MockState:
         self.jobs: dict[int, MockJob] = {}
         self.next_id = 1
         self.tokens: dict[str, Token] = {
-            t: Token(f"worker-{i}" if i else "worker", ["workers"], None) for i, t in enumerate(worker_tokens or [])
+            t: Token(f"worker-{i}" if i else "worker", ["workers"], None)
+            for i, t in enumerate(worker_tokens or [])
         }
         self.users: dict[str, tuple[str, list[str]]] = {}
         self.refresh_tokens: dict[str, str] = {}
@@ -234,7 +246,11 @@ class MockState:
                 if self.faults.ignore_hardware:
                     candidates.append(job)
                     continue
-                if (hw.cpu_cores or 0) > cpu_cores or (hw.memory or 0) > memory or (hw.gpu_mem or 0) > gpu_mem:
+                if (
+                    (hw.cpu_cores or 0) > cpu_cores
+                    or (hw.memory or 0) > memory
+                    or (hw.gpu_mem or 0) > gpu_mem
+                ):
                     continue
                 if hw.gpu_model is not None and hw.gpu_model != gpu_model:
                     continue
@@ -246,8 +262,16 @@ class MockState:
             for job in candidates[: max(limit, 0)]:
                 job.worker = worker
                 job.attempts += 1
-                job.claims.append({"worker": worker, "memory": memory, "cpu_cores": cpu_cores,
-                                   "gpu_mem": gpu_mem, "gpu_model": gpu_model, "gpu_archi": gpu_archi})
+                job.claims.append(
+                    {
+                        "worker": worker,
+                        "memory": memory,
+                        "cpu_cores": cpu_cores,
+                        "gpu_mem": gpu_mem,
+                        "gpu_model": gpu_model,
+                        "gpu_archi": gpu_archi,
+                    }
+                )
                 job.record(JobStatus.pulled, None, worker)
                 given[job.id] = job.spec
             return given
@@ -286,7 +310,9 @@ class MockState:
                 if now - job.last_update <= self.config.failure_timeout_s:
                     continue
                 if job.attempts >= self.config.retry_limit:
-                    job.record(JobStatus.error, "no keep-alive from the worker; retry limit reached", None)
+                    job.record(
+                        JobStatus.error, "no keep-alive from the worker; retry limit reached", None
+                    )
                 else:
                     job.record(JobStatus.queued, "no keep-alive from the worker; re-queued", None)
                 job.worker = None
@@ -306,7 +332,9 @@ class MockState:
             raise ApiFailure(403, "file id: '..' is not allowed")
         return Path(self.data_root) / "_s3" / rest
 
-    def grant_upload(self, worker: str, job_id: int, kind: str, base_path: str | None) -> tuple[str, str]:
+    def grant_upload(
+        self, worker: str, job_id: int, kind: str, base_path: str | None
+    ) -> tuple[str, str]:
         with self.lock:
             job = self.jobs.get(job_id)
             if job is None or job.deleted or job.worker != worker:
@@ -333,8 +361,15 @@ class MockState:
             job_id, kind, base_path = grant
             job = self.jobs[job_id]
             dest = Path(job.paths_upload[kind], base_path, filename)
-            job.uploads.append({"type": kind, "base_path": base_path, "filename": filename,
-                                "path": str(dest), "size": size})
+            job.uploads.append(
+                {
+                    "type": kind,
+                    "base_path": base_path,
+                    "filename": filename,
+                    "path": str(dest),
+                    "size": size,
+                }
+            )
             return dest
 
     # --- faults --------------------------------------------------------------------------------

@@ -53,33 +53,66 @@ def wheelhouse() -> Path:
 
 def build(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="docker-build", description="Build the fetcher's Docker image")
-    p.add_argument("--base", default=os.environ.get("FETCHER_BASE_IMAGE", "python:3.11-slim"),
-                   help="image with python3 and venv (default python:3.11-slim, or $FETCHER_BASE_IMAGE)")
+    p.add_argument(
+        "--base",
+        default=os.environ.get("FETCHER_BASE_IMAGE", "python:3.11-slim"),
+        help="image with python3 and venv (default python:3.11-slim, or $FETCHER_BASE_IMAGE)",
+    )
     p.add_argument("--tag", default=f"{IMAGE}:{version()}")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     wheelhouse()
-    sh(docker_cli(), "build", "--build-arg", f"PYTHON_IMAGE={args.base}", "--build-arg", f"VERSION={version()}",
-       "-t", args.tag, "-t", f"{IMAGE}:latest", str(ROOT))
+    sh(
+        docker_cli(),
+        "build",
+        "--build-arg",
+        f"PYTHON_IMAGE={args.base}",
+        "--build-arg",
+        f"VERSION={version()}",
+        "-t",
+        args.tag,
+        "-t",
+        f"{IMAGE}:latest",
+        str(ROOT),
+    )
     print(f"built {args.tag}")
     return 0
 
 
 def run(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="docker-run", description="Run the fetcher's image on this box")
+    p = argparse.ArgumentParser(
+        prog="docker-run", description="Run the fetcher's image on this box"
+    )
     p.add_argument("--env-file", default=".env")
-    p.add_argument("--path-base", default=os.environ.get("PATH_BASE"), help="host directory for job files")
+    p.add_argument(
+        "--path-base", default=os.environ.get("PATH_BASE"), help="host directory for job files"
+    )
     p.add_argument("--image", default=f"{IMAGE}:latest")
     p.add_argument("--name", default="decode-fetcher")
     p.add_argument("--no-gpus", action="store_true", help="do not pass --gpus all")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     if not args.path_base:
-        print("docker-run: set PATH_BASE (or --path-base) to the host directory for job files", file=sys.stderr)
+        print(
+            "docker-run: set PATH_BASE (or --path-base) to the host directory for job files",
+            file=sys.stderr,
+        )
         return 2
     host_base = str(Path(args.path_base).resolve())
     Path(host_base).mkdir(parents=True, exist_ok=True)
-    cmd = [docker_cli(), "run", "-d", "--name", args.name, "--restart", "unless-stopped",
-           "-v", "/var/run/docker.sock:/var/run/docker.sock",
-           "-v", f"{host_base}:/data", "--add-host", "host.docker.internal:host-gateway"]
+    cmd = [
+        docker_cli(),
+        "run",
+        "-d",
+        "--name",
+        args.name,
+        "--restart",
+        "unless-stopped",
+        "-v",
+        "/var/run/docker.sock:/var/run/docker.sock",
+        "-v",
+        f"{host_base}:/data",
+        "--add-host",
+        "host.docker.internal:host-gateway",
+    ]
     if Path(args.env_file).is_file():
         cmd += ["--env-file", args.env_file]
     cmd += ["-e", "PATH_BASE=/data", "-e", f"PATH_HOST_BASE={host_base}"]
@@ -90,7 +123,9 @@ def run(argv: list[str] | None = None) -> int:
 
 
 def stop(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="docker-stop", description="Stop the fetcher's containers on this box")
+    p = argparse.ArgumentParser(
+        prog="docker-stop", description="Stop the fetcher's containers on this box"
+    )
     p.add_argument("-t", "--time", default="10", help="seconds docker waits before SIGKILL")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     ids = sh(docker_cli(), "ps", "-q", "--filter", f"label={DAEMON_LABEL}", capture=True).split()
@@ -103,8 +138,9 @@ def stop(argv: list[str] | None = None) -> int:
 
 
 def cleanup(argv: list[str] | None = None) -> int:
-    argparse.ArgumentParser(prog="docker-cleanup", description="Remove fetcher images and dangling images").parse_args(
-        sys.argv[1:] if argv is None else argv)
+    argparse.ArgumentParser(
+        prog="docker-cleanup", description="Remove fetcher images and dangling images"
+    ).parse_args(sys.argv[1:] if argv is None else argv)
     images = sh(docker_cli(), "images", "-q", IMAGE, capture=True).split()
     if images:
         sh(docker_cli(), "rmi", "-f", *sorted(set(images)))

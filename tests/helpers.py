@@ -10,7 +10,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fetcher.models import HardwareSpecs, HandlerSpecs, AppSpecs, JobSpecs, MetaSpecs, PathsUploadSpecs, SubmittedJob
+from fetcher.models import (
+    AppSpecs,
+    HandlerSpecs,
+    HardwareSpecs,
+    JobSpecs,
+    MetaSpecs,
+    PathsUploadSpecs,
+    SubmittedJob,
+)
 from fetcher.settings import Settings
 from mock_api.server import MockServer
 from mock_api.state import MockJob, MockState
@@ -47,7 +55,7 @@ class Env:
             "job_default_memory_mb": 64,
         }
         values.update(overrides)
-        return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+        return Settings(_env_file=None, **values)
 
     def input_file(self, relative: str, content: bytes) -> str:
         path = Path(self.state.data_root, relative)
@@ -69,16 +77,25 @@ class Env:
     ) -> MockJob:
         spec = JobSpecs(
             app=AppSpecs(cmd=cmd, env=env),
-            handler=HandlerSpecs(image_url=image, files_down=files_down,
-                                 files_up=files_up if files_up is not None else {"output": "output", "log": "log"}),  # type: ignore[arg-type]
+            handler=HandlerSpecs(
+                image_url=image,
+                files_down=files_down,
+                files_up=files_up if files_up is not None else {"output": "output", "log": "log"},
+            ),
             meta=MetaSpecs(job_id=4242, job_name="test"),
             hardware=hardware or HardwareSpecs(cpu_cores=1, memory=64),
         )
         out = f"{self.state.data_root}/user1/out"
-        return self.state.submit(SubmittedJob(
-            job=spec, group=group, priority=priority,
-            paths_upload=PathsUploadSpecs(output=f"{out}/output", log=f"{out}/log", artifact=f"{out}/artifact"),
-        ))
+        return self.state.submit(
+            SubmittedJob(
+                job=spec,
+                group=group,
+                priority=priority,
+                paths_upload=PathsUploadSpecs(
+                    output=f"{out}/output", log=f"{out}/log", artifact=f"{out}/artifact"
+                ),
+            )
+        )
 
 
 def wait_for(predicate: Callable[[], Any], timeout_s: float = 30.0, what: str = "condition") -> Any:
@@ -101,7 +118,9 @@ class FakeNvml:
     class NVMLError(Exception):
         pass
 
-    def __init__(self, gpus: list[tuple[str, str, int, int]] | None = None, fail_init: bool = False) -> None:
+    def __init__(
+        self, gpus: list[tuple[str, str, int, int]] | None = None, fail_init: bool = False
+    ) -> None:
         self.gpus = gpus or []
         self.fail_init = fail_init
         self.shutdowns = 0
@@ -133,4 +152,9 @@ class FakeNvml:
 
 
 def four_gpus() -> FakeNvml:
-    return FakeNvml([(f"GPU-{i}0000000-aaaa-bbbb-cccc-{i:012d}", "NVIDIA A100-SXM4-40GB", 40960, 7) for i in range(4)])
+    return FakeNvml(
+        [
+            (f"GPU-{i}0000000-aaaa-bbbb-cccc-{i:012d}", "NVIDIA A100-SXM4-40GB", 40960, 7)
+            for i in range(4)
+        ]
+    )

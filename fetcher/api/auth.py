@@ -80,7 +80,9 @@ class CognitoLogin:
                     try:
                         self._initiate("REFRESH_TOKEN_AUTH", {"REFRESH_TOKEN": self._refresh_token})
                     except AuthError:
-                        log.info("auth: token refresh refused, logging in again as %s", self._username)
+                        log.info(
+                            "auth: token refresh refused, logging in again as %s", self._username
+                        )
                         self._login()
                 else:
                     self._login()
@@ -94,7 +96,9 @@ class CognitoLogin:
         return True
 
     def _login(self) -> None:
-        self._initiate("USER_PASSWORD_AUTH", {"USERNAME": self._username, "PASSWORD": self._password})
+        self._initiate(
+            "USER_PASSWORD_AUTH", {"USERNAME": self._username, "PASSWORD": self._password}
+        )
         log.info("auth: logged in as %s", self._username)
 
     def _discover(self) -> tuple[str, str]:
@@ -126,7 +130,9 @@ class CognitoLogin:
             )
         except ApiRejected as exc:
             # Cognito answers 400 {"__type": "NotAuthorizedException", "message": ...} for bad credentials
-            raise AuthError(f"auth: login as {self._username} refused: {exc}", exc.status_code) from None
+            raise AuthError(
+                f"auth: login as {self._username} refused: {exc}", exc.status_code
+            ) from None
         try:
             result = resp.json()["AuthenticationResult"]
             id_token = str(result["IdToken"])

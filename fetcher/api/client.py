@@ -20,14 +20,23 @@ from requests_toolbelt import MultipartEncoder
 
 from fetcher.api.auth import CognitoLogin, FixedToken, TokenSource
 from fetcher.api.http import Http, Transient
-from fetcher.errors import ApiRejected, AuthError, BadResponse, Interrupted, InvalidJobSpec, TransferError
+from fetcher.errors import (
+    ApiRejected,
+    AuthError,
+    BadResponse,
+    Interrupted,
+    InvalidJobSpec,
+    TransferError,
+)
 from fetcher.models import ClaimOffer, ClaimResult, FileHTTPRequest, JobSpecs, JobStatus, UploadType
 from fetcher.settings import Settings
 
 log = logging.getLogger(__name__)
 
 CHUNK = 1024 * 1024
-MAX_DETAILS_QUOTED = 6000  # runtime_details travels in the query string; keep the URL well under 8 KB
+MAX_DETAILS_QUOTED = (
+    6000  # runtime_details travels in the query string; keep the URL well under 8 KB
+)
 Progress = Callable[[int, int | None], None]
 
 
@@ -80,7 +89,9 @@ class WorkerApi:
 
     def _send_api(self, method: str, path: str, *, what: str, **kw: Any) -> requests.Response:
         """One authenticated try; raises Transient for failures worth another."""
-        return self.http.send(method, f"{self.api_url}{path}", what=what, headers=self._authed(), **kw)
+        return self.http.send(
+            method, f"{self.api_url}{path}", what=what, headers=self._authed(), **kw
+        )
 
     def _relogin_once(self, fn: Callable[[], Any], what: str) -> Any:
         """Run `fn`; on a 401 log in again once (where the token can be renewed) and run it again."""
@@ -105,20 +116,34 @@ class WorkerApi:
         """An authenticated call of the API: retries transient failures, logs in again once on 401."""
         return self._relogin_once(  # type: ignore[no-any-return]
             lambda: self.http.call(
-                lambda: self._send_api(method, path, what=what, **kw), what, retry_s=retry_s, interrupt=interrupt
+                lambda: self._send_api(method, path, what=what, **kw),
+                what,
+                retry_s=retry_s,
+                interrupt=interrupt,
             ),
             what,
         )
 
     # --- jobs --------------------------------------------------------------------------------
-    def claim_jobs(self, offer: ClaimOffer, *, interrupt: threading.Event | None = None, retry_s: float | None = None) -> ClaimResult:
+    def claim_jobs(
+        self,
+        offer: ClaimOffer,
+        *,
+        interrupt: threading.Event | None = None,
+        retry_s: float | None = None,
+    ) -> ClaimResult:
         """GET /jobs: claim jobs that fit `offer`. Keys are queue ids, the id of every later call.
 
         A job whose spec cannot be parsed is returned in `invalid` (it was claimed: report it).
         Raises ApiUnavailable, AuthError, ApiRejected, BadResponse.
         """
         resp = self._call(
-            "GET", "/jobs", what="claim jobs", params=offer.to_query(), interrupt=interrupt, retry_s=retry_s
+            "GET",
+            "/jobs",
+            what="claim jobs",
+            params=offer.to_query(),
+            interrupt=interrupt,
+            retry_s=retry_s,
         )
         try:
             body = resp.json()
@@ -163,12 +188,18 @@ class WorkerApi:
     def get_status(self, job_id: str, *, retry_s: float | None = None) -> JobStatus:
         """GET /jobs/{id}/status. Raises JobGone (404: unknown), ApiUnavailable, BadResponse."""
         resp = self._call(
-            "GET", f"/jobs/{quote(job_id, safe='')}/status", what="get status", job_id=job_id, retry_s=retry_s
+            "GET",
+            f"/jobs/{quote(job_id, safe='')}/status",
+            what="get status",
+            job_id=job_id,
+            retry_s=retry_s,
         )
         try:
             return JobStatus(resp.json())
         except ValueError:
-            raise BadResponse(f"job {job_id}: unexpected status answer {resp.text[:100]!r}") from None
+            raise BadResponse(
+                f"job {job_id}: unexpected status answer {resp.text[:100]!r}"
+            ) from None
 
     # --- files -------------------------------------------------------------------------------
     def _file_request(self, resp: requests.Response, what: str) -> FileHTTPRequest:
@@ -208,7 +239,9 @@ class WorkerApi:
             data = self.http.send(
                 req.method.upper(), req.url, what=what, headers=self._headers_for(req), stream=True
             )
-            total = int(data.headers["Content-Length"]) if "Content-Length" in data.headers else None
+            total = (
+                int(data.headers["Content-Length"]) if "Content-Length" in data.headers else None
+            )
             done = 0
             try:
                 with data, part.open("wb") as fh:
@@ -220,7 +253,9 @@ class WorkerApi:
                         if progress:
                             progress(done, total)
             except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
-                raise Transient(f"transfer broke off after {done} bytes ({type(exc).__name__})") from None
+                raise Transient(
+                    f"transfer broke off after {done} bytes ({type(exc).__name__})"
+                ) from None
             if total is not None and done != total:
                 raise Transient(f"transfer ended after {done} of {total} bytes")
             part.replace(dest)
@@ -261,15 +296,26 @@ class WorkerApi:
             req = self._file_request(resp, what)
             with path.open("rb") as fh:
                 fields: list[tuple[str, Any]] = [(k, str(v)) for k, v in req.data.items()]
-                fields.append(("file", (path.name, _Interruptible(fh, interrupt), "application/octet-stream")))
+                fields.append(
+                    ("file", (path.name, _Interruptible(fh, interrupt), "application/octet-stream"))
+                )
                 body = MultipartEncoder(fields=fields)
                 headers = {**self._headers_for(req), "Content-Type": body.content_type}
-                self.http.send(req.method.upper(), req.url, what=what, headers=headers, data=body, expected=(200, 201, 204))
+                self.http.send(
+                    req.method.upper(),
+                    req.url,
+                    what=what,
+                    headers=headers,
+                    data=body,
+                    expected=(200, 201, 204),
+                )
             return size
 
         return self._retry_transfer(attempt, what, interrupt)
 
-    def _retry_transfer(self, attempt: Callable[[], int], what: str, interrupt: threading.Event | None) -> int:
+    def _retry_transfer(
+        self, attempt: Callable[[], int], what: str, interrupt: threading.Event | None
+    ) -> int:
         """Retry a whole transfer; a refusal (missing, forbidden, malformed) becomes TransferError."""
         try:
             return self._relogin_once(  # type: ignore[no-any-return]
@@ -294,7 +340,8 @@ class _Interruptible:
     def read(self, n: int = -1) -> bytes:
         if self._interrupt is not None and self._interrupt.is_set():
             raise Interrupted("upload interrupted")
-        return self._fh.read(n)  # type: ignore[no-any-return]
+        data: bytes = self._fh.read(n)
+        return data
 
     def __len__(self) -> int:  # MultipartEncoder asks for the length to set Content-Length
-        return os.fstat(self._fh.fileno()).st_size - self._fh.tell()
+        return int(os.fstat(self._fh.fileno()).st_size - self._fh.tell())

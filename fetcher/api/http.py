@@ -40,7 +40,9 @@ _NEVER = threading.Event()
 class Transient(Exception):
     """A failure worth another try; `retry_after_s` comes from a Retry-After header."""
 
-    def __init__(self, message: str, status_code: int | None = None, retry_after_s: float = 0) -> None:
+    def __init__(
+        self, message: str, status_code: int | None = None, retry_after_s: float = 0
+    ) -> None:
         super().__init__(message)
         self.status_code = status_code
         self.retry_after_s = retry_after_s
@@ -92,7 +94,9 @@ class Http:
         self.session = session or requests.Session()
         self.session.headers["User-Agent"] = f"decode-fetcher/{__version__}"
 
-    def retrying(self, what: str, *, retry_s: float | None = None, interrupt: threading.Event | None = None) -> Retrying:
+    def retrying(
+        self, what: str, *, retry_s: float | None = None, interrupt: threading.Event | None = None
+    ) -> Retrying:
         """A tenacity policy for an operation that raises Transient on a failure worth retrying."""
         event = interrupt or _NEVER
         budget = self.retry_s if retry_s is None else retry_s
@@ -103,8 +107,11 @@ class Http:
             exc = state.outcome.exception() if state.outcome else None
             if isinstance(exc, Transient) and exc.retry_after_s:
                 delay = max(delay, min(exc.retry_after_s, self.max_backoff_s))
-            delay = max(0.0, min(delay, budget - state.seconds_since_start))  # never sleep past the budget
-            log.debug("%s: try %d failed (%s), next in %.1f s", what, state.attempt_number, exc, delay)
+            # never sleep past the budget
+            delay = max(0.0, min(delay, budget - (state.seconds_since_start or 0.0)))
+            log.debug(
+                "%s: try %d failed (%s), next in %.1f s", what, state.attempt_number, exc, delay
+            )
             return float(delay)
 
         def sleep(seconds: float) -> None:
@@ -170,7 +177,11 @@ class Http:
                 stream=stream,
                 timeout=self.timeout,
             )
-        except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
+        except (
+            requests.ConnectionError,
+            requests.Timeout,
+            requests.exceptions.ChunkedEncodingError,
+        ) as exc:
             # a connection cut mid-answer is as transient as one refused
             raise Transient(f"{type(exc).__name__} on {method} {safe_url(url)}") from None
         if resp.status_code in expected:
@@ -183,5 +194,7 @@ class Http:
         if status in (401, 403):
             raise AuthError(f"{what}: HTTP {status}: {detail}", status)
         if status == 404 and job_id is not None:
-            raise JobGone(f"job {job_id}: {what}: the job is no longer this worker's (HTTP 404)", 404)
+            raise JobGone(
+                f"job {job_id}: {what}: the job is no longer this worker's (HTTP 404)", 404
+            )
         raise ApiRejected(f"{what}: HTTP {status}: {detail}", status)

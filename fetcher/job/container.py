@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections import deque
@@ -80,7 +81,9 @@ def ensure_image(client: Any, image: str, policy: PullPolicy, job_id: str) -> No
             return
         except docker.errors.ImageNotFound:
             if policy == "never":
-                raise ContainerError(f"image {image} is not present and IMAGE_PULL_POLICY is never") from None
+                raise ContainerError(
+                    f"image {image} is not present and IMAGE_PULL_POLICY is never"
+                ) from None
         except docker.errors.APIError as exc:
             raise ContainerError(f"image {image}: {docker_message(exc)}") from None
     log.info("job %s: pulling %s", job_id, image)
@@ -96,7 +99,9 @@ def ensure_image(client: Any, image: str, policy: PullPolicy, job_id: str) -> No
 class JobContainer:
     """One job's container: create/start, wait, logs, stop, remove. Usable on its own."""
 
-    def __init__(self, client: Any, job_id: str, fetcher_id: str, options: ContainerOptions) -> None:
+    def __init__(
+        self, client: Any, job_id: str, fetcher_id: str, options: ContainerOptions
+    ) -> None:
         self.client = client
         self.job_id = job_id
         self.fetcher_id = fetcher_id
@@ -111,7 +116,12 @@ class JobContainer:
             "command": shell_command(spec),
             "environment": dict(spec.app.env or {}),
             "volumes": {str(ws.host_path): {"bind": CONTAINER_MOUNT, "mode": "rw"}},
-            "labels": {LABEL: "1", LABEL_ID: self.fetcher_id, LABEL_JOB: self.job_id, LABEL_GPUS: ",".join(gpu_uuids)},
+            "labels": {
+                LABEL: "1",
+                LABEL_ID: self.fetcher_id,
+                LABEL_JOB: self.job_id,
+                LABEL_GPUS: ",".join(gpu_uuids),
+            },
             "name": self.name,
             "detach": True,
             "init": True,  # signals reach the job's process, and zombies are reaped
@@ -123,7 +133,9 @@ class JobContainer:
         else:
             kwargs["shm_size"] = self.options.shm_size
         if gpu_uuids:
-            kwargs["device_requests"] = [DeviceRequest(driver="nvidia", device_ids=gpu_uuids, capabilities=[["gpu"]])]
+            kwargs["device_requests"] = [
+                DeviceRequest(driver="nvidia", device_ids=gpu_uuids, capabilities=[["gpu"]])
+            ]
         if self.options.enforce_limits:
             if limits.cpu_cores:
                 kwargs["nano_cpus"] = int(limits.cpu_cores * 1e9)
@@ -138,8 +150,12 @@ class JobContainer:
             self.container.start()
         except docker.errors.APIError as exc:
             raise ContainerError(f"container could not start: {docker_message(exc)}") from None
-        log.info("job %s: container %s started (%s)", self.job_id, self.container.short_id,
-                 f"GPUs {','.join(gpu_uuids)}" if gpu_uuids else "no GPU")
+        log.info(
+            "job %s: container %s started (%s)",
+            self.job_id,
+            self.container.short_id,
+            f"GPUs {','.join(gpu_uuids)}" if gpu_uuids else "no GPU",
+        )
 
     def _remove_stale(self) -> None:
         """A container of the same name (an earlier try of this job) is ours: remove it."""
@@ -159,16 +175,22 @@ class JobContainer:
             try:
                 self.container.reload()
             except docker.errors.NotFound:
-                raise ContainerError("the container disappeared (removed by someone else)") from None
+                raise ContainerError(
+                    "the container disappeared (removed by someone else)"
+                ) from None
             except (docker.errors.APIError, requests.RequestException) as exc:
-                log.warning("job %s: docker engine did not answer (%s); still waiting", self.job_id, exc)
+                log.warning(
+                    "job %s: docker engine did not answer (%s); still waiting", self.job_id, exc
+                )
                 continue
             if self.container.status in ("exited", "dead"):
                 return int(self.container.attrs["State"]["ExitCode"])
 
     @property
     def oom_killed(self) -> bool:
-        return bool(self.container is not None and self.container.attrs.get("State", {}).get("OOMKilled"))
+        return bool(
+            self.container is not None and self.container.attrs.get("State", {}).get("OOMKilled")
+        )
 
     def save_logs(self, dest: Path | None) -> str:
         """Stream the container's stdout+stderr to `dest` (if given); return the decoded tail."""
@@ -200,17 +222,17 @@ class JobContainer:
         """SIGTERM, then SIGKILL after the grace period."""
         if self.container is None:
             return
-        log.info("job %s: stopping container (grace %.0f s)", self.job_id, self.options.stop_grace_s)
+        log.info(
+            "job %s: stopping container (grace %.0f s)", self.job_id, self.options.stop_grace_s
+        )
         try:
             self.container.stop(timeout=int(max(self.options.stop_grace_s, 0)))
         except docker.errors.NotFound:
             pass
         except (docker.errors.APIError, requests.RequestException) as exc:
             log.warning("job %s: stop failed (%s); killing", self.job_id, exc)
-            try:
+            with contextlib.suppress(docker.errors.APIError):
                 self.container.kill()
-            except docker.errors.APIError:
-                pass
 
     def remove(self) -> None:
         """Remove the container in any state (also `created` after a failed start). Never raises."""
@@ -227,7 +249,9 @@ class JobContainer:
         except docker.errors.NotFound:
             pass
         except (docker.errors.APIError, requests.RequestException) as exc:
-            log.error("job %s: could not remove container %s: %s", self.job_id, target.short_id, exc)
+            log.error(
+                "job %s: could not remove container %s: %s", self.job_id, target.short_id, exc
+            )
 
 
 def leftover_containers(client: Any, fetcher_id: str) -> list[Any]:

@@ -85,20 +85,27 @@ class KeepAlive:
             while not self._stop.is_set():
                 status = self.status
                 try:
-                    self.api.put_status(self.job_id, status, interrupt=self._stop, retry_s=self.interval_s)
+                    self.api.put_status(
+                        self.job_id, status, interrupt=self._stop, retry_s=self.interval_s
+                    )
                     self.pings += 1
                     if unavailable:
                         log.info("job %s: keep-alive delivered again", self.job_id)
                         unavailable = False
                 except JobGone:
-                    log.warning("job %s: the server no longer has this job for us (404): stopping it", self.job_id)
+                    log.warning(
+                        "job %s: the server no longer has this job for us (404): stopping it",
+                        self.job_id,
+                    )
                     self.cancel.set("the job is gone (deleted by its user or re-queued)", gone=True)
                     return
                 except Interrupted:
                     return
                 except ApiUnavailable as exc:
                     if not unavailable:
-                        log.warning("job %s: keep-alive failed, will keep trying: %s", self.job_id, exc)
+                        log.warning(
+                            "job %s: keep-alive failed, will keep trying: %s", self.job_id, exc
+                        )
                         unavailable = True
                 self._wake.wait(self.interval_s)
                 self._wake.clear()

@@ -46,8 +46,12 @@ class JobDeps:
     def __post_init__(self) -> None:
         s = self.settings
         self.container_options = ContainerOptions(
-            pull_policy=s.image_pull_policy, shm_size=s.shm_size, ipc_host=s.ipc_host,
-            enforce_limits=s.enforce_job_limits, stop_grace_s=s.stop_grace_s, log_tail_bytes=s.log_tail_bytes,
+            pull_policy=s.image_pull_policy,
+            shm_size=s.shm_size,
+            ipc_host=s.ipc_host,
+            enforce_limits=s.enforce_job_limits,
+            stop_grace_s=s.stop_grace_s,
+            log_tail_bytes=s.log_tail_bytes,
         )
 
 
@@ -78,7 +82,9 @@ def process_job(
         container.start(spec, ws, gpu_uuids or [], limits or Limits())
         keepalive.set_status(JobStatus.running)
         exit_code = container.wait(cancel.event)
-        result = RunResult(exit_code, container.oom_killed, container.save_logs(_log_file(spec, ws)))
+        result = RunResult(
+            exit_code, container.oom_killed, container.save_logs(_log_file(spec, ws))
+        )
         _check(cancel)
         keepalive.set_status(JobStatus.postprocessing)
         upload_outputs(deps.api, job_id, spec, ws, cancel=cancel.event, workers=s.download_workers)
@@ -88,7 +94,9 @@ def process_job(
     except JobError as exc:
         outcome = Outcome(JobStatus.error, str(exc).removeprefix(f"job {job_id}: "))
     except (ApiError, FetcherError) as exc:
-        outcome = _cancelled(cancel) if cancel.is_set() else Outcome(JobStatus.error, f"fetcher: {exc}")
+        outcome = (
+            _cancelled(cancel) if cancel.is_set() else Outcome(JobStatus.error, f"fetcher: {exc}")
+        )
     except Exception as exc:
         log.exception("job %s: unexpected failure", job_id)
         outcome = Outcome(JobStatus.error, f"fetcher internal error: {type(exc).__name__}: {exc}")
@@ -107,7 +115,11 @@ def _check(cancel: Cancel) -> None:
 
 def _log_file(spec: JobSpecs, ws: Workspace) -> Any:
     log_dir = (spec.handler.files_up or {}).get(UploadType.log)
-    return ws.inside(log_dir, "handler.files_up['log']") / CONTAINER_LOG if log_dir is not None else None
+    return (
+        ws.inside(log_dir, "handler.files_up['log']") / CONTAINER_LOG
+        if log_dir is not None
+        else None
+    )
 
 
 def _outcome_of(result: RunResult) -> Outcome:

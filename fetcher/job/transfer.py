@@ -49,7 +49,9 @@ class ProgressLog:
         log.info("%s: %s%s at %s/s", self.subject, human(done), of, human(rate))
 
 
-def run_parallel(items: Iterable[T], fn: Callable[[T], int], workers: int, cancel: threading.Event) -> int:
+def run_parallel(
+    items: Iterable[T], fn: Callable[[T], int], workers: int, cancel: threading.Event
+) -> int:
     """Run `fn` over `items` on `workers` threads; the first failure stops the rest and is raised."""
     stop = threading.Event()
 
@@ -70,7 +72,13 @@ def run_parallel(items: Iterable[T], fn: Callable[[T], int], workers: int, cance
 
 
 def download_inputs(
-    api: WorkerApi, job_id: str, spec: JobSpecs, ws: Workspace, *, cancel: threading.Event, workers: int = 4
+    api: WorkerApi,
+    job_id: str,
+    spec: JobSpecs,
+    ws: Workspace,
+    *,
+    cancel: threading.Event,
+    workers: int = 4,
 ) -> int:
     """Download every `files_down` entry to its path in the job directory. Returns the bytes.
 
@@ -84,7 +92,9 @@ def download_inputs(
         dest = ws.inside(rel, f"handler.files_down[{rel!r}]")
         dest.parent.mkdir(parents=True, exist_ok=True)
         try:
-            return api.download_file(file_id, dest, interrupt=cancel, progress=ProgressLog(f"job {job_id}: {rel}"))
+            return api.download_file(
+                file_id, dest, interrupt=cancel, progress=ProgressLog(f"job {job_id}: {rel}")
+            )
         except TransferError as exc:
             raise TransferError(f"input {rel}: {exc}") from None
 
@@ -113,7 +123,13 @@ def output_files(spec: JobSpecs, ws: Workspace) -> list[tuple[UploadType, str, P
 
 
 def upload_outputs(
-    api: WorkerApi, job_id: str, spec: JobSpecs, ws: Workspace, *, cancel: threading.Event, workers: int = 4
+    api: WorkerApi,
+    job_id: str,
+    spec: JobSpecs,
+    ws: Workspace,
+    *,
+    cancel: threading.Event,
+    workers: int = 4,
 ) -> int:
     """Upload every file under each `files_up` directory, with its sub-path as `base_path`.
 
@@ -133,4 +149,6 @@ def upload_outputs(
 
 def _summary(job_id: str, verb: str, count: int, size: int, started: float) -> None:
     elapsed = max(time.monotonic() - started, 1e-6)
-    log.info("job %s: %s %d files (%s, %s/s)", job_id, verb, count, human(size), human(size / elapsed))
+    log.info(
+        "job %s: %s %d files (%s, %s/s)", job_id, verb, count, human(size), human(size / elapsed)
+    )

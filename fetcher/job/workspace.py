@@ -47,7 +47,9 @@ class Workspace:
         for rel, file_id in (spec.handler.files_down or {}).items():
             self.inside(rel, f"handler.files_down[{rel!r}]")
             if ".." in file_id.split("/"):
-                raise InvalidJobSpec(self.job_id, f"handler.files_down[{rel!r}]", "file id contains '..'")
+                raise InvalidJobSpec(
+                    self.job_id, f"handler.files_down[{rel!r}]", "file id contains '..'"
+                )
         for kind, rel in (spec.handler.files_up or {}).items():
             self.inside(rel, f"handler.files_up[{kind.value!r}]")
 

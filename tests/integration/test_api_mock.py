@@ -28,7 +28,7 @@ def api(env: Env, token: str = TOKEN, retry_s: float = 3.0) -> WorkerApi:
 def offer(**kw: object) -> ClaimOffer:
     values: dict[str, object] = {"memory": 4000, "cpu_cores": 4}
     values.update(kw)
-    return ClaimOffer(**values)  # type: ignore[arg-type]
+    return ClaimOffer(**values)
 
 
 # --- claiming: matching and ordering ------------------------------------------------------------
@@ -54,7 +54,9 @@ def test_claim_returns_the_queue_id_and_moves_the_job_to_pulled(env: Env) -> Non
         (HardwareSpecs(), {"gpu_model": "anything"}, True),
     ],
 )
-def test_claim_gives_only_jobs_that_fit(env: Env, hardware: HardwareSpecs, worker_offer: dict[str, object], given: bool) -> None:
+def test_claim_gives_only_jobs_that_fit(
+    env: Env, hardware: HardwareSpecs, worker_offer: dict[str, object], given: bool
+) -> None:
     env.submit(["true"], hardware=hardware)
     assert bool(api(env).claim_jobs(offer(**worker_offer)).jobs) is given
 
@@ -70,7 +72,9 @@ def test_claim_order_is_group_then_priority_then_age(env: Env) -> None:
 def test_claim_older_than_and_missing_memory(env: Env) -> None:
     env.submit(["true"])
     assert api(env).claim_jobs(offer(older_than=3600)).jobs == {}
-    resp = requests.get(f"{env.mock.url}/jobs", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=5)
+    resp = requests.get(
+        f"{env.mock.url}/jobs", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=5
+    )
     assert resp.status_code == 422
 
 
@@ -78,26 +82,36 @@ def test_claim_older_than_and_missing_memory(env: Env) -> None:
 def test_missing_bad_and_non_worker_tokens(env: Env) -> None:
     r = requests.get(f"{env.mock.url}/jobs?memory=1", timeout=5)
     assert (r.status_code, r.json()) == (401, {"detail": "Not authenticated"})
-    r = requests.get(f"{env.mock.url}/jobs?memory=1", headers={"Authorization": "Basic x"}, timeout=5)
+    r = requests.get(
+        f"{env.mock.url}/jobs?memory=1", headers={"Authorization": "Basic x"}, timeout=5
+    )
     assert (r.status_code, r.json()) == (401, {"detail": "Not authenticated"})
     with pytest.raises(AuthError, match="Not verified"):
         api(env, token="wrong").claim_jobs(offer())
     env.state.add_user("bob", "pw-of-bob", ["users"])
-    login = CognitoLogin(Http(), env.mock.url, "bob", "pw-of-bob", endpoint=env.mock.url + "/_cognito/")
+    login = CognitoLogin(
+        Http(), env.mock.url, "bob", "pw-of-bob", endpoint=env.mock.url + "/_cognito/"
+    )
     with pytest.raises(AuthError, match="workers"):
         WorkerApi(env.mock.url, login, Http()).claim_jobs(offer())
 
 
 def test_access_info_is_public(env: Env) -> None:
     r = requests.get(f"{env.mock.url}/access_info", timeout=5)
-    assert r.status_code == 200 and set(r.json()["cognito"]) == {"user_pool_id", "client_id", "region"}
+    assert r.status_code == 200 and set(r.json()["cognito"]) == {
+        "user_pool_id",
+        "client_id",
+        "region",
+    }
 
 
 def test_cognito_login_with_expiring_tokens_refreshes_and_relogs(env: Env) -> None:
     env.state.add_user("alice", "pw-of-alice", ["workers"])
     env.state.config.token_expiry_s = 1.0
     http = Http(retry_s=2)
-    login = CognitoLogin(http, env.mock.url, "alice", "pw-of-alice", endpoint=env.mock.url + "/_cognito/")
+    login = CognitoLogin(
+        http, env.mock.url, "alice", "pw-of-alice", endpoint=env.mock.url + "/_cognito/"
+    )
     client = WorkerApi(env.mock.url, login, http)
     job = env.submit(["true"])
     jid = next(iter(client.claim_jobs(offer()).jobs))
@@ -115,7 +129,9 @@ def test_cognito_login_with_expiring_tokens_refreshes_and_relogs(env: Env) -> No
 
 def test_wrong_password_is_refused(env: Env) -> None:
     env.state.add_user("alice", "pw-of-alice", ["workers"])
-    login = CognitoLogin(Http(), env.mock.url, "alice", "wrong", endpoint=env.mock.url + "/_cognito/")
+    login = CognitoLogin(
+        Http(), env.mock.url, "alice", "wrong", endpoint=env.mock.url + "/_cognito/"
+    )
     with pytest.raises(AuthError, match="Incorrect username or password"):
         WorkerApi(env.mock.url, login, Http()).claim_jobs(offer())
 
@@ -128,9 +144,17 @@ def test_status_put_is_204_and_recorded_with_details(env: Env) -> None:
     client.put_status(jid, JobStatus.running, "step 1")
     assert client.get_status(jid) == JobStatus.running
     assert job.history[-1]["runtime_details"] == "step 1"
-    r = requests.put(f"{env.mock.url}/jobs/{jid}/status?status=bogus", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=5)
+    r = requests.put(
+        f"{env.mock.url}/jobs/{jid}/status?status=bogus",
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        timeout=5,
+    )
     assert r.status_code == 422
-    r = requests.put(f"{env.mock.url}/jobs/{jid}/status?status=running", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=5)
+    r = requests.put(
+        f"{env.mock.url}/jobs/{jid}/status?status=running",
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        timeout=5,
+    )
     assert r.status_code == 204 and r.content == b""
 
 
@@ -148,7 +172,11 @@ def test_deleted_job_answers_404_then_500(env: Env) -> None:
 
 
 def test_unknown_id_is_500_on_put_and_404_on_get(env: Env) -> None:
-    r = requests.put(f"{env.mock.url}/jobs/999/status?status=running", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=5)
+    r = requests.put(
+        f"{env.mock.url}/jobs/999/status?status=running",
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        timeout=5,
+    )
     assert (r.status_code, r.text) == (500, "Internal Server Error")
     with pytest.raises(JobGone):
         api(env).get_status("999")
@@ -202,13 +230,21 @@ def test_download_errors(env: Env, tmp_path: Path) -> None:
     with pytest.raises(TransferError, match="403"):
         client.download_file("/etc/passwd", tmp_path / "x")
     Path(env.state.data_root, "adir").mkdir()
-    with pytest.raises(ApiUnavailable, match="500"):  # a directory: 200 for the URL, 500 on download
+    with pytest.raises(
+        ApiUnavailable, match="500"
+    ):  # a directory: 200 for the URL, 500 on download
         client.download_file(env.state.data_root + "/adir", tmp_path / "x")
-    r = requests.get(f"{env.mock.url}/files/{env.state.data_root}/../x/url", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=5)
+    r = requests.get(
+        f"{env.mock.url}/files/{env.state.data_root}/../x/url",
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        timeout=5,
+    )
     assert r.status_code in (403, 404)
 
 
-def test_upload_lands_at_type_dir_base_path_filename_and_overwrites(env: Env, tmp_path: Path) -> None:
+def test_upload_lands_at_type_dir_base_path_filename_and_overwrites(
+    env: Env, tmp_path: Path
+) -> None:
     job = env.submit(["true"])
     client = api(env)
     jid = next(iter(client.claim_jobs(offer()).jobs))
@@ -227,20 +263,48 @@ def test_upload_refusals(env: Env, tmp_path: Path) -> None:
     jid = next(iter(client.claim_jobs(offer()).jobs))
     headers = {"Authorization": f"Bearer {TOKEN}"}
     url = f"{env.mock.url}/jobs/{jid}/files/url"
-    assert requests.post(url, params={"type": "bogus", "base_path": ""}, headers=headers, timeout=5).status_code == 422
-    assert requests.post(url, params={"type": "output", "base_path": "/abs"}, headers=headers, timeout=5).status_code == 403
-    assert requests.post(url, params={"type": "output", "base_path": "a/../.."}, headers=headers, timeout=5).status_code == 403
-    r = requests.post(f"{env.mock.url}/jobs/999/files/url", params={"type": "output", "base_path": ""}, headers=headers, timeout=5)
+    assert (
+        requests.post(
+            url, params={"type": "bogus", "base_path": ""}, headers=headers, timeout=5
+        ).status_code
+        == 422
+    )
+    assert (
+        requests.post(
+            url, params={"type": "output", "base_path": "/abs"}, headers=headers, timeout=5
+        ).status_code
+        == 403
+    )
+    assert (
+        requests.post(
+            url, params={"type": "output", "base_path": "a/../.."}, headers=headers, timeout=5
+        ).status_code
+        == 403
+    )
+    r = requests.post(
+        f"{env.mock.url}/jobs/999/files/url",
+        params={"type": "output", "base_path": ""},
+        headers=headers,
+        timeout=5,
+    )
     assert r.status_code == 500  # not 404
     # without base_path the upload URL fails
     req = requests.post(url, params={"type": "output"}, headers=headers, timeout=5).json()
     r = requests.post(req["url"], data=req["data"], files={"file": ("x.txt", b"x")}, timeout=5)
     assert r.status_code == 422
     # data fields must come before the file; file names must be plain
-    req = requests.post(url, params={"type": "output", "base_path": ""}, headers=headers, timeout=5).json()
-    r = requests.post(req["url"], files=[("file", ("x.txt", b"x")), ("policy", (None, req["data"]["policy"]))], timeout=5)
+    req = requests.post(
+        url, params={"type": "output", "base_path": ""}, headers=headers, timeout=5
+    ).json()
+    r = requests.post(
+        req["url"],
+        files=[("file", ("x.txt", b"x")), ("policy", (None, req["data"]["policy"]))],
+        timeout=5,
+    )
     assert r.status_code == 400
-    req = requests.post(url, params={"type": "output", "base_path": ""}, headers=headers, timeout=5).json()
+    req = requests.post(
+        url, params={"type": "output", "base_path": ""}, headers=headers, timeout=5
+    ).json()
     r = requests.post(req["url"], data=req["data"], files={"file": ("..", b"x")}, timeout=5)
     assert r.status_code == 400
 
@@ -258,7 +322,9 @@ def test_client_rides_out_500s_429s_drops_and_slow_answers(env: Env) -> None:
     env.state.set_faults(Faults(fail_next=[500, 429, 0, 503, 0]))
     jobs = api(env, retry_s=20).claim_jobs(offer())
     assert len(jobs.jobs) == 1
-    env.state.set_faults(Faults(error_rate=0.3, throttle_rate=0.1, drop_rate=0.1, delay_s=0.01, seed=7))
+    env.state.set_faults(
+        Faults(error_rate=0.3, throttle_rate=0.1, drop_rate=0.1, delay_s=0.01, seed=7)
+    )
     client = api(env, retry_s=20)
     jid = next(iter(jobs.jobs))
     for _ in range(20):
@@ -281,10 +347,26 @@ def test_rejected_is_raised_for_422(env: Env) -> None:
 # --- the mock-api command ---------------------------------------------------------------------
 def test_mock_api_command_starts_and_serves(tmp_path: Path) -> None:
     port = free_port()
-    cmd = [sys.executable, "-m", "mock_api", "--host", "127.0.0.1", "--port", str(port),
-           "--data-root", str(tmp_path / "d"), "--worker-token", "tok-123456", "--api-key", "k",
-           "--user", "u:pw"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ})
+    cmd = [
+        sys.executable,
+        "-m",
+        "mock_api",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--data-root",
+        str(tmp_path / "d"),
+        "--worker-token",
+        "tok-123456",
+        "--api-key",
+        "k",
+        "--user",
+        "u:pw",
+    ]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ}
+    )
     try:
         url = f"http://127.0.0.1:{port}"
         wait_for(lambda: _up(url), 20, "mock-api to answer")

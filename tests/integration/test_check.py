@@ -25,7 +25,11 @@ def check(settings: Any, engine: Any, **kw: Any) -> tuple[int, dict[str, str]]:
 def test_a_good_setup_is_all_ok(env: Env, engine: Any) -> None:
     rc, lines = check(env.settings(), engine)
     assert rc == 0, "\n".join(lines.values())
-    assert lines["api"].startswith("OK") and lines["login"].startswith("OK") and lines["docker"].startswith("OK")
+    assert (
+        lines["api"].startswith("OK")
+        and lines["login"].startswith("OK")
+        and lines["docker"].startswith("OK")
+    )
     assert lines["path"].startswith("OK") and lines["disk"].startswith("OK")
     assert lines["gpus"].startswith("WARN")
 
@@ -53,7 +57,10 @@ def test_gpus_without_nvidia_runtime(env: Env, engine: Any) -> None:
     nvml = FakeNvml([("GPU-1", "NVIDIA T4", 15360, 6)])
     rc, lines = check(env.settings(), engine, nvml=nvml)
     assert rc == 1 and lines["gpus"].startswith("OK") and "T4" in lines["gpus"]
-    assert lines["gpu runtime"].startswith("FAIL") and "nvidia-container-toolkit" in lines["gpu runtime"]
+    assert (
+        lines["gpu runtime"].startswith("FAIL")
+        and "nvidia-container-toolkit" in lines["gpu runtime"]
+    )
 
 
 def test_low_disk(env: Env, engine: Any) -> None:
@@ -61,7 +68,9 @@ def test_low_disk(env: Env, engine: Any) -> None:
     assert rc == 1 and lines["disk"].startswith("FAIL")
 
 
-def test_path_host_base_that_is_not_the_host_side_of_path_base(env: Env, engine: Any, tmp_path: Path) -> None:
+def test_path_host_base_that_is_not_the_host_side_of_path_base(
+    env: Env, engine: Any, tmp_path: Path
+) -> None:
     wrong = tmp_path / "elsewhere"
     wrong.mkdir()
     rc, lines = check(env.settings(path_host_base=wrong), engine)

@@ -16,22 +16,33 @@ from tests.helpers import TOKEN, Env
 
 
 def test_version() -> None:
-    out = subprocess.run([sys.executable, "-m", "fetcher", "--version"], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "fetcher", "--version"], capture_output=True, text=True, check=True
+    )
     assert out.stdout.strip() == f"fetcher {__version__}" and __version__ != "0+unknown"
 
 
 @pytest.mark.docker
-def test_demo_runs_a_job_to_finished(engine: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_demo_runs_a_job_to_finished(
+    engine: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["demo", "--workdir", str(tmp_path / "demo")]) == 0
     out = capsys.readouterr().out
     assert "finished (exit_code: 0)" in out and "output/model/history.txt" in out
 
 
 @pytest.mark.docker
-def test_info_prints_what_would_be_offered(env: Env, engine: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_info_prints_what_would_be_offered(
+    env: Env, engine: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.chdir(env.root)
-    for k, v in {"API_URL": env.mock.url, "ACCESS_TOKEN": TOKEN, "PATH_BASE": str(env.base),
-                 "RESERVE_CPU_CORES": "1", "MEMORY_MB": "4000"}.items():
+    for k, v in {
+        "API_URL": env.mock.url,
+        "ACCESS_TOKEN": TOKEN,
+        "PATH_BASE": str(env.base),
+        "RESERVE_CPU_CORES": "1",
+        "MEMORY_MB": "4000",
+    }.items():
         monkeypatch.setenv(k, v)
     assert main(["info"]) == 0
     info = json.loads(capsys.readouterr().out)
@@ -41,7 +52,11 @@ def test_info_prints_what_would_be_offered(env: Env, engine: Any, monkeypatch: p
 
 def test_health_follows_the_heartbeat(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(env.root)
-    for k, v in {"API_URL": env.mock.url, "ACCESS_TOKEN": TOKEN, "PATH_BASE": str(env.base)}.items():
+    for k, v in {
+        "API_URL": env.mock.url,
+        "ACCESS_TOKEN": TOKEN,
+        "PATH_BASE": str(env.base),
+    }.items():
         monkeypatch.setenv(k, v)
     assert main(["health"]) == 1
     (env.base / ".fetcher").mkdir()

@@ -43,14 +43,18 @@ class StripGpuRequests:
                 return getattr(real, name)
 
             def create(self, image: str, **kw: Any) -> Any:
-                outer.device_requests[kw["labels"][LABEL_JOB]] = kw.pop("device_requests", None) or []
+                outer.device_requests[kw["labels"][LABEL_JOB]] = (
+                    kw.pop("device_requests", None) or []
+                )
                 return real.create(image, **kw)
 
         return Containers()
 
 
 def running_containers(engine: Any, fetcher_id: str) -> list[Any]:
-    return list(engine.containers.list(filters={"label": f"{LABEL_ID}={fetcher_id}", "status": "running"}))
+    return list(
+        engine.containers.list(filters={"label": f"{LABEL_ID}={fetcher_id}", "status": "running"})
+    )
 
 
 def in_thread(fn: Any) -> tuple[threading.Thread, dict[str, Any]]:
@@ -62,14 +66,21 @@ def in_thread(fn: Any) -> tuple[threading.Thread, dict[str, Any]]:
 
 def test_four_gpus_run_four_jobs_at_once_each_on_its_own_gpu(env: Env, engine: Any) -> None:
     # Given four (simulated) GPUs and five queued GPU jobs
-    jobs = [env.submit(["sleep 3"], hardware=HardwareSpecs(gpu_mem=1000, memory=64, cpu_cores=1)) for _ in range(5)]
+    jobs = [
+        env.submit(["sleep 3"], hardware=HardwareSpecs(gpu_mem=1000, memory=64, cpu_cores=1))
+        for _ in range(5)
+    ]
     settings = env.settings(cpu_cores=16, memory_mb=8000)
     docker = StripGpuRequests(engine)
     daemon = build_daemon(settings, exit_when_idle=True, docker_client=docker, nvml=four_gpus())
     assert daemon.worker.pool.max_jobs == 4
     t, out = in_thread(daemon.run)
     # Then four containers run at once, and the fifth job waits for a free slot
-    wait_for(lambda: len(running_containers(engine, settings.fetcher_id or "")) == 4, 30, "4 running containers")
+    wait_for(
+        lambda: len(running_containers(engine, settings.fetcher_id or "")) == 4,
+        30,
+        "4 running containers",
+    )
     assert sum(j.status.value == "queued" for j in jobs) == 1
     t.join(60)
     assert out["rc"] == 0
@@ -85,10 +96,16 @@ def test_four_gpus_run_four_jobs_at_once_each_on_its_own_gpu(env: Env, engine: A
     assert len(set(first_four)) == 4 and set(uuids) <= {g[0] for g in four_gpus().gpus}
 
 
-def test_job_needing_more_memory_than_free_is_not_run_and_work_goes_on(env: Env, engine: Any) -> None:
+def test_job_needing_more_memory_than_free_is_not_run_and_work_goes_on(
+    env: Env, engine: Any
+) -> None:
     big = env.submit(["true"], hardware=HardwareSpecs(memory=6000))
     small = env.submit(["true"], hardware=HardwareSpecs(memory=64))
-    daemon = build_daemon(env.settings(memory_mb=8000, reserve_memory_mb=4000), exit_when_idle=True, docker_client=engine)
+    daemon = build_daemon(
+        env.settings(memory_mb=8000, reserve_memory_mb=4000),
+        exit_when_idle=True,
+        docker_client=engine,
+    )
     assert daemon.run() == 0
     assert small.status.value == "finished"
     assert statuses(big) == ["queued"], "the server is told only 4000 MB are free"
@@ -112,14 +129,18 @@ def test_box_without_gpus_does_not_claim_a_gpu_job(env: Env, engine: Any) -> Non
     gpu_job = env.submit(["true"], hardware=HardwareSpecs(gpu_mem=8000, memory=64))
     model_job = env.submit(["true"], hardware=HardwareSpecs(gpu_model="NVIDIA A100", memory=64))
     cpu_job = env.submit(["true"])
-    daemon = build_daemon(env.settings(), exit_when_idle=True, docker_client=engine, nvml=FakeNvml(fail_init=True))
+    daemon = build_daemon(
+        env.settings(), exit_when_idle=True, docker_client=engine, nvml=FakeNvml(fail_init=True)
+    )
     assert daemon.run() == 0
     assert cpu_job.status.value == "finished"
     assert statuses(gpu_job) == ["queued"] and statuses(model_job) == ["queued"]
     assert cpu_job.claims[0]["gpu_mem"] == 0
 
 
-def test_api_down_for_a_minute_while_a_job_ends_delivers_the_final_status(env: Env, engine: Any) -> None:
+def test_api_down_for_a_minute_while_a_job_ends_delivers_the_final_status(
+    env: Env, engine: Any
+) -> None:
     # Given a job that ends while the API is down for a minute
     job = env.submit(["sleep 2"], files_up={})
     settings = env.settings(api_retry_s=2.0, api_backoff_max_s=2.0)
@@ -140,16 +161,33 @@ def test_api_down_for_a_minute_while_a_job_ends_delivers_the_final_status(env: E
 
 
 # --- a real fetcher process ------------------------------------------------------------------------
-def fetcher_process(env: Env, fetcher_id: str, *extra: str, **settings: str) -> subprocess.Popen[bytes]:
+def fetcher_process(
+    env: Env, fetcher_id: str, *extra: str, **settings: str
+) -> subprocess.Popen[bytes]:
     environ = {k: v for k, v in os.environ.items() if k not in ("USERNAME", "PASSWORD")}
-    environ.update({
-        "API_URL": env.mock.url, "ACCESS_TOKEN": TOKEN, "PATH_BASE": str(env.base), "FETCHER_ID": fetcher_id,
-        "TIMEOUT_JOB": "0.2", "TIMEOUT_STATUS": "1", "STOP_GRACE_S": "2", "SHM_SIZE": "64m",
-        "JOB_DEFAULT_MEMORY_MB": "64", "API_RETRY_S": "3", "PYTHONUNBUFFERED": "1",
-    })
+    environ.update(
+        {
+            "API_URL": env.mock.url,
+            "ACCESS_TOKEN": TOKEN,
+            "PATH_BASE": str(env.base),
+            "FETCHER_ID": fetcher_id,
+            "TIMEOUT_JOB": "0.2",
+            "TIMEOUT_STATUS": "1",
+            "STOP_GRACE_S": "2",
+            "SHM_SIZE": "64m",
+            "JOB_DEFAULT_MEMORY_MB": "64",
+            "API_RETRY_S": "3",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     environ.update(settings)
-    return subprocess.Popen([sys.executable, "-m", "fetcher", "run", *extra], cwd=env.root, env=environ,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [sys.executable, "-m", "fetcher", "run", *extra],
+        cwd=env.root,
+        env=environ,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
 
 
 def test_first_sigterm_lets_the_job_finish_and_exits_0(env: Env, engine: Any) -> None:
@@ -167,16 +205,26 @@ def test_first_sigterm_lets_the_job_finish_and_exits_0(env: Env, engine: Any) ->
     assert env.state.next_id == 2 and len(job.claims) == 1
 
 
-def test_second_sigterm_stops_the_container_within_grace_and_reports_error(env: Env, engine: Any) -> None:
+def test_second_sigterm_stops_the_container_within_grace_and_reports_error(
+    env: Env, engine: Any
+) -> None:
     job = env.submit(["trap '' TERM", ";", "sleep 300"])
     proc = fetcher_process(env, "sig2", STOP_GRACE_S="2")
     try:
-        wait_for(lambda: job.status.value == "running" and running_containers(engine, "sig2"), 30, "job running")
+        wait_for(
+            lambda: job.status.value == "running" and running_containers(engine, "sig2"),
+            30,
+            "job running",
+        )
         proc.send_signal(signal.SIGTERM)
         time.sleep(0.5)
         proc.send_signal(signal.SIGTERM)
         second = time.monotonic()
-        wait_for(lambda: not engine.containers.list(all=True, filters={"label": f"{LABEL_ID}=sig2"}), 15, "container gone")
+        wait_for(
+            lambda: not engine.containers.list(all=True, filters={"label": f"{LABEL_ID}=sig2"}),
+            15,
+            "container gone",
+        )
         assert time.monotonic() - second < 2 + 2.5
         rc = proc.wait(30)
     finally:
@@ -191,14 +239,20 @@ def test_kill_9_then_restart_cleans_up_and_reports_the_job(env: Env, engine: Any
     job = env.submit(["sleep 300"])
     proc = fetcher_process(env, "crash")
     try:
-        wait_for(lambda: job.status.value == "running" and running_containers(engine, "crash"), 30, "job running")
+        wait_for(
+            lambda: job.status.value == "running" and running_containers(engine, "crash"),
+            30,
+            "job running",
+        )
     finally:
         proc.kill()
         proc.wait(10)
     assert running_containers(engine, "crash"), "the container outlives a kill -9"
     assert (env.base / str(job.id)).is_dir()
     # When the fetcher starts again
-    daemon = build_daemon(env.settings(fetcher_id="crash"), exit_when_idle=True, docker_client=engine)
+    daemon = build_daemon(
+        env.settings(fetcher_id="crash"), exit_when_idle=True, docker_client=engine
+    )
     assert daemon.run() == 0
     # Then nothing from before is left, and the job is reported
     assert not engine.containers.list(all=True, filters={"label": f"{LABEL_ID}=crash"})

@@ -35,12 +35,25 @@ def fetcher_image(docker_client: Any) -> str:
 def fetcher_container(engine: Any, fetcher_image: str, env: Env) -> Iterator[Any]:
     """The image run as the README says: the socket, the base path mounted, PATH_HOST_BASE set."""
     container = engine.containers.run(
-        fetcher_image, ["run", "--exit-when-idle"], detach=True, network_mode="host",
-        volumes={"/var/run/docker.sock": {"bind": "/var/run/docker.sock", "mode": "rw"},
-                 str(env.base): {"bind": "/data", "mode": "rw"}},
-        environment={"API_URL": env.mock.url, "ACCESS_TOKEN": TOKEN, "PATH_BASE": "/data",
-                     "PATH_HOST_BASE": str(env.base), "TIMEOUT_JOB": "0.5", "TIMEOUT_STATUS": "1",
-                     "SHM_SIZE": "64m", "JOB_DEFAULT_MEMORY_MB": "64", "FETCHER_ID": "image"},
+        fetcher_image,
+        ["run", "--exit-when-idle"],
+        detach=True,
+        network_mode="host",
+        volumes={
+            "/var/run/docker.sock": {"bind": "/var/run/docker.sock", "mode": "rw"},
+            str(env.base): {"bind": "/data", "mode": "rw"},
+        },
+        environment={
+            "API_URL": env.mock.url,
+            "ACCESS_TOKEN": TOKEN,
+            "PATH_BASE": "/data",
+            "PATH_HOST_BASE": str(env.base),
+            "TIMEOUT_JOB": "0.5",
+            "TIMEOUT_STATUS": "1",
+            "SHM_SIZE": "64m",
+            "JOB_DEFAULT_MEMORY_MB": "64",
+            "FETCHER_ID": "image",
+        },
     )
     yield container
     container.remove(force=True)
@@ -49,13 +62,20 @@ def fetcher_container(engine: Any, fetcher_image: str, env: Env) -> Iterator[Any
 def test_image_has_no_build_tools_and_shows_its_version(engine: Any, fetcher_image: str) -> None:
     out = engine.containers.run(fetcher_image, ["--version"], remove=True).decode()
     assert out.strip() == f"fetcher {docker_tasks.version()}"
-    listing = engine.containers.run(fetcher_image, remove=True, entrypoint=["sh", "-c", "ls /opt/fetcher/bin; command -v poetry gcc || true"]).decode()
+    listing = engine.containers.run(
+        fetcher_image,
+        remove=True,
+        entrypoint=["sh", "-c", "ls /opt/fetcher/bin; command -v poetry gcc || true"],
+    ).decode()
     assert "fetcher" in listing and "poetry" not in listing and "gcc" not in listing
 
 
 def test_image_processes_a_job_with_path_host_base(env: Env, fetcher_container: Any) -> None:
     fid = env.input_file("user1/in/data.txt", b"hello from the store\n")
-    job = env.submit(["cat /files/in/data.txt > /files/output/copy.txt"], files_down={"in/data.txt": fid, "output/.k": fid})
+    job = env.submit(
+        ["cat /files/in/data.txt > /files/output/copy.txt"],
+        files_down={"in/data.txt": fid, "output/.k": fid},
+    )
     result = fetcher_container.wait(timeout=120)
     logs = fetcher_container.logs().decode()
     assert result["StatusCode"] == 0, logs
@@ -64,12 +84,21 @@ def test_image_processes_a_job_with_path_host_base(env: Env, fetcher_container: 
     assert "reported finished" in logs and TOKEN not in logs
 
 
-def test_docker_stop_of_the_fetcher_ends_cleanly_within_its_default_grace(env: Env, engine: Any, fetcher_container: Any) -> None:
+def test_docker_stop_of_the_fetcher_ends_cleanly_within_its_default_grace(
+    env: Env, engine: Any, fetcher_container: Any
+) -> None:
     job = env.submit(["sleep 300"])
     wait_for(lambda: job.status.value == "running", 60, "job running")
     started = time.monotonic()
-    subprocess.run(["/usr/bin/docker" if os.path.exists("/usr/bin/docker") else "docker", "stop", fetcher_container.id],
-                   check=True, capture_output=True)  # default grace: 10 s, then SIGKILL
+    subprocess.run(
+        [
+            "/usr/bin/docker" if os.path.exists("/usr/bin/docker") else "docker",
+            "stop",
+            fetcher_container.id,
+        ],
+        check=True,
+        capture_output=True,
+    )  # default grace: 10 s, then SIGKILL
     elapsed = time.monotonic() - started
     fetcher_container.reload()
     assert fetcher_container.attrs["State"]["ExitCode"] == 0, fetcher_container.logs().decode()

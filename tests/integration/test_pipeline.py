@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +25,19 @@ def test_job_reads_inputs_runs_shell_and_uploads_nested_outputs(env: Env, engine
     yaml_id = env.input_file("user1/config/param.yaml", b"lr: 0.1\n")
     calib_id = env.input_file("user1/data/calib.bin", bytes(range(256)) * 100)
     job = env.submit(
-        ["cd /files", "&&", "mkdir -p output/a/b log",
-         "&&", "cp $(find /files/config -name '*.yaml' | head -n 1) output/a/b/param-copy.yaml",
-         "&&", "echo seed=$DECODE_SEED > output/a/seed.txt",
-         "&&", "wc -c < data/sub/calib.bin > output/size.txt", "&&", "echo done-ok"],
+        [
+            "cd /files",
+            "&&",
+            "mkdir -p output/a/b log",
+            "&&",
+            "cp $(find /files/config -name '*.yaml' | head -n 1) output/a/b/param-copy.yaml",
+            "&&",
+            "echo seed=$DECODE_SEED > output/a/seed.txt",
+            "&&",
+            "wc -c < data/sub/calib.bin > output/size.txt",
+            "&&",
+            "echo done-ok",
+        ],
         files_down={"config/param.yaml": yaml_id, "data/sub/calib.bin": calib_id},
         env={"DECODE_SEED": "42"},
     )
@@ -43,8 +53,11 @@ def test_job_reads_inputs_runs_shell_and_uploads_nested_outputs(env: Env, engine
     logs = Path(job.paths_upload["log"], "container.log").read_text()
     assert "done-ok" in logs
     assert {(u["type"], u["base_path"], u["filename"]) for u in job.uploads} >= {
-        ("output", "a/b", "param-copy.yaml"), ("output", "a", "seed.txt"), ("output", "", "size.txt"),
-        ("log", "", "container.log")}
+        ("output", "a/b", "param-copy.yaml"),
+        ("output", "a", "seed.txt"),
+        ("output", "", "size.txt"),
+        ("log", "", "container.log"),
+    }
     assert list(env.base.iterdir()) == [env.base / ".fetcher"], "job directory left behind"
 
 
@@ -73,15 +86,21 @@ def start_daemon_thread(env: Env, engine: Any, **settings: Any) -> tuple[Any, An
     return daemon, (thread, result)
 
 
-def test_job_deleted_mid_run_is_stopped_within_one_keepalive_interval(env: Env, engine: Any) -> None:
+def test_job_deleted_mid_run_is_stopped_within_one_keepalive_interval(
+    env: Env, engine: Any
+) -> None:
     import time
 
     from tests.helpers import wait_for
 
     # Given a long job that is running
     job = env.submit(["echo started", "&&", "sleep 300"])
-    _daemon, (thread, result) = start_daemon_thread(env, engine, keepalive_interval_s=1.0, stop_grace_s=1.0)
-    wait_for(lambda: job.status.value == "running" and containers_of(engine, job.id), 30, "job running")
+    _daemon, (thread, result) = start_daemon_thread(
+        env, engine, keepalive_interval_s=1.0, stop_grace_s=1.0
+    )
+    wait_for(
+        lambda: job.status.value == "running" and containers_of(engine, job.id), 30, "job running"
+    )
     # When its user deletes it
     env.state.delete(job.id)
     deleted_at = time.monotonic()
@@ -91,7 +110,9 @@ def test_job_deleted_mid_run_is_stopped_within_one_keepalive_interval(env: Env, 
     thread.join(30)
     assert result["rc"] == 0
     assert job.uploads == [], "a gone job is not uploaded"
-    assert job.status.value == "running" and job.history[-1]["status"] == "running"  # no status after the 404
+    assert (
+        job.status.value == "running" and job.history[-1]["status"] == "running"
+    )  # no status after the 404
     assert list(env.base.iterdir()) == [env.base / ".fetcher"]
 
 
@@ -99,10 +120,15 @@ def test_missing_image_under_never_is_an_error_with_the_reason(env: Env, engine:
     job = env.submit(["true"], image="fetcher-test/not-there:1")
     run_until_idle(env, engine, image_pull_policy="never")
     assert job.status.value == "error"
-    assert "not present" in job.history[-1]["runtime_details"] and "never" in job.history[-1]["runtime_details"]
+    assert (
+        "not present" in job.history[-1]["runtime_details"]
+        and "never" in job.history[-1]["runtime_details"]
+    )
 
 
-def test_failed_pull_from_local_registry_is_an_error_with_dockers_message(env: Env, engine: Any) -> None:
+def test_failed_pull_from_local_registry_is_an_error_with_dockers_message(
+    env: Env, engine: Any
+) -> None:
     from tests.helpers import REGISTRY_IMAGE
 
     missing = REGISTRY_IMAGE.rsplit(":", 1)[0] + ":no-such-tag"
@@ -110,28 +136,35 @@ def test_failed_pull_from_local_registry_is_an_error_with_dockers_message(env: E
     run_until_idle(env, engine, image_pull_policy="always")
     assert job.status.value == "error"
     details = job.history[-1]["runtime_details"]
-    assert details.startswith("pull of ") and ("manifest unknown" in details or "not found" in details), details
+    assert details.startswith("pull of ") and (
+        "manifest unknown" in details or "not found" in details
+    ), details
 
 
 def test_pull_from_local_registry_then_run(env: Env, engine: Any) -> None:
     from tests.helpers import REGISTRY_IMAGE
 
-    try:
+    with contextlib.suppress(Exception):
         engine.images.remove(REGISTRY_IMAGE)
-    except Exception:
-        pass
     job = env.submit(["echo pulled-and-ran"], image=REGISTRY_IMAGE)
     run_until_idle(env, engine, image_pull_policy="if-not-present")
     assert job.status.value == "finished", job.history
     engine.images.get(REGISTRY_IMAGE)
 
 
-def test_gpu_request_on_a_host_without_gpu_runtime_is_an_error_and_leaves_no_container(env: Env, engine: Any) -> None:
+def test_gpu_request_on_a_host_without_gpu_runtime_is_an_error_and_leaves_no_container(
+    env: Env, engine: Any
+) -> None:
     from tests.helpers import FakeNvml
 
     # Given NVML (faked) shows one GPU, but this engine has no NVIDIA runtime
     nvml = FakeNvml([("GPU-11111111-2222-3333-4444-555555555555", "NVIDIA T4", 15360, 6)])
-    job = env.submit(["true"], hardware=__import__("fetcher.models", fromlist=["HardwareSpecs"]).HardwareSpecs(gpu_mem=1000, memory=64))
+    job = env.submit(
+        ["true"],
+        hardware=__import__("fetcher.models", fromlist=["HardwareSpecs"]).HardwareSpecs(
+            gpu_mem=1000, memory=64
+        ),
+    )
     daemon = build_daemon(env.settings(), exit_when_idle=True, docker_client=engine, nvml=nvml)
     assert daemon.run() == 0
     # Then the job is an error with docker's reason, and the `created` container is removed
@@ -141,7 +174,9 @@ def test_gpu_request_on_a_host_without_gpu_runtime_is_an_error_and_leaves_no_con
 
 
 @pytest.mark.parametrize("key", ["../escape.txt", "/tmp/abs-escape.txt", "a/../../escape.txt"])
-def test_path_escaping_files_down_is_an_error_and_writes_nothing_outside(env: Env, engine: Any, key: str) -> None:
+def test_path_escaping_files_down_is_an_error_and_writes_nothing_outside(
+    env: Env, engine: Any, key: str
+) -> None:
     fid = env.input_file("user1/in/x.txt", b"x")
     job = env.submit(["true"], files_down={"ok.txt": fid, key: fid})
     before = {p for p in env.root.rglob("*")}
@@ -167,15 +202,24 @@ def test_null_cmd_runs_the_images_own_cmd(env: Env, engine: Any) -> None:
 
 
 def test_symlinks_written_by_the_job_are_not_uploaded(env: Env, engine: Any) -> None:
-    job = env.submit(["mkdir -p /files/output", "&&", "ln -s /etc/passwd /files/output/passwd",
-                      "&&", "echo ok > /files/output/real.txt"])
+    job = env.submit(
+        [
+            "mkdir -p /files/output",
+            "&&",
+            "ln -s /etc/passwd /files/output/passwd",
+            "&&",
+            "echo ok > /files/output/real.txt",
+        ]
+    )
     run_until_idle(env, engine)
     assert job.status.value == "finished"
     assert [u["filename"] for u in job.uploads if u["type"] == "output"] == ["real.txt"]
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
-def test_malformed_job_spec_from_the_server_is_reported_and_the_daemon_goes_on(env: Env, engine: Any) -> None:
+def test_malformed_job_spec_from_the_server_is_reported_and_the_daemon_goes_on(
+    env: Env, engine: Any
+) -> None:
     bad = env.submit(["true"])
     good = env.submit(["true"])
     with env.state.lock:  # the server hands out a spec with a wrong type in it
@@ -195,7 +239,10 @@ def test_stage_functions_are_usable_on_their_own(env: Env, engine: Any, tmp_path
     from fetcher.models import ClaimOffer
 
     fid = env.input_file("user1/in/in.txt", b"42")
-    job = env.submit(["cat /files/in.txt > /files/output/out.txt"], files_down={"in.txt": fid, "output/.keep": fid})
+    job = env.submit(
+        ["cat /files/in.txt > /files/output/out.txt"],
+        files_down={"in.txt": fid, "output/.keep": fid},
+    )
     api = WorkerApi.from_settings(env.settings())
     jid, spec = next(iter(api.claim_jobs(ClaimOffer(memory=1000, cpu_cores=1)).jobs.items()))
     ws = Workspace.for_job(jid, tmp_path, tmp_path)

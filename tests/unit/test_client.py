@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -32,10 +33,23 @@ API = "http://api.test"
 TOKEN = "fixed-token-0123456789"
 SPEC = {
     "app": {"cmd": ["echo", "$(ls)"], "env": {"DECODE_SEED": "42"}},
-    "handler": {"image_url": "reg/decode:1", "files_down": {"a.yaml": "data/u/a.yaml"},
-                "files_up": {"output": "out", "log": "log"}},
-    "meta": {"job_id": 4242, "date_created": "2026-11-21T13:48:20.661126+00:00", "extra_key": {"x": 1}},
-    "hardware": {"cpu_cores": 2, "memory": 2000, "gpu_model": None, "gpu_archi": None, "gpu_mem": None},
+    "handler": {
+        "image_url": "reg/decode:1",
+        "files_down": {"a.yaml": "data/u/a.yaml"},
+        "files_up": {"output": "out", "log": "log"},
+    },
+    "meta": {
+        "job_id": 4242,
+        "date_created": "2026-11-21T13:48:20.661126+00:00",
+        "extra_key": {"x": 1},
+    },
+    "hardware": {
+        "cpu_cores": 2,
+        "memory": 2000,
+        "gpu_model": None,
+        "gpu_archi": None,
+        "gpu_mem": None,
+    },
 }
 
 
@@ -44,20 +58,34 @@ def make_api(retry_s: float = 2.0) -> WorkerApi:
 
 
 @pytest.fixture
-def rsps() -> responses.RequestsMock:
+def rsps() -> Iterator[responses.RequestsMock]:
     with responses.RequestsMock() as r:
         yield r
 
 
+def body_of(call: responses.Call) -> str:
+    body = call.request.body
+    return body.decode() if isinstance(body, bytes) else str(body)
+
+
 def query(call: responses.Call) -> dict[str, list[str]]:
-    return parse_qs(urlsplit(call.request.url).query)
+    return parse_qs(urlsplit(str(call.request.url)).query)
 
 
 # --- claiming ---------------------------------------------------------------------------------
-def test_claim_sends_the_offer_with_the_servers_spelling_and_keeps_queue_ids(rsps: responses.RequestsMock) -> None:
+def test_claim_sends_the_offer_with_the_servers_spelling_and_keeps_queue_ids(
+    rsps: responses.RequestsMock,
+) -> None:
     rsps.get(f"{API}/jobs", json={"17": SPEC})
-    offer = ClaimOffer(memory=8000, cpu_cores=4, gpu_mem=40960, gpu_model="A100", gpu_archi="ampere",
-                       groups=["lab", "other"], limit=2)
+    offer = ClaimOffer(
+        memory=8000,
+        cpu_cores=4,
+        gpu_mem=40960,
+        gpu_model="A100",
+        gpu_archi="ampere",
+        groups=["lab", "other"],
+        limit=2,
+    )
     result = make_api().claim_jobs(offer)
     q = query(rsps.calls[0])
     assert q["memory"] == ["8000"] and q["cpu_cores"] == ["4"] and q["gpu_mem"] == ["40960"]
@@ -87,7 +115,9 @@ def test_claim_accepts_null_cmd_env_and_files(rsps: responses.RequestsMock) -> N
     assert job.app.cmd is None and job.handler.files_down is None
 
 
-def test_malformed_job_spec_is_a_typed_error_naming_job_and_field(rsps: responses.RequestsMock) -> None:
+def test_malformed_job_spec_is_a_typed_error_naming_job_and_field(
+    rsps: responses.RequestsMock,
+) -> None:
     bad = json.loads(json.dumps(SPEC))
     del bad["handler"]["image_url"]
     rsps.get(f"{API}/jobs", json={"5": bad, "6": SPEC})
@@ -99,14 +129,18 @@ def test_malformed_job_spec_is_a_typed_error_naming_job_and_field(rsps: response
 
 
 @pytest.mark.parametrize("body", ["not json", "[1, 2]"])
-def test_claim_answer_that_is_not_an_object_is_bad_response(rsps: responses.RequestsMock, body: str) -> None:
+def test_claim_answer_that_is_not_an_object_is_bad_response(
+    rsps: responses.RequestsMock, body: str
+) -> None:
     rsps.get(f"{API}/jobs", body=body)
     with pytest.raises(BadResponse):
         make_api().claim_jobs(ClaimOffer(memory=100, cpu_cores=1))
 
 
 # --- status -----------------------------------------------------------------------------------
-def test_put_status_sends_status_and_details_and_accepts_empty_204(rsps: responses.RequestsMock) -> None:
+def test_put_status_sends_status_and_details_and_accepts_empty_204(
+    rsps: responses.RequestsMock,
+) -> None:
     rsps.put(f"{API}/jobs/17/status", status=204, body="")
     make_api().put_status("17", JobStatus.error, "exit_code: 3\nboom")
     q = query(rsps.calls[0])
@@ -133,7 +167,9 @@ def test_long_runtime_details_keep_their_end_and_fit_a_url() -> None:
 
 # --- retries and error classes -----------------------------------------------------------------
 @pytest.mark.parametrize("status", [500, 502, 503, 429])
-def test_transient_statuses_are_retried_then_succeed(rsps: responses.RequestsMock, status: int) -> None:
+def test_transient_statuses_are_retried_then_succeed(
+    rsps: responses.RequestsMock, status: int
+) -> None:
     rsps.put(f"{API}/jobs/1/status", status=status)
     rsps.put(f"{API}/jobs/1/status", status=status)
     rsps.put(f"{API}/jobs/1/status", status=204)
@@ -148,7 +184,9 @@ def test_connection_errors_are_retried(rsps: responses.RequestsMock) -> None:
     assert make_api().get_status("1") == JobStatus.queued
 
 
-def test_retries_give_up_with_api_unavailable_within_the_budget(rsps: responses.RequestsMock) -> None:
+def test_retries_give_up_with_api_unavailable_within_the_budget(
+    rsps: responses.RequestsMock,
+) -> None:
     rsps.get(f"{API}/jobs/1/status", status=503)
     import time
 
@@ -194,9 +232,18 @@ def test_retry_waits_stop_at_once_when_interrupted(rsps: responses.RequestsMock)
 
 
 # --- files ------------------------------------------------------------------------------------
-def test_download_follows_the_api_url_with_bearer_streamed(rsps: responses.RequestsMock, tmp_path: Path) -> None:
-    rsps.get(f"{API}/files/data/u/a.yaml/url",
-             json={"method": "get", "url": f"{API}/files/data/u/a.yaml/download", "headers": {}, "data": {}})
+def test_download_follows_the_api_url_with_bearer_streamed(
+    rsps: responses.RequestsMock, tmp_path: Path
+) -> None:
+    rsps.get(
+        f"{API}/files/data/u/a.yaml/url",
+        json={
+            "method": "get",
+            "url": f"{API}/files/data/u/a.yaml/download",
+            "headers": {},
+            "data": {},
+        },
+    )
     rsps.get(f"{API}/files/data/u/a.yaml/download", body=b"x" * 3_000_000)
     size = make_api().download_file("data/u/a.yaml", tmp_path / "a.yaml")
     assert size == 3_000_000 and (tmp_path / "a.yaml").stat().st_size == 3_000_000
@@ -204,10 +251,14 @@ def test_download_follows_the_api_url_with_bearer_streamed(rsps: responses.Reque
     assert not list(tmp_path.glob("*.part"))
 
 
-def test_download_of_presigned_s3_url_sends_no_bearer(rsps: responses.RequestsMock, tmp_path: Path) -> None:
+def test_download_of_presigned_s3_url_sends_no_bearer(
+    rsps: responses.RequestsMock, tmp_path: Path
+) -> None:
     s3 = "https://bucket.s3.amazonaws.com/u/calib.bin?X-Amz-Signature=abc"
-    rsps.get(f"{API}/files/s3://bucket/u/calib.bin/url",
-             json={"method": "get", "url": s3, "headers": {"x-amz-meta": "1"}, "data": {}})
+    rsps.get(
+        f"{API}/files/s3://bucket/u/calib.bin/url",
+        json={"method": "get", "url": s3, "headers": {"x-amz-meta": "1"}, "data": {}},
+    )
     rsps.get(s3, body=b"calib")
     make_api().download_file("s3://bucket/u/calib.bin", tmp_path / "c.bin")
     assert "Authorization" not in rsps.calls[1].request.headers
@@ -215,7 +266,9 @@ def test_download_of_presigned_s3_url_sends_no_bearer(rsps: responses.RequestsMo
     assert (tmp_path / "c.bin").read_bytes() == b"calib"
 
 
-def test_download_of_missing_file_is_a_transfer_error(rsps: responses.RequestsMock, tmp_path: Path) -> None:
+def test_download_of_missing_file_is_a_transfer_error(
+    rsps: responses.RequestsMock, tmp_path: Path
+) -> None:
     rsps.get(f"{API}/files/data/nope/url", status=404, json={"detail": "File not found"})
     with pytest.raises(TransferError, match="404"):
         make_api().download_file("data/nope", tmp_path / "x")
@@ -239,26 +292,40 @@ def test_broken_download_starts_again(rsps: responses.RequestsMock, tmp_path: Pa
 def test_upload_is_multipart_with_data_first_then_file_and_always_sends_base_path(
     rsps: responses.RequestsMock, tmp_path: Path
 ) -> None:
-    rsps.post(f"{API}/jobs/17/files/url", status=201,
-              match=[matchers.query_param_matcher({"type": "output", "base_path": ""})],
-              json={"method": "post", "url": "https://s3.test/bucket", "headers": {},
-                    "data": {"key": "out/${filename}", "policy": "p0l1cy"}})
+    rsps.post(
+        f"{API}/jobs/17/files/url",
+        status=201,
+        match=[matchers.query_param_matcher({"type": "output", "base_path": ""})],
+        json={
+            "method": "post",
+            "url": "https://s3.test/bucket",
+            "headers": {},
+            "data": {"key": "out/${filename}", "policy": "p0l1cy"},
+        },
+    )
     rsps.post("https://s3.test/bucket", status=204)
     f = tmp_path / "result.h5"
     f.write_bytes(b"RESULT")
     make_api().upload_file("17", f, UploadType.output, "")
     body = rsps.calls[1].request.body
-    raw = body.read() if hasattr(body, "read") else body
+    raw = body.read() if hasattr(body, "read") else body  # type: ignore[union-attr]
     text = raw.decode() if isinstance(raw, bytes) else str(raw)
-    assert text.index('name="key"') < text.index('name="policy"') < text.index('name="file"; filename="result.h5"')
+    assert (
+        text.index('name="key"')
+        < text.index('name="policy"')
+        < text.index('name="file"; filename="result.h5"')
+    )
     assert "RESULT" in text
     assert "Authorization" not in rsps.calls[1].request.headers
 
 
 def test_upload_sends_sub_path_as_base_path(rsps: responses.RequestsMock, tmp_path: Path) -> None:
-    rsps.post(f"{API}/jobs/17/files/url", status=201,
-              match=[matchers.query_param_matcher({"type": "log", "base_path": "a/b"})],
-              json={"method": "post", "url": f"{API}/up", "headers": {}, "data": {}})
+    rsps.post(
+        f"{API}/jobs/17/files/url",
+        status=201,
+        match=[matchers.query_param_matcher({"type": "log", "base_path": "a/b"})],
+        json={"method": "post", "url": f"{API}/up", "headers": {}, "data": {}},
+    )
     rsps.post(f"{API}/up", status=201, body="null")
     f = tmp_path / "x.log"
     f.write_text("log")
@@ -274,7 +341,9 @@ def test_upload_refuses_unsafe_base_paths(tmp_path: Path, base_path: str) -> Non
         make_api().upload_file("1", f, UploadType.output, base_path)
 
 
-def test_upload_of_a_job_not_ours_gives_up_as_unavailable_500(rsps: responses.RequestsMock, tmp_path: Path) -> None:
+def test_upload_of_a_job_not_ours_gives_up_as_unavailable_500(
+    rsps: responses.RequestsMock, tmp_path: Path
+) -> None:
     rsps.post(f"{API}/jobs/9/files/url", status=500, body="Internal Server Error")
     f = tmp_path / "x"
     f.write_text("x")
@@ -293,10 +362,16 @@ class Clock:
 
 def cognito_api(clock: Clock, endpoint: str | None = "http://cognito.test/") -> WorkerApi:
     http = Http(retry_s=1, max_backoff_s=0.01)
-    return WorkerApi(API, CognitoLogin(http, API, "alice", "s3cret-password", endpoint=endpoint, clock=clock), http)
+    return WorkerApi(
+        API,
+        CognitoLogin(http, API, "alice", "s3cret-password", endpoint=endpoint, clock=clock),
+        http,
+    )
 
 
-def auth_result(token: str, refresh: str | None = "refresh-tok-1", expires: int = 3600) -> dict[str, object]:
+def auth_result(
+    token: str, refresh: str | None = "refresh-tok-1", expires: int = 3600
+) -> dict[str, object]:
     result: dict[str, object] = {"IdToken": token, "ExpiresIn": expires}
     if refresh:
         result["RefreshToken"] = refresh
@@ -304,19 +379,34 @@ def auth_result(token: str, refresh: str | None = "refresh-tok-1", expires: int 
 
 
 def access_info(rsps: responses.RequestsMock) -> None:
-    rsps.get(f"{API}/access_info", json={"cognito": {"user_pool_id": "p", "client_id": "cid", "region": "eu-central-1"}})
+    rsps.get(
+        f"{API}/access_info",
+        json={"cognito": {"user_pool_id": "p", "client_id": "cid", "region": "eu-central-1"}},
+    )
 
 
 def test_login_uses_user_password_auth_and_the_id_token(rsps: responses.RequestsMock) -> None:
     access_info(rsps)
-    rsps.post("http://cognito.test/", json=auth_result("id-token-AAAA"),
-              match=[matchers.header_matcher({"X-Amz-Target": "AWSCognitoIdentityProviderService.InitiateAuth",
-                                              "Content-Type": "application/x-amz-json-1.1"})])
+    rsps.post(
+        "http://cognito.test/",
+        json=auth_result("id-token-AAAA"),
+        match=[
+            matchers.header_matcher(
+                {
+                    "X-Amz-Target": "AWSCognitoIdentityProviderService.InitiateAuth",
+                    "Content-Type": "application/x-amz-json-1.1",
+                }
+            )
+        ],
+    )
     rsps.get(f"{API}/jobs/1/status", json="running")
     assert cognito_api(Clock()).get_status("1") == JobStatus.running
-    body = json.loads(rsps.calls[1].request.body)
-    assert body == {"AuthFlow": "USER_PASSWORD_AUTH", "ClientId": "cid",
-                    "AuthParameters": {"USERNAME": "alice", "PASSWORD": "s3cret-password"}}
+    body = json.loads(body_of(rsps.calls[1]))
+    assert body == {
+        "AuthFlow": "USER_PASSWORD_AUTH",
+        "ClientId": "cid",
+        "AuthParameters": {"USERNAME": "alice", "PASSWORD": "s3cret-password"},
+    }
     assert rsps.calls[2].request.headers["Authorization"] == "Bearer id-token-AAAA"
 
 
@@ -337,7 +427,7 @@ def test_token_is_refreshed_before_expiry(rsps: responses.RequestsMock) -> None:
     api.get_status("1")
     clock.now += 3560  # within a minute of expiry
     api.get_status("1")
-    refresh = json.loads(rsps.calls[3].request.body)
+    refresh = json.loads(body_of(rsps.calls[3]))
     assert refresh["AuthFlow"] == "REFRESH_TOKEN_AUTH"
     assert refresh["AuthParameters"] == {"REFRESH_TOKEN": "refresh-tok-1"}
     assert rsps.calls[4].request.headers["Authorization"] == "Bearer id-2"
@@ -350,7 +440,7 @@ def test_401_logs_in_again_once_then_retries(rsps: responses.RequestsMock) -> No
     rsps.post("http://cognito.test/", json=auth_result("id-new"))
     rsps.get(f"{API}/jobs/1/status", json="running")
     assert cognito_api(Clock()).get_status("1") == JobStatus.running
-    assert json.loads(rsps.calls[3].request.body)["AuthFlow"] == "USER_PASSWORD_AUTH"
+    assert json.loads(body_of(rsps.calls[3]))["AuthFlow"] == "USER_PASSWORD_AUTH"
     assert rsps.calls[4].request.headers["Authorization"] == "Bearer id-new"
 
 
@@ -364,8 +454,11 @@ def test_second_401_after_relogin_is_an_auth_error(rsps: responses.RequestsMock)
 
 def test_wrong_password_is_an_auth_error_without_the_password(rsps: responses.RequestsMock) -> None:
     access_info(rsps)
-    rsps.post("http://cognito.test/", status=400,
-              json={"__type": "NotAuthorizedException", "message": "Incorrect username or password."})
+    rsps.post(
+        "http://cognito.test/",
+        status=400,
+        json={"__type": "NotAuthorizedException", "message": "Incorrect username or password."},
+    )
     with pytest.raises(AuthError) as info:
         cognito_api(Clock()).get_status("1")
     assert "Incorrect username or password" in str(info.value)
@@ -373,7 +466,9 @@ def test_wrong_password_is_an_auth_error_without_the_password(rsps: responses.Re
 
 
 # --- secrets never in logs --------------------------------------------------------------------
-def test_secrets_are_redacted_from_log_lines_and_tracebacks(rsps: responses.RequestsMock, caplog: pytest.LogCaptureFixture) -> None:
+def test_secrets_are_redacted_from_log_lines_and_tracebacks(
+    rsps: responses.RequestsMock, caplog: pytest.LogCaptureFixture
+) -> None:
     access_info(rsps)
     rsps.post("http://cognito.test/", json=auth_result("id-token-SECRET-VALUE"))
     rsps.get(f"{API}/jobs/1/status", json="running")
@@ -381,10 +476,14 @@ def test_secrets_are_redacted_from_log_lines_and_tracebacks(rsps: responses.Requ
     caplog.handler.addFilter(RedactingFilter())
     logger = logging.getLogger("test.redaction")
     logger.propagate = True
-    logger.warning("oops token=%s password=%s url=%s", "id-token-SECRET-VALUE", "s3cret-password",
-                   "https://s3/x?X-Amz-Signature=deadbeef&a=1")
+    logger.warning(
+        "oops token=%s password=%s url=%s",
+        "id-token-SECRET-VALUE",
+        "s3cret-password",
+        "https://s3/x?X-Amz-Signature=deadbeef&a=1",
+    )
     try:
-        raise RuntimeError("failed with refresh-tok-1")
+        raise RuntimeError("failed with refresh-tok-1")  # noqa: TRY301
     except RuntimeError:
         logger.exception("traceback")
     text = caplog.text
@@ -393,7 +492,9 @@ def test_secrets_are_redacted_from_log_lines_and_tracebacks(rsps: responses.Requ
     assert "***" in text
 
 
-def test_error_messages_do_not_carry_presigned_query_strings(rsps: responses.RequestsMock, tmp_path: Path) -> None:
+def test_error_messages_do_not_carry_presigned_query_strings(
+    rsps: responses.RequestsMock, tmp_path: Path
+) -> None:
     s3 = "https://bucket.s3.test/k?X-Amz-Signature=topsecretsig"
     rsps.get(f"{API}/files/k/url", json={"method": "get", "url": s3, "headers": {}, "data": {}})
     rsps.get(s3, body=requests.ConnectionError("boom"))

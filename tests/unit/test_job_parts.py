@@ -24,8 +24,15 @@ class Sink:
         self.answers = answers or []
         self.sent: list[tuple[float, str]] = []
 
-    def put_status(self, job_id: str, status: JobStatus, runtime_details: str | None = None, *,
-                   interrupt: threading.Event | None = None, retry_s: float | None = None) -> None:
+    def put_status(
+        self,
+        job_id: str,
+        status: JobStatus,
+        runtime_details: str | None = None,
+        *,
+        interrupt: threading.Event | None = None,
+        retry_s: float | None = None,
+    ) -> None:
         self.sent.append((time.monotonic(), status.value))
         if self.answers:
             answer = self.answers.pop(0)
@@ -95,7 +102,7 @@ def test_workspace_refuses_a_symlink_out(tmp_path: Path) -> None:
 
 def test_workspace_validates_the_whole_spec_and_bad_queue_ids(tmp_path: Path) -> None:
     ws = Workspace.for_job("7", tmp_path, tmp_path)
-    spec = JobSpecs(handler=HandlerSpecs(image_url="i", files_up={"output": "/abs"}))  # type: ignore[dict-item]
+    spec = JobSpecs(handler=HandlerSpecs(image_url="i", files_up={"output": "/abs"}))
     with pytest.raises(InvalidJobSpec, match="files_up"):
         ws.validate(spec)
     with pytest.raises(InvalidJobSpec, match="queue id"):
@@ -138,7 +145,9 @@ def test_missing_settings_name_the_setting(monkeypatch: pytest.MonkeyPatch, tmp_
     assert "API_URL: missing" in str(info.value) and "PATH_BASE: missing" in str(info.value)
 
 
-def test_wrong_settings_name_the_setting_and_what_is_expected(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_wrong_settings_name_the_setting_and_what_is_expected(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("API_URL", "ftp://x")
     monkeypatch.setenv("PATH_BASE", str(tmp_path))
@@ -152,7 +161,9 @@ def test_wrong_settings_name_the_setting_and_what_is_expected(monkeypatch: pytes
     assert "abc12345" not in text
 
 
-def test_auth_settings_need_a_token_or_a_password(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_auth_settings_need_a_token_or_a_password(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("API_URL", "http://x")
     monkeypatch.setenv("PATH_BASE", str(tmp_path))
@@ -165,10 +176,21 @@ def test_auth_settings_need_a_token_or_a_password(monkeypatch: pytest.MonkeyPatc
 
 def test_dotenv_and_legacy_names_are_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.chdir(tmp_path)
-    for k in ("API_URL", "ACCESS_TOKEN", "USERNAME", "PASSWORD", "PATH_BASE", "TIMEOUT_JOB", "TIMEOUT_STATUS"):
+    for k in (
+        "API_URL",
+        "ACCESS_TOKEN",
+        "USERNAME",
+        "PASSWORD",
+        "PATH_BASE",
+        "TIMEOUT_JOB",
+        "TIMEOUT_STATUS",
+    ):
         monkeypatch.delenv(k, raising=False)
     (tmp_path / ".env").write_text(
-        f"API_URL=http://api:8001/\nACCESS_TOKEN=tok12345\nPATH_BASE={tmp_path}\nTIMEOUT_JOB=5\nTIMEOUT_STATUS=30\n")
+        f"API_URL=http://api:8001/\nACCESS_TOKEN=tok12345\nPATH_BASE={tmp_path}\nTIMEOUT_JOB=5\nTIMEOUT_STATUS=30\n"
+    )
     s = load_settings()
-    assert s.api_url == "http://api:8001" and s.poll_interval_s == 5 and s.keepalive_interval_s == 30
+    assert (
+        s.api_url == "http://api:8001" and s.poll_interval_s == 5 and s.keepalive_interval_s == 30
+    )
     assert s.host_base == tmp_path and "tok12345" not in repr(s)

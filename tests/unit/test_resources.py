@@ -9,7 +9,9 @@ from tests.helpers import FakeNvml, four_gpus
 
 
 def settings(**kw: Any) -> Settings:
-    return Settings(_env_file=None, api_url="http://x", access_token="t0ken", path_base="/tmp", **kw)  # type: ignore[call-arg]
+    return Settings(
+        _env_file=None, api_url="http://x", access_token="t0ken", path_base="/tmp", **kw
+    )
 
 
 def test_nvml_gpus_are_detected_with_uuid_model_memory_and_architecture() -> None:
@@ -17,7 +19,11 @@ def test_nvml_gpus_are_detected_with_uuid_model_memory_and_architecture() -> Non
     gpus = detect_gpus(nvml)
     assert [g.index for g in gpus] == [0, 1, 2, 3]
     assert len({g.uuid for g in gpus}) == 4
-    assert gpus[0].model == "NVIDIA A100-SXM4-40GB" and gpus[0].memory_mb == 40960 and gpus[0].archi == "ampere"
+    assert (
+        gpus[0].model == "NVIDIA A100-SXM4-40GB"
+        and gpus[0].memory_mb == 40960
+        and gpus[0].archi == "ampere"
+    )
     assert nvml.shutdowns == 1
 
 
@@ -30,7 +36,9 @@ def test_host_comes_from_the_engine_info_with_caps_and_gpu_selection() -> None:
     info = {"NCPU": 32, "MemTotal": 64 * 1024**3}
     host = detect_host(info, settings(), gpus)
     assert (host.cpu_cores, host.memory_mb, len(host.gpus)) == (32, 65536, 4)
-    host = detect_host(info, settings(reserve_cpu_cores=2, reserve_memory_mb=4096, gpus=f"1,{gpus[3].uuid}"), gpus)
+    host = detect_host(
+        info, settings(reserve_cpu_cores=2, reserve_memory_mb=4096, gpus=f"1,{gpus[3].uuid}"), gpus
+    )
     assert (host.cpu_cores, host.memory_mb) == (30, 61440)
     assert [g.index for g in host.gpus] == [1, 3]
     host = detect_host(info, settings(cpu_cores=8, memory_mb=1000), [])
@@ -44,7 +52,10 @@ def gpu(i: int, model: str = "A100", mem: int = 40960, archi: str = "ampere") ->
 def test_one_slot_per_gpu_each_job_its_own_gpu() -> None:
     pool = ResourcePool(Host(64, 256000, tuple(gpu(i) for i in range(4))), None, 1, 1000)
     assert pool.max_jobs == 4
-    allocs = [pool.allocate(str(i), HardwareSpecs(gpu_mem=1000, cpu_cores=2, memory=4000)) for i in range(4)]
+    allocs = [
+        pool.allocate(str(i), HardwareSpecs(gpu_mem=1000, cpu_cores=2, memory=4000))
+        for i in range(4)
+    ]
     assert all(isinstance(a, Allocation) for a in allocs)
     assert len({a.gpus[0].uuid for a in allocs if isinstance(a, Allocation)}) == 4
     assert pool.offer([]) is None
@@ -56,10 +67,18 @@ def test_one_slot_per_gpu_each_job_its_own_gpu() -> None:
 
 
 def test_offer_sends_free_figures_and_biggest_free_gpu() -> None:
-    pool = ResourcePool(Host(8, 16000, (gpu(0, "T4", 15360, "turing"), gpu(1, "A100", 40960))), None, 1, 1000)
+    pool = ResourcePool(
+        Host(8, 16000, (gpu(0, "T4", 15360, "turing"), gpu(1, "A100", 40960))), None, 1, 1000
+    )
     offer = pool.offer([])
     assert offer is not None
-    assert (offer.memory, offer.cpu_cores, offer.gpu_mem, offer.gpu_model, offer.gpu_archi) == (16000, 8, 40960, "A100", "ampere")
+    assert (offer.memory, offer.cpu_cores, offer.gpu_mem, offer.gpu_model, offer.gpu_archi) == (
+        16000,
+        8,
+        40960,
+        "A100",
+        "ampere",
+    )
 
 
 def test_job_that_does_not_fit_gets_a_reason() -> None:

@@ -126,7 +126,9 @@ def test_claims_only_while_a_slot_is_free_and_at_once_when_one_frees() -> None:
     assert out == {"rc": 0} and jobs.started == ["1", "2"]
 
 
-def test_api_down_is_logged_once_per_state_change_with_backoff(caplog: pytest.LogCaptureFixture) -> None:
+def test_api_down_is_logged_once_per_state_change_with_backoff(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     caplog.set_level(logging.INFO)
     jobs = Jobs()
     jobs.release.set()

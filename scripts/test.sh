@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# THE test command (README, CI): installs and starts everything it needs, then lint, types and tests.
+#   scripts/test.sh [pytest args]      e.g. scripts/test.sh -k pipeline
+# Needs root or passwordless sudo on a machine without Docker (it installs docker.io and starts dockerd).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+HERE=$PWD/scripts
+source "$HERE/bootstrap.sh"
+export PATH="${FETCHER_TOOLS_DIR:-$HOME/.cache/decode-fetcher-tools}/poetry/bin:$PATH"
+DOCKER=/usr/bin/docker; [ -x "$DOCKER" ] || DOCKER=docker
+
+echo "== docker engine, test images, local registry"
+"$HERE/docker-engine.sh" up
+"$HERE/build-busybox-image.sh" fetcher-test/busybox:1
+"$HERE/build-python-copy-image.sh" fetcher-test/pycopy:3.11
+"$HERE/registry.sh" up
+"$DOCKER" tag fetcher-test/busybox:1 127.0.0.1:5000/test/job:1
+"$DOCKER" push -q 127.0.0.1:5000/test/job:1 >/dev/null
+
+echo "== lint and types"
+poetry run ruff check .
+poetry run ruff format --check .
+poetry run mypy
+
+echo "== tests"
+poetry run pytest "$@"
+
+echo "== nothing left behind"
+left=$("$DOCKER" ps -aq --filter label=org.decode-opencloud.fetcher)
+if [ -n "$left" ]; then
+  echo "containers left behind by the tests:" >&2
+  "$DOCKER" ps -a --filter label=org.decode-opencloud.fetcher >&2
+  exit 1
+fi
+echo "no fetcher container left"
