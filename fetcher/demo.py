@@ -29,10 +29,11 @@ def busybox_image(client: Any, tag: str = DEMO_IMAGE) -> str:
         return tag
     except docker.errors.ImageNotFound:
         log.debug("demo: building %s", tag)
-    if not BUSYBOX.is_file():
+    # a dynamically linked busybox would not run in an image without libc
+    if not BUSYBOX.is_file() or b"ld-linux" in BUSYBOX.read_bytes()[:8192]:
         raise ConfigError(
-            "demo: /bin/busybox is missing; install it (apt-get install busybox-static) "
-            "or set DEMO_IMAGE to a local image with /bin/sh"
+            "demo: a static /bin/busybox is needed to make the demo image; install it "
+            "(apt-get install busybox-static) or set DEMO_IMAGE to a local image with /bin/sh"
         )
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
