@@ -15,7 +15,9 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_every_setting_is_documented(field: str) -> None:
     name = env_name(field)
     assert f"{name}=" in (ROOT / ".env.example").read_text(), f"{name} missing from .env.example"
-    assert f"`{name}`" in (ROOT / "README.md").read_text(), f"{name} missing from the README's table"
+    assert f"`{name}`" in (ROOT / "README.md").read_text(), (
+        f"{name} missing from the README's table"
+    )
 
 
 def test_ci_runs_the_readme_test_command() -> None:
