@@ -89,6 +89,13 @@ def run(argv: list[str] | None = None) -> int:
     p.add_argument("--image", default=f"{IMAGE}:latest")
     p.add_argument("--name", default="decode-fetcher")
     p.add_argument("--no-gpus", action="store_true", help="do not pass --gpus all")
+    p.add_argument(
+        "--docker-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="extra argument for docker run (repeatable), e.g. --docker-arg=--network=host",
+    )
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     if not args.path_base:
         print(
@@ -118,7 +125,7 @@ def run(argv: list[str] | None = None) -> int:
     cmd += ["-e", "PATH_BASE=/data", "-e", f"PATH_HOST_BASE={host_base}"]
     if not args.no_gpus:
         cmd += ["--gpus", "all"]
-    sh(*cmd, args.image)
+    sh(*cmd, *args.docker_arg, args.image)
     return 0
 
 

@@ -107,5 +107,47 @@ def test_docker_stop_of_the_fetcher_ends_cleanly_within_its_default_grace(
     assert not engine.containers.list(all=True, filters={"label": f"{LABEL}.job={job.id}"})
 
 
+def test_docker_run_stop_and_cleanup_scripts(env: Env, engine: Any, fetcher_image: str) -> None:
+    # Given an .env as a lab admin writes it, and the image built by docker-build
+    env_file = env.root / ".env"
+    env_file.write_text(
+        f"API_URL={env.mock.url}\nACCESS_TOKEN={TOKEN}\nTIMEOUT_JOB=0.5\nSHM_SIZE=64m\n"
+        "JOB_DEFAULT_MEMORY_MB=64\nFETCHER_ID=scripted\n"
+    )
+    job = env.submit(["echo via docker-run"])
+    # When docker-run starts it (host network here: the mock listens on 127.0.0.1 only)
+    rc = docker_tasks.run(
+        [
+            "--env-file",
+            str(env_file),
+            "--path-base",
+            str(env.base),
+            "--no-gpus",
+            "--image",
+            fetcher_image,
+            "--name",
+            "decode-fetcher-test",
+            "--docker-arg=--network=host",
+        ]
+    )
+    try:
+        assert rc == 0
+        wait_for(lambda: job.status.value == "finished", 60, "job finished via docker-run")
+        daemon = engine.containers.get("decode-fetcher-test")
+        assert daemon.attrs["HostConfig"]["Binds"] == [
+            "/var/run/docker.sock:/var/run/docker.sock",
+            f"{env.base}:/data",
+        ]
+        assert f"PATH_HOST_BASE={env.base}" in daemon.attrs["Config"]["Env"]
+        # Then docker-stop stops every fetcher container cleanly
+        assert docker_tasks.stop([]) == 0
+        assert not engine.containers.list(all=True, filters={"label": docker_tasks.DAEMON_LABEL})
+    finally:
+        subprocess.run(["/usr/bin/docker", "rm", "-f", "decode-fetcher-test"], capture_output=True)
+    # And docker-cleanup removes the fetcher's images
+    assert docker_tasks.cleanup([]) == 0
+    assert not engine.images.list(name=docker_tasks.IMAGE)
+
+
 def test_busybox_test_image_is_present(engine: Any) -> None:
     engine.images.get(IMAGE)
