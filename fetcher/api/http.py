@@ -91,7 +91,13 @@ class Http:
         self.timeout = (connect_timeout_s, read_timeout_s)
         self.retry_s = retry_s
         self.max_backoff_s = max_backoff_s
-        self.session = session or requests.Session()
+        if session is None:
+            session = requests.Session()
+            # several jobs at once, each with parallel transfers and a keep-alive
+            adapter = requests.adapters.HTTPAdapter(pool_connections=8, pool_maxsize=32)
+            session.mount("http://", adapter)
+            session.mount("https://", adapter)
+        self.session = session
         self.session.headers["User-Agent"] = f"decode-fetcher/{__version__}"
 
     def retrying(

@@ -234,6 +234,29 @@ class JobContainer:
             with contextlib.suppress(docker.errors.APIError):
                 self.container.kill()
 
+    def purge(self, ws: Workspace, image: str) -> None:
+        """Empty the job directory as root, with the job's own image: the job's processes may have
+        written files (as root) that a fetcher running as a plain user cannot delete. Never raises."""
+        log.info(
+            "job %s: removing the job's files with a container (permission denied to the fetcher)",
+            self.job_id,
+        )
+        try:
+            self.client.containers.run(
+                image,
+                purge_command()[2:],
+                entrypoint=purge_command()[:2],
+                remove=True,
+                network_disabled=True,
+                security_opt=["no-new-privileges"],
+                volumes={str(ws.host_path): {"bind": CONTAINER_MOUNT, "mode": "rw"}},
+                labels={LABEL: "1", LABEL_ID: self.fetcher_id, LABEL_JOB: self.job_id},
+            )
+        except (docker.errors.DockerException, requests.RequestException) as exc:
+            log.error(
+                "job %s: could not empty the job directory with a container: %s", self.job_id, exc
+            )
+
     def remove(self) -> None:
         """Remove the container in any state (also `created` after a failed start). Never raises."""
         target = self.container
@@ -252,6 +275,14 @@ class JobContainer:
             log.error(
                 "job %s: could not remove container %s: %s", self.job_id, target.short_id, exc
             )
+
+
+def purge_command() -> list[str]:
+    return [
+        "/bin/sh",
+        "-c",
+        f"rm -rf {CONTAINER_MOUNT}/..?* {CONTAINER_MOUNT}/.[!.]* {CONTAINER_MOUNT}/*",
+    ]
 
 
 def leftover_containers(client: Any, fetcher_id: str) -> list[Any]:

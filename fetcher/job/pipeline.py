@@ -74,6 +74,7 @@ def process_job(
     keepalive.start(JobStatus.preprocessing)
     log.info("job %s: started (%s)", job_id, spec.handler.image_url)
     outcome = Outcome(JobStatus.error, "internal error")
+    result: RunResult | None = None
     try:
         ws.validate(spec)
         ws.create()
@@ -92,18 +93,16 @@ def process_job(
     except (Interrupted, JobGone):
         outcome = _cancelled(cancel)
     except JobError as exc:
-        outcome = Outcome(JobStatus.error, str(exc).removeprefix(f"job {job_id}: "))
+        outcome = _failed(str(exc).removeprefix(f"job {job_id}: "), result)
     except (ApiError, FetcherError) as exc:
-        outcome = (
-            _cancelled(cancel) if cancel.is_set() else Outcome(JobStatus.error, f"fetcher: {exc}")
-        )
+        outcome = _cancelled(cancel) if cancel.is_set() else _failed(f"fetcher: {exc}", result)
     except Exception as exc:
         log.exception("job %s: unexpected failure", job_id)
         outcome = Outcome(JobStatus.error, f"fetcher internal error: {type(exc).__name__}: {exc}")
     finally:
         keepalive.stop()
         container.remove()
-        _remove_workspace(ws, outcome, s.keep_failed_job_dirs)
+        _remove_workspace(ws, outcome, s.keep_failed_job_dirs, container, spec.handler.image_url)
     report(deps, job_id, outcome)
     return outcome
 
@@ -128,17 +127,30 @@ def _outcome_of(result: RunResult) -> Outcome:
     return Outcome(JobStatus.error, result.describe())
 
 
+def _failed(reason: str, result: RunResult | None) -> Outcome:
+    """An error after the container ended still says how it ended (upload failures, say)."""
+    if result is None:
+        return Outcome(JobStatus.error, reason)
+    return Outcome(JobStatus.error, f"{reason}\n(the container had ended: {result.describe()})")
+
+
 def _cancelled(cancel: Cancel) -> Outcome:
     if cancel.gone:
         return Outcome(None, cancel.reason or "gone")
     return Outcome(JobStatus.error, cancel.reason or "cancelled")
 
 
-def _remove_workspace(ws: Workspace, outcome: Outcome, keep_failed: bool) -> None:
+def _remove_workspace(
+    ws: Workspace, outcome: Outcome, keep_failed: bool, container: JobContainer, image: str
+) -> None:
     if keep_failed and outcome.status == JobStatus.error:
         log.info("job %s: keeping job directory %s (KEEP_FAILED_JOB_DIRS)", ws.job_id, ws.path)
         return
-    ws.remove()
+    if not ws.remove():
+        # files the job wrote as root, and a fetcher that is not root: delete them as root, in a container
+        container.purge(ws, image)
+        if not ws.remove():
+            log.error("job %s: job directory %s is left behind", ws.job_id, ws.path)
 
 
 def report(deps: JobDeps, job_id: str, outcome: Outcome) -> None:

@@ -58,11 +58,15 @@ class Workspace:
             shutil.rmtree(self.path)
         self.path.mkdir(parents=True)
 
-    def remove(self) -> None:
-        """Remove the job directory. Never raises: a failure is logged."""
+    def remove(self) -> bool:
+        """Remove the job directory; False if some of it could not be removed. Never raises."""
         if not self.path.exists():
-            return
+            return True
         try:
             shutil.rmtree(self.path)
         except OSError as exc:
-            log.error("job %s: could not remove job directory %s: %s", self.job_id, self.path, exc)
+            log.warning(
+                "job %s: could not remove job directory %s: %s", self.job_id, self.path, exc
+            )
+            return False
+        return True

@@ -257,3 +257,42 @@ def test_stage_functions_are_usable_on_their_own(env: Env, engine: Any, tmp_path
         box.remove()
     upload_outputs(api, jid, spec, ws, cancel=stop)
     assert Path(job.paths_upload["output"], "out.txt").read_text() == "42"
+
+
+def test_files_the_fetcher_may_not_delete_are_removed_with_a_container(
+    env: Env, engine: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil as real_shutil
+
+    # Given a fetcher that cannot delete what the job wrote (as a plain user facing root's files)
+    seen_at_retry: list[list[str]] = []
+    real_rmtree = real_shutil.rmtree
+
+    def rmtree(path: Any, *a: Any, **kw: Any) -> None:
+        if not seen_at_retry and Path(path).name.isdigit() and any(Path(path).rglob("*")):
+            seen_at_retry.append([])
+            raise PermissionError(13, "Permission denied", str(path))
+        if seen_at_retry:
+            seen_at_retry.append(sorted(p.name for p in Path(path).iterdir()))
+        real_rmtree(path, *a, **kw)
+
+    monkeypatch.setattr(real_shutil, "rmtree", rmtree)
+    job = env.submit(["mkdir -p /files/output/deep", "&&", "echo x > /files/output/deep/.hidden"])
+    run_until_idle(env, engine)
+    # Then a container emptied the directory as root, and it is gone
+    assert job.status.value == "finished"
+    assert seen_at_retry[1] == [], "the purge container emptied the job directory"
+    assert list(env.base.iterdir()) == [env.base / ".fetcher"]
+
+
+def test_an_upload_failure_after_the_container_ended_keeps_the_exit_code(
+    env: Env, engine: Any
+) -> None:
+    job = env.submit(
+        ["mkdir -p /files/output", "&&", "echo x > /files/output/a.txt", "&&", "exit 4"]
+    )
+    with env.state.lock:
+        job.paths_upload["output"] = "/proc/no-such-place"  # the store refuses the upload (403)
+    run_until_idle(env, engine)
+    details = job.history[-1]["runtime_details"]
+    assert job.status.value == "error" and "upload" in details and "exit_code: 4" in details
