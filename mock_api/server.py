@@ -36,6 +36,7 @@ class MockServer:
         self.server = uvicorn.Server(config)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._last_check = 0.0
 
     @property
     def url(self) -> str:
@@ -43,8 +44,7 @@ class MockServer:
 
     def _check_timeouts(self) -> None:
         while not self._stop.wait(min(self.state.config.check_interval_s, 1.0)):
-            last = getattr(self, "_last_check", 0.0)
-            if time.time() - last >= self.state.config.check_interval_s:
+            if time.time() - self._last_check >= self.state.config.check_interval_s:
                 self._last_check = time.time()
                 self.state.check_timeouts()
 

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from fetcher.daemon import build_daemon
+from fetcher.models import HardwareSpecs
 from tests.helpers import Env, statuses
 
 pytestmark = pytest.mark.docker
@@ -159,12 +160,7 @@ def test_gpu_request_on_a_host_without_gpu_runtime_is_an_error_and_leaves_no_con
 
     # Given NVML (faked) shows one GPU, but this engine has no NVIDIA runtime
     nvml = FakeNvml([("GPU-11111111-2222-3333-4444-555555555555", "NVIDIA T4", 15360, 6)])
-    job = env.submit(
-        ["true"],
-        hardware=__import__("fetcher.models", fromlist=["HardwareSpecs"]).HardwareSpecs(
-            gpu_mem=1000, memory=64
-        ),
-    )
+    job = env.submit(["true"], hardware=HardwareSpecs(gpu_mem=1000, memory=64))
     daemon = build_daemon(env.settings(), exit_when_idle=True, docker_client=engine, nvml=nvml)
     assert daemon.run() == 0
     # Then the job is an error with docker's reason, and the `created` container is removed
