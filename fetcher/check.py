@@ -13,6 +13,7 @@ import docker.errors
 import requests
 
 from fetcher.api.client import WorkerApi
+from fetcher.api.http import Http, Transient
 from fetcher.errors import ApiError, AuthError, FetcherError, JobGone
 from fetcher.resources import detect_gpus
 
@@ -30,16 +31,15 @@ class Line:
 
 
 def check_api(settings: Any) -> Line:
+    http = Http(
+        connect_timeout_s=settings.http_connect_timeout_s,
+        read_timeout_s=settings.http_read_timeout_s,
+    )
     try:
-        resp = requests.get(
-            f"{settings.api_url}/access_info", timeout=settings.http_connect_timeout_s
-        )
-        resp.raise_for_status()
-    except requests.RequestException as exc:
+        http.send("GET", f"{settings.api_url}/access_info", what="access_info")
+    except (Transient, ApiError) as exc:
         return Line(
-            "FAIL",
-            "api",
-            f"cannot reach {settings.api_url} ({type(exc).__name__}); check API_URL and the network",
+            "FAIL", "api", f"cannot reach {settings.api_url} ({exc}); check API_URL and the network"
         )
     return Line("OK", "api", f"{settings.api_url} answers")
 

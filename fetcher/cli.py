@@ -41,12 +41,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     host = detect_host(connect_docker().info(), settings, detect_gpus())
-    pool = ResourcePool(
-        host,
-        settings.max_parallel_jobs,
-        settings.job_default_cpu_cores,
-        settings.job_default_memory_mb,
-    )
+    pool = ResourcePool.from_settings(host, settings)
     offer = pool.offer(settings.group_list)
     print(
         json.dumps(

@@ -136,12 +136,7 @@ def build_daemon(
         fetcher_identity(settings),
     )
     host = detect_host(client.info(), settings, detect_gpus(nvml))
-    pool = ResourcePool(
-        host,
-        settings.max_parallel_jobs,
-        settings.job_default_cpu_cores,
-        settings.job_default_memory_mb,
-    )
+    pool = ResourcePool.from_settings(host, settings)
     log.info(
         "worker: fetcher %s, %d CPU cores, %d MB, GPUs: %s",
         deps.fetcher_id,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import shutil
 
 import docker.errors
 import requests
@@ -11,7 +10,7 @@ import requests
 from fetcher.errors import ApiError, JobGone
 from fetcher.job.container import LABEL_JOB, leftover_containers
 from fetcher.job.pipeline import JobDeps
-from fetcher.job.workspace import JOB_ID
+from fetcher.job.workspace import JOB_ID, Workspace
 from fetcher.models import JobStatus
 
 log = logging.getLogger(__name__)
@@ -44,9 +43,8 @@ def recover(deps: JobDeps) -> list[str]:
             continue
         if job_id not in kept:
             _report_restarted(deps, job_id)
-        job_dir = deps.settings.path_base / job_id
-        if job_dir.exists():
-            shutil.rmtree(job_dir, ignore_errors=True)
+        ws = Workspace.for_job(job_id, deps.settings.path_base, deps.settings.host_base)
+        if ws.path.exists() and ws.remove():
             log.info("job %s: removed job directory left by an earlier run", job_id)
         deps.journal.remove(job_id)
     return sorted(jobs)

@@ -116,6 +116,15 @@ class ResourcePool:
         self.held: dict[str, Allocation] = {}
         self._lock = threading.Lock()
 
+    @classmethod
+    def from_settings(cls, host: Host, settings: Settings) -> ResourcePool:
+        return cls(
+            host,
+            settings.max_parallel_jobs,
+            settings.job_default_cpu_cores,
+            settings.job_default_memory_mb,
+        )
+
     def _free(self) -> tuple[int, int, list[Gpu]]:
         cpu = self.host.cpu_cores - sum(a.cpu_cores for a in self.held.values())
         mem = self.host.memory_mb - sum(a.memory_mb for a in self.held.values())

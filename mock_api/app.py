@@ -105,13 +105,9 @@ def create_app(state: MockState) -> FastAPI:
     async def _failure(_: Request, exc: ApiFailure) -> Response:
         if exc.status == 500 and exc.detail is None:
             return PlainTextResponse("Internal Server Error", status_code=500)
-        if (
-            exc.status == 400
-            and exc.detail
-            and ("password" in exc.detail or "Refresh" in exc.detail or "AuthFlow" in exc.detail)
-        ):
+        if exc.cognito_type:
             return JSONResponse(
-                {"__type": "NotAuthorizedException", "message": exc.detail}, status_code=400
+                {"__type": exc.cognito_type, "message": exc.detail}, status_code=exc.status
             )
         return JSONResponse({"detail": exc.detail}, status_code=exc.status)
 

@@ -48,10 +48,13 @@ class Faults(BaseModel):
 class ApiFailure(Exception):
     """An answer other than success: the app turns it into the real server's response."""
 
-    def __init__(self, status: int, detail: str | None = None) -> None:
+    def __init__(
+        self, status: int, detail: str | None = None, cognito_type: str | None = None
+    ) -> None:
         super().__init__(detail or str(status))
         self.status = status
         self.detail = detail
+        self.cognito_type = cognito_type  # answered in Cognito's error shape when set
 
 
 @dataclass
@@ -157,17 +160,19 @@ class MockState:
             if flow == "USER_PASSWORD_AUTH":
                 user = self.users.get(params.get("USERNAME", ""))
                 if user is None or user[0] != params.get("PASSWORD"):
-                    raise ApiFailure(400, "Incorrect username or password.")
+                    raise ApiFailure(
+                        400, "Incorrect username or password.", "NotAuthorizedException"
+                    )
                 name = params["USERNAME"]
                 refresh = secrets.token_urlsafe(24)
                 self.refresh_tokens[refresh] = name
             elif flow == "REFRESH_TOKEN_AUTH":
                 found = self.refresh_tokens.get(params.get("REFRESH_TOKEN", ""))
                 if found is None:
-                    raise ApiFailure(400, "Invalid Refresh Token")
+                    raise ApiFailure(400, "Invalid Refresh Token", "NotAuthorizedException")
                 name, refresh = found, ""
             else:
-                raise ApiFailure(400, f"AuthFlow {flow} is not supported")
+                raise ApiFailure(400, f"AuthFlow {flow} is not supported", "NotAuthorizedException")
             id_token = "mock-id-" + secrets.token_urlsafe(24)
             expiry = self.config.token_expiry_s
             self.tokens[id_token] = Token(name, self.users[name][1], time.time() + expiry)

@@ -157,13 +157,17 @@ class JobContainer:
             f"GPUs {','.join(gpu_uuids)}" if gpu_uuids else "no GPU",
         )
 
-    def _remove_stale(self) -> None:
-        """A container of the same name (an earlier try of this job) is ours: remove it."""
+    def _ours_by_name(self) -> Any:
+        """The container of this job's name if this fetcher made it (an earlier try), else None."""
         try:
-            old = self.client.containers.get(self.name)
-        except docker.errors.NotFound:
-            return
-        if old.labels.get(LABEL_ID) == self.fetcher_id:
+            found = self.client.containers.get(self.name)
+        except (docker.errors.APIError, requests.RequestException):
+            return None
+        return found if found.labels.get(LABEL_ID) == self.fetcher_id else None
+
+    def _remove_stale(self) -> None:
+        old = self._ours_by_name()
+        if old is not None:
             old.remove(force=True)
 
     def wait(self, cancel: threading.Event) -> int | None:
@@ -259,14 +263,9 @@ class JobContainer:
 
     def remove(self) -> None:
         """Remove the container in any state (also `created` after a failed start). Never raises."""
-        target = self.container
+        target = self.container if self.container is not None else self._ours_by_name()
         if target is None:
-            try:
-                target = self.client.containers.get(self.name)
-            except (docker.errors.APIError, requests.RequestException):
-                return
-            if target.labels.get(LABEL_ID) != self.fetcher_id:
-                return
+            return
         try:
             target.remove(force=True)
         except docker.errors.NotFound:
