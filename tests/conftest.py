@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from fetcher.job.container import LABEL
+from fetcher.job.container import LABEL, LABEL_ID
 from mock_api.server import MockServer
 from mock_api.state import MockState
-from tests.helpers import API_KEY, IMAGE, TOKEN, Env
+from tests.helpers import API_KEY, IMAGE, SESSION, TOKEN, Env
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -44,9 +44,14 @@ def docker_client() -> Any:
 
 @pytest.fixture
 def engine(docker_client: Any) -> Iterator[Any]:
-    """The engine, checked after the test: no container of the fetcher may be left behind."""
+    """The engine, checked after the test: no container of this session's fetchers may be left
+    behind (containers of other test runs on the same engine are not looked at)."""
     yield docker_client
-    left = docker_client.containers.list(all=True, filters={"label": LABEL})
+    left = [
+        c
+        for c in docker_client.containers.list(all=True, filters={"label": LABEL})
+        if c.labels.get(LABEL_ID, "").startswith(SESSION)
+    ]
     for c in left:
         c.remove(force=True)
     assert not left, f"containers left behind: {[c.name for c in left]}"

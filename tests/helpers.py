@@ -27,6 +27,14 @@ TOKEN = "worker-token-abcdef123456"
 API_KEY = "test-api-key"
 IMAGE = os.environ.get("FETCHER_TEST_IMAGE", "fetcher-test/busybox:1")
 REGISTRY_IMAGE = os.environ.get("FETCHER_TEST_REGISTRY_IMAGE", "127.0.0.1:5000/test/job:1")
+# Every fetcher id a test uses starts with this session's prefix, so that the leftover check (and its
+# clean-up) only ever touches this session's containers, never those of another test run on the engine.
+SESSION = "t" + uuid.uuid4().hex[:6]
+
+
+def fetcher_id(name: str = "") -> str:
+    """A fetcher id of this test session (FETCHER_ID), optionally with a readable name."""
+    return f"{SESSION}-{name or uuid.uuid4().hex[:8]}"
 
 
 @dataclass
@@ -50,7 +58,7 @@ class Env:
             "keepalive_interval_s": 1.0,
             "stop_grace_s": 1.0,
             "api_retry_s": 3.0,
-            "fetcher_id": "t" + uuid.uuid4().hex[:8],
+            "fetcher_id": fetcher_id(),
             "shm_size": "64m",
             "job_default_memory_mb": 64,
         }

@@ -17,7 +17,7 @@ from fetcher.daemon import build_daemon
 from fetcher.job.container import LABEL_ID, LABEL_JOB
 from fetcher.models import HardwareSpecs
 from mock_api.state import Faults
-from tests.helpers import TOKEN, Env, FakeNvml, four_gpus, statuses, wait_for
+from tests.helpers import TOKEN, Env, FakeNvml, fetcher_id, four_gpus, statuses, wait_for
 
 pytestmark = pytest.mark.docker
 
@@ -161,16 +161,14 @@ def test_api_down_for_a_minute_while_a_job_ends_delivers_the_final_status(
 
 
 # --- a real fetcher process ------------------------------------------------------------------------
-def fetcher_process(
-    env: Env, fetcher_id: str, *extra: str, **settings: str
-) -> subprocess.Popen[bytes]:
+def fetcher_process(env: Env, name: str, *extra: str, **settings: str) -> subprocess.Popen[bytes]:
     environ = {k: v for k, v in os.environ.items() if k not in ("USERNAME", "PASSWORD")}
     environ.update(
         {
             "API_URL": env.mock.url,
             "ACCESS_TOKEN": TOKEN,
             "PATH_BASE": str(env.base),
-            "FETCHER_ID": fetcher_id,
+            "FETCHER_ID": name,
             "TIMEOUT_JOB": "0.2",
             "TIMEOUT_STATUS": "1",
             "STOP_GRACE_S": "2",
@@ -192,7 +190,7 @@ def fetcher_process(
 
 def test_first_sigterm_lets_the_job_finish_and_exits_0(env: Env, engine: Any) -> None:
     job = env.submit(["sleep 3", "&&", "echo finished-normally"])
-    proc = fetcher_process(env, "sig1")
+    proc = fetcher_process(env, fetcher_id("sig1"))
     try:
         wait_for(lambda: job.status.value == "running", 30, "job running")
         proc.send_signal(signal.SIGTERM)
@@ -209,10 +207,12 @@ def test_second_sigterm_stops_the_container_within_grace_and_reports_error(
     env: Env, engine: Any
 ) -> None:
     job = env.submit(["trap '' TERM", ";", "sleep 300"])
-    proc = fetcher_process(env, "sig2", STOP_GRACE_S="2")
+    proc = fetcher_process(env, fetcher_id("sig2"), STOP_GRACE_S="2")
     try:
         wait_for(
-            lambda: job.status.value == "running" and running_containers(engine, "sig2"),
+            lambda: (
+                job.status.value == "running" and running_containers(engine, fetcher_id("sig2"))
+            ),
             30,
             "job running",
         )
@@ -221,7 +221,11 @@ def test_second_sigterm_stops_the_container_within_grace_and_reports_error(
         proc.send_signal(signal.SIGTERM)
         second = time.monotonic()
         wait_for(
-            lambda: not engine.containers.list(all=True, filters={"label": f"{LABEL_ID}=sig2"}),
+            lambda: (
+                not engine.containers.list(
+                    all=True, filters={"label": f"{LABEL_ID}={fetcher_id('sig2')}"}
+                )
+            ),
             15,
             "container gone",
         )
@@ -237,25 +241,29 @@ def test_second_sigterm_stops_the_container_within_grace_and_reports_error(
 
 def test_kill_9_then_restart_cleans_up_and_reports_the_job(env: Env, engine: Any) -> None:
     job = env.submit(["sleep 300"])
-    proc = fetcher_process(env, "crash")
+    proc = fetcher_process(env, fetcher_id("crash"))
     try:
         wait_for(
-            lambda: job.status.value == "running" and running_containers(engine, "crash"),
+            lambda: (
+                job.status.value == "running" and running_containers(engine, fetcher_id("crash"))
+            ),
             30,
             "job running",
         )
     finally:
         proc.kill()
         proc.wait(10)
-    assert running_containers(engine, "crash"), "the container outlives a kill -9"
+    assert running_containers(engine, fetcher_id("crash")), "the container outlives a kill -9"
     assert (env.base / str(job.id)).is_dir()
     # When the fetcher starts again
     daemon = build_daemon(
-        env.settings(fetcher_id="crash"), exit_when_idle=True, docker_client=engine
+        env.settings(fetcher_id=fetcher_id("crash")), exit_when_idle=True, docker_client=engine
     )
     assert daemon.run() == 0
     # Then nothing from before is left, and the job is reported
-    assert not engine.containers.list(all=True, filters={"label": f"{LABEL_ID}=crash"})
+    assert not engine.containers.list(
+        all=True, filters={"label": f"{LABEL_ID}={fetcher_id('crash')}"}
+    )
     assert not (env.base / str(job.id)).exists()
     assert job.status.value == "error" and "worker restarted" in job.history[-1]["runtime_details"]
 
@@ -270,7 +278,7 @@ def test_a_second_fetcher_on_the_same_base_path_is_refused(env: Env, engine: Any
 
 
 def test_run_command_with_a_wrong_setting_exits_2_naming_it(env: Env, tmp_path: Path) -> None:
-    proc = fetcher_process(env, "cfg", TIMEOUT_STATUS="often")
+    proc = fetcher_process(env, fetcher_id("cfg"), TIMEOUT_STATUS="often")
     rc = proc.wait(30)
     output = proc.stdout.read().decode() if proc.stdout else ""
     assert rc == 2 and "TIMEOUT_STATUS" in output and "Traceback" not in output

@@ -12,7 +12,7 @@ import pytest
 
 from fetcher.job.container import LABEL
 from scripts import docker_tasks
-from tests.helpers import IMAGE, TOKEN, Env, wait_for
+from tests.helpers import IMAGE, TOKEN, Env, fetcher_id, wait_for
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 BASE = os.environ.get("FETCHER_TEST_PYTHON_IMAGE", "fetcher-test/pycopy:3.11")
@@ -52,7 +52,7 @@ def fetcher_container(engine: Any, fetcher_image: str, env: Env) -> Iterator[Any
             "TIMEOUT_STATUS": "1",
             "SHM_SIZE": "64m",
             "JOB_DEFAULT_MEMORY_MB": "64",
-            "FETCHER_ID": "image",
+            "FETCHER_ID": fetcher_id("image"),
         },
     )
     yield container
@@ -104,7 +104,9 @@ def test_docker_stop_of_the_fetcher_ends_cleanly_within_its_default_grace(
     assert fetcher_container.attrs["State"]["ExitCode"] == 0, fetcher_container.logs().decode()
     assert elapsed < 10, f"docker stop took {elapsed:.1f} s (it was SIGKILLed)"
     assert job.status.value == "error" and job.history[-1]["runtime_details"] == "worker shut down"
-    assert not engine.containers.list(all=True, filters={"label": f"{LABEL}.job={job.id}"})
+    assert not engine.containers.list(
+        all=True, filters={"label": f"{LABEL}.id={fetcher_id('image')}"}
+    )
 
 
 def test_docker_run_stop_and_cleanup_scripts(env: Env, engine: Any, fetcher_image: str) -> None:
@@ -112,7 +114,7 @@ def test_docker_run_stop_and_cleanup_scripts(env: Env, engine: Any, fetcher_imag
     env_file = env.root / ".env"
     env_file.write_text(
         f"API_URL={env.mock.url}\nACCESS_TOKEN={TOKEN}\nTIMEOUT_JOB=0.5\nSHM_SIZE=64m\n"
-        "JOB_DEFAULT_MEMORY_MB=64\nFETCHER_ID=scripted\n"
+        "JOB_DEFAULT_MEMORY_MB=64\nFETCHER_ID=" + fetcher_id("scripted") + "\n"
     )
     job = env.submit(["echo via docker-run"])
     # When docker-run starts it (host network here: the mock listens on 127.0.0.1 only)

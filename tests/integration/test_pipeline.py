@@ -10,7 +10,7 @@ import pytest
 
 from fetcher.daemon import build_daemon
 from fetcher.models import HardwareSpecs
-from tests.helpers import Env, statuses
+from tests.helpers import SESSION, Env, statuses
 
 pytestmark = pytest.mark.docker
 
@@ -72,9 +72,10 @@ def test_exit_code_3_is_an_error_with_the_log_tail(env: Env, engine: Any) -> Non
 
 
 def containers_of(engine: Any, job_id: int) -> list[Any]:
-    from fetcher.job.container import LABEL_JOB
+    from fetcher.job.container import LABEL_ID, LABEL_JOB
 
-    return list(engine.containers.list(all=True, filters={"label": f"{LABEL_JOB}={job_id}"}))
+    found = engine.containers.list(all=True, filters={"label": f"{LABEL_JOB}={job_id}"})
+    return [c for c in found if c.labels.get(LABEL_ID, "").startswith(SESSION)]
 
 
 def start_daemon_thread(env: Env, engine: Any, **settings: Any) -> tuple[Any, Any]:
