@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from fetcher.errors import InvalidJobSpec
 
@@ -32,33 +31,78 @@ class UploadType(StrEnum):
     artifact = "artifact"
 
 
+# --- the job spec -----------------------------------------------------------------------------
+# The server stores a job's JSON as it was submitted and checks little of it (`meta.date_created` may
+# be any string, `meta` may carry anything). These models therefore check only what the fetcher
+# uses: `app.cmd`, `app.env`, `handler.image_url`, `handler.files_down`, `handler.files_up` and the
+# `hardware` fields. Everything else is kept as given (unknown keys too, at every level) and never
+# fails a job.
+
+
 class AppSpecs(BaseModel):
-    model_config = ConfigDict(coerce_numbers_to_str=True)
+    """What the container runs: `cmd` (shell words joined and run by /bin/sh -c) and `env`."""
+
+    model_config = ConfigDict(extra="allow", coerce_numbers_to_str=True)
 
     cmd: list[str] | None = None
     env: dict[str, str] | None = None
 
+    @field_validator("env", mode="before")
+    @classmethod
+    def _env_values_are_text(cls, value: Any) -> Any:
+        """Numbers and booleans in `env` become the strings a shell would see (`true`, `42`)."""
+        if not isinstance(value, dict):
+            return value
+        return {k: _scalar_text(v) for k, v in value.items()}
+
 
 class HandlerSpecs(BaseModel):
-    image_url: str = Field(min_length=1)
-    image_name: str | None = None
-    image_version: str | None = None
-    entrypoint: str | None = None
-    files_down: dict[str, str] | None = None
-    files_up: dict[UploadType, str] | None = None
-
-
-class MetaSpecs(BaseModel):
-    """Job metadata; extra keys sent by the server are kept."""
+    """The image, and the files in (`files_down`: path -> file id) and out (`files_up`: type -> dir)."""
 
     model_config = ConfigDict(extra="allow")
 
+    image_url: str
+    files_down: dict[str, str] | None = None
+    files_up: dict[UploadType, str] | None = None
+    # not used by the fetcher: kept as given, whatever their type
+    image_name: Any = None
+    image_version: Any = None
+    entrypoint: Any = None
+
+    @field_validator("image_url")
+    @classmethod
+    def _image_named(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must name an image")
+        return value
+
+
+class MetaSpecs(BaseModel):
+    """Job metadata, used only to name the job in log lines. Nothing in it fails a job.
+
+    `job_id` and `job_name` are kept when they are an int or a string and otherwise turned into
+    text; `date_created` and every extra key are kept exactly as given.
+    """
+
+    model_config = ConfigDict(extra="allow", coerce_numbers_to_str=True)
+
     job_id: int | str | None = None
-    date_created: datetime | None = None
     job_name: str | None = None
+    date_created: Any = None
+
+    @field_validator("job_id", "job_name", mode="before")
+    @classmethod
+    def _loggable(cls, value: Any) -> Any:
+        if value is None or isinstance(value, str | int | float):
+            return _scalar_text(value) if isinstance(value, bool | float) else value
+        return repr(value)[:200]
 
 
 class HardwareSpecs(BaseModel):
+    """What the job needs; a null field asks for nothing (and matches any worker on the server)."""
+
+    model_config = ConfigDict(extra="allow")
+
     cpu_cores: int | None = Field(default=None, ge=0)
     memory: int | None = Field(default=None, ge=0)
     gpu_model: str | None = None
@@ -71,10 +115,34 @@ class HardwareSpecs(BaseModel):
 
 
 class JobSpecs(BaseModel):
+    """One job as `GET /jobs` hands it out. `app`, `meta` and `hardware` may be missing or null;
+    a `meta` that is not an object is dropped (nothing in it is needed)."""
+
+    model_config = ConfigDict(extra="allow")
+
     app: AppSpecs = Field(default_factory=AppSpecs)
     handler: HandlerSpecs
     meta: MetaSpecs = Field(default_factory=MetaSpecs)
     hardware: HardwareSpecs = Field(default_factory=HardwareSpecs)
+
+    @field_validator("app", "hardware", mode="before")
+    @classmethod
+    def _null_is_empty(cls, value: Any) -> Any:
+        return {} if value is None else value
+
+    @field_validator("meta", mode="before")
+    @classmethod
+    def _meta_may_be_anything(cls, value: Any) -> Any:
+        return value if isinstance(value, dict | MetaSpecs) else {}
+
+
+def _scalar_text(value: Any) -> Any:
+    """JSON scalars as a shell would spell them; anything else is left for validation to refuse."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    return value
 
 
 class FileHTTPRequest(BaseModel):

@@ -106,6 +106,45 @@ class Env:
         )
 
 
+def decode_job(**handler: Any) -> dict[str, Any]:
+    """A job spec shaped as the user-facing API submits DECODE training (protocol notes' example):
+    extra handler fields, `meta` with a date and extra keys. `handler` overrides handler fields."""
+    return {
+        "app": {
+            "cmd": [
+                "/docker/entrypoint.sh",
+                "--train",
+                "--param_path=$(find /files/config -name '*.yaml' | head -n 1)",
+            ],
+            "env": {"DECODE_SEED": "42"},
+        },
+        "handler": {
+            "image_url": "registry.example/decode:v0_10_1",
+            "image_name": "decode",
+            "image_version": "v0_10_1",
+            "entrypoint": "train",
+            "files_down": {
+                "config/param.yaml": "data/user1/config/param.yaml",
+                "data/sub/calib.bin": "s3://bucket/user1/data/calib.bin",
+            },
+            "files_up": {"log": "log", "artifact": "model", "output": "output"},
+            **handler,
+        },
+        "meta": {
+            "job_id": 4242,
+            "date_created": "2026-11-21T13:48:20.661126+00:00",
+            "job_name": "x",
+        },
+        "hardware": {
+            "cpu_cores": 2,
+            "memory": 2000,
+            "gpu_model": None,
+            "gpu_archi": None,
+            "gpu_mem": None,
+        },
+    }
+
+
 def wait_for(predicate: Callable[[], Any], timeout_s: float = 30.0, what: str = "condition") -> Any:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
