@@ -2,6 +2,9 @@
 
 Environment names are the field names in upper case, except the two that users already have in
 their `.env` files: `TIMEOUT_JOB` (poll interval) and `TIMEOUT_STATUS` (keep-alive interval).
+Job groups are `JOB_GROUPS`: bash cannot export `GROUPS` (a special variable; `export GROUPS=x` is
+silently ignored), which is still read as a fallback where it can be set (.env, `docker run -e`).
+With ACCESS_TOKEN set, USERNAME and PASSWORD are ignored (login shells often export USERNAME).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from typing import Literal
 from pydantic import (
     AliasChoices,
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     field_validator,
@@ -77,7 +81,11 @@ class Settings(BaseSettings):
     gpus: str = Field(
         default="", description="Comma-separated GPU UUIDs or indices to use; empty = all"
     )
-    groups: str = Field(default="", description="Comma-separated job groups to prefer")
+    job_groups: str = Field(
+        default="",
+        validation_alias=AliasChoices("JOB_GROUPS", "GROUPS", "job_groups"),
+        description="Comma-separated job groups to take first (GROUPS, the old name, is read too)",
+    )
     job_default_cpu_cores: int = Field(default=1, ge=1)
     job_default_memory_mb: int = Field(default=2000, ge=1)
 
@@ -102,6 +110,8 @@ class Settings(BaseSettings):
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
+    _ignored_username: str | None = PrivateAttr(default=None)
+
     @field_validator("api_url")
     @classmethod
     def _url(cls, v: str) -> str:
@@ -111,6 +121,15 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _auth(self) -> Settings:
+        if self.access_token is not None and not self.access_token.get_secret_value().strip():
+            self.access_token = None  # `ACCESS_TOKEN=` in a .env file means unset
+        if self.username is not None and not self.username.strip():
+            self.username = None
+        if self.access_token is not None:
+            # the token wins: login shells often export USERNAME, and it must not stop the start
+            self._ignored_username = self.username
+            self.username, self.password = None, None
+            return self
         if self.username and not self.password:
             raise ValueError("PASSWORD: required when USERNAME is set")
         if not self.username and not self.access_token:
@@ -123,7 +142,12 @@ class Settings(BaseSettings):
 
     @property
     def group_list(self) -> list[str]:
-        return [g.strip() for g in self.groups.split(",") if g.strip()]
+        return [g.strip() for g in self.job_groups.split(",") if g.strip()]
+
+    @property
+    def ignored_username(self) -> str | None:
+        """USERNAME as given when ACCESS_TOKEN is set too (the token wins; USERNAME/PASSWORD are unset)."""
+        return self._ignored_username
 
     @property
     def gpu_selection(self) -> list[str]:

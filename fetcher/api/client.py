@@ -69,8 +69,15 @@ class WorkerApi:
             retry_s=settings.api_retry_s,
         )
         tokens: TokenSource
-        if settings.username:
-            assert settings.password is not None
+        if settings.ignored_username is not None:
+            log.info(
+                "auth: ACCESS_TOKEN is set; ignoring USERNAME=%s and any PASSWORD",
+                settings.ignored_username,
+            )
+        if settings.access_token is not None:
+            tokens = FixedToken(settings.access_token.get_secret_value())
+        else:
+            assert settings.username is not None and settings.password is not None
             tokens = CognitoLogin(
                 http,
                 settings.api_url,
@@ -78,9 +85,6 @@ class WorkerApi:
                 settings.password.get_secret_value(),
                 endpoint=settings.cognito_endpoint,
             )
-        else:
-            assert settings.access_token is not None
-            tokens = FixedToken(settings.access_token.get_secret_value())
         return cls(settings.api_url, tokens, http)
 
     # --- the helper --------------------------------------------------------------------------
