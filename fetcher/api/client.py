@@ -6,6 +6,8 @@ Each public method says what it raises. All of them may also raise Interrupted w
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import logging
 import os
 import threading
@@ -54,10 +56,32 @@ def check_relative_path(value: str, what: str) -> None:
         raise ValueError(f"{what} {value!r} must be a relative path without '..'")
 
 
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def origin(url: str) -> tuple[str, str, int] | None:
+    """`(scheme, host, port)` of an http(s) URL, normalised so that every spelling of one origin
+    compares equal: scheme and host in lower case, the default port (80, 443) made explicit, IPv6
+    brackets dropped and the address written one way, a trailing dot on the host and everything
+    after the authority (path, trailing slash, query) ignored. None for anything else."""
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:  # a port that is not a number, or out of range
+        return None
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").rstrip(".")
+    if scheme not in DEFAULT_PORTS or not host:
+        return None
+    with contextlib.suppress(ValueError):  # a name, not an address
+        host = ipaddress.ip_address(host).compressed
+    return scheme, host, DEFAULT_PORTS[scheme] if port is None else port
+
+
 class WorkerApi:
     def __init__(self, api_url: str, tokens: TokenSource, http: Http) -> None:
         self.api_url = api_url.rstrip("/")
-        self._origin = urlsplit(self.api_url)[:2]
+        self._origin = origin(self.api_url)
         self.tokens = tokens
         self.http = http
 
@@ -213,9 +237,14 @@ class WorkerApi:
             raise BadResponse(f"{what}: the API's file request is malformed") from None
 
     def _headers_for(self, req: FileHTTPRequest) -> dict[str, str]:
-        """The bearer token goes only to the API's own URLs, never to a pre-signed S3 URL."""
+        """The headers to perform `req` with: as the server gave them, plus our bearer token when the
+        URL is the API's own origin however API_URL is spelled (see `origin`), and never for another
+        origin (a pre-signed S3 URL). For its own download and upload URLs the server echoes the
+        caller's `authorization` header: that one is replaced by ours (current, e.g. after a
+        refresh), so that exactly one Authorization header is sent."""
         headers = dict(req.headers)
-        if urlsplit(req.url)[:2] == self._origin:
+        if self._origin is not None and origin(req.url) == self._origin:
+            headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
             headers = self._authed(headers)
         return headers
 
