@@ -1,10 +1,13 @@
 """The FastAPI app of the mock worker-facing API. Routes mirror the real server, odd parts included.
 
 Worker-facing: GET /access_info, GET /jobs, PUT|GET /jobs/{id}/status, GET /files/{id}/url,
-GET /files/{id}/download, POST /jobs/{id}/files/url, plus the URLs those hand out (/_upload, /_s3).
-Cognito stand-in: POST /_cognito/ (InitiateAuth). With `x-api-key`: POST /_jobs (submission),
-GET /_jobs, GET /_jobs/{id}, DELETE /_jobs/{id} (user deletion), POST /_faults, POST /_config,
-POST /_reset.
+GET /files/{id}/download, POST /jobs/{id}/files/url, POST /jobs/{id}/files/upload. For the API's
+own download and upload URLs the answer echoes the caller's `authorization` header, as the real
+server does; `s3://` file ids and upload directories get pre-signed URLs of a fake S3 instead
+(GET /_s3/{bucket}/{key}, POST /_s3/{bucket}), with no auth header.
+Cognito stand-in: POST /_cognito/ (InitiateAuth). With `x-api-key` (else 401): POST /_jobs
+(submission; the job is kept as the JSON received), GET /_jobs, GET /_jobs/{id},
+DELETE /_jobs/{id} (user deletion), POST /_faults, POST /_config, POST /_reset.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Res
 from starlette.datastructures import UploadFile
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from fetcher.models import FileHTTPRequest, JobStatus, SubmittedJob
+from fetcher.models import FileHTTPRequest, JobStatus
 from mock_api.state import ApiFailure, Faults, MockConfig, MockState, Token
 
 
@@ -87,9 +90,15 @@ def _worker(request: Request, authorization: Annotated[str | None, Header()] = N
 
 
 def _admin(request: Request, x_api_key: Annotated[str | None, Header()] = None) -> None:
+    """The internal routes' key check: wrong or missing `x-api-key` -> 401, as on the real server."""
     state: MockState = request.app.state.mock
-    if not x_api_key or not secrets.compare_digest(x_api_key, state.api_key):
-        raise ApiFailure(403, "Invalid API key")
+    if not x_api_key or not secrets.compare_digest(x_api_key.encode(), state.api_key.encode()):
+        raise ApiFailure(401, "unauthorized")
+
+
+def _echoed(authorization: str | None) -> dict[str, str]:
+    """The headers of a request to the API's own URL: the caller's, echoed (as the real server)."""
+    return {"authorization": authorization} if authorization is not None else {}
 
 
 Worker = Annotated[Token, Depends(_worker)]
@@ -145,7 +154,7 @@ def create_app(state: MockState) -> FastAPI:
             limit=limit,
             older_than=older_than,
         )
-        return {str(k): v.model_dump(mode="json") for k, v in given.items()}
+        return {str(k): v for k, v in given.items()}  # each job's JSON as it was submitted
 
     @app.put("/jobs/{job_id}/status", status_code=204)
     def put_status(
@@ -159,7 +168,12 @@ def create_app(state: MockState) -> FastAPI:
         return state.get_status(job_id).value
 
     @app.get("/files/{file_id:path}/url")
-    def file_url(_: Worker, file_id: str, request: Request) -> FileHTTPRequest:
+    def file_url(
+        _: Worker,
+        file_id: str,
+        request: Request,
+        authorization: Annotated[str | None, Header()] = None,
+    ) -> FileHTTPRequest:
         base = str(request.base_url).rstrip("/")
         if file_id.startswith("s3://"):
             path = state.s3_path(file_id)
@@ -173,7 +187,11 @@ def create_app(state: MockState) -> FastAPI:
         path = state.check_in_store(file_id, "file id")
         if not path.exists():
             raise ApiFailure(404, "File not found")
-        return FileHTTPRequest(method="get", url=f"{base}/files/{quote(file_id)}/download")
+        return FileHTTPRequest(
+            method="get",
+            url=f"{base}/files/{quote(file_id)}/download",
+            headers=_echoed(authorization),
+        )
 
     @app.get("/files/{file_id:path}/download")
     def download(_: Worker, file_id: str) -> Response:
@@ -198,41 +216,70 @@ def create_app(state: MockState) -> FastAPI:
         job_id: int,
         request: Request,
         type: str,
-        base_path: str | None = None,
+        base_path: str = "",
+        authorization: Annotated[str | None, Header()] = None,
     ) -> FileHTTPRequest:
-        policy, _ = state.grant_upload(token.user, job_id, type, base_path)
+        path = state.upload_dir(token.user, job_id, type, base_path)
         base = str(request.base_url).rstrip("/")
-        url = f"{base}/_upload/{job_id}/{type}"
-        if base_path is not None:
-            url += f"?base_path={quote(base_path)}"
+        if path.startswith("s3://"):  # a pre-signed POST: data fields, then the file
+            bucket = path.removeprefix("s3://").partition("/")[0]
+            policy, prefix = state.grant_s3_post(job_id, type, base_path, path)
+            return FileHTTPRequest(
+                method="post",
+                url=f"{base}/_s3/{quote(bucket)}",
+                data={"key": prefix + "${filename}", "policy": policy},
+            )
+        # the API's own upload route, with the query as sent (no base_path: the upload fails)
+        query = f"?{request.url.query}" if request.url.query else ""
         return FileHTTPRequest(
-            method="post", url=url, data={"key": f"{type}/${{filename}}", "policy": policy}
+            method="post",
+            url=f"{base}/jobs/{job_id}/files/upload{query}",
+            headers=_echoed(authorization),
         )
 
-    @app.post("/_upload/{job_id}/{kind}", status_code=201)
+    @app.post("/jobs/{job_id}/files/upload", status_code=201)
     async def upload(
-        job_id: int, kind: str, request: Request, base_path: str | None = None
+        token: Worker, job_id: int, type: str, request: Request, base_path: str | None = None
     ) -> None:
         if base_path is None:
             raise ApiFailure(422, "base_path: field required")
+        directory = Path(state.upload_dir(token.user, job_id, type, base_path))
         form = await request.form(max_part_size=64 * 1024 * 1024)
-        items = list(form.multi_items())
-        names = [k for k, _ in items]
-        if "file" not in names:
-            raise ApiFailure(400, "no field 'file'")
-        if names[-1] != "file":
-            raise ApiFailure(400, "the 'file' field must come after the data fields")
-        fields = {k: v for k, v in items if not isinstance(v, UploadFile)}
-        upload = form["file"]
-        assert isinstance(upload, UploadFile)
-        upload.file.seek(0, 2)
-        size = upload.file.tell()
-        upload.file.seek(0)
-        dest = state.store_upload(str(fields.get("policy", "")), upload.filename or "", size)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        with dest.open("wb") as out:
-            shutil.copyfileobj(upload.file, out, 1024 * 1024)
-        await form.close()
+        try:
+            upload = form.get("file")
+            if not isinstance(upload, UploadFile):
+                raise ApiFailure(422, "file: field required")
+            await _store(state, upload, job_id, type, base_path, directory)
+        finally:
+            await form.close()
+
+    @app.post("/_s3/{bucket}", status_code=204)
+    async def s3_post(bucket: str, request: Request) -> Response:
+        form = await request.form(max_part_size=64 * 1024 * 1024)
+        try:
+            items = list(form.multi_items())
+            names = [k for k, _ in items]
+            if "file" not in names:
+                raise ApiFailure(400, "no field 'file'")
+            if names[-1] != "file":
+                raise ApiFailure(400, "the 'file' field must come after the data fields")
+            fields = {k: str(v) for k, v in items if not isinstance(v, UploadFile)}
+            with state.lock:
+                grant = state.upload_grants.get(fields.get("policy", ""))
+            if grant is None:
+                raise ApiFailure(403, "AccessDenied: policy unknown")
+            job_id, kind, base_path, granted = grant
+            key = fields.get("key", "")
+            if not f"{bucket}/{key}".startswith(granted) or not key.endswith("${filename}"):
+                raise ApiFailure(403, "AccessDenied: key outside the policy")
+            upload = form["file"]
+            assert isinstance(upload, UploadFile)
+            prefix = key.removesuffix("${filename}").rstrip("/")
+            directory = state.s3_path(f"s3://{bucket}/{prefix}".rstrip("/"))
+            await _store(state, upload, job_id, kind, base_path, directory)
+        finally:
+            await form.close()
+        return Response(status_code=204)
 
     @app.post("/_cognito/")
     async def cognito(
@@ -245,8 +292,12 @@ def create_app(state: MockState) -> FastAPI:
 
     # --- submission and inspection ----------------------------------------------------------
     @app.post("/_jobs", status_code=201, dependencies=[Admin])
-    def submit(sub: SubmittedJob) -> dict[str, Any]:
-        return state.submit(sub).view()
+    async def submit(request: Request) -> dict[str, Any]:
+        try:
+            body = await request.json()
+        except ValueError:
+            raise ApiFailure(422, "body: not JSON") from None
+        return state.submit_raw(body).view()
 
     @app.get("/_jobs", dependencies=[Admin])
     def list_jobs() -> list[dict[str, Any]]:
@@ -280,6 +331,19 @@ def create_app(state: MockState) -> FastAPI:
         return Response(status_code=204)
 
     return app
+
+
+async def _store(
+    state: MockState, upload: UploadFile, job_id: int, kind: str, base_path: str, directory: Path
+) -> None:
+    """Write an uploaded file to `<directory>/<filename>` (the same name again overwrites)."""
+    upload.file.seek(0, 2)
+    size = upload.file.tell()
+    upload.file.seek(0)
+    dest = state.record_upload(job_id, kind, base_path, directory, upload.filename or "", size)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with dest.open("wb") as out:
+        shutil.copyfileobj(upload.file, out, 1024 * 1024)
 
 
 def data_file(state: MockState, relative: str, content: bytes) -> str:

@@ -30,7 +30,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--token-expiry-s", type=float, default=3600.0)
     p.add_argument("--failure-timeout-s", type=float, default=300.0)
     p.add_argument("--check-interval-s", type=float, default=60.0)
-    p.add_argument("--retry-limit", type=int, default=3)
+    p.add_argument(
+        "--retry-limit",
+        type=int,
+        default=2,
+        help="re-queues after a keep-alive timeout (MAX_RETRIES)",
+    )
+    p.add_argument(
+        "--no-retry-different",
+        action="store_true",
+        help="let a worker claim a job it claimed before (RETRY_DIFFERENT=0)",
+    )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-7s %(message)s")
     state = MockState(args.data_root, args.api_key, args.worker_token)
@@ -38,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     state.config.failure_timeout_s = args.failure_timeout_s
     state.config.check_interval_s = args.check_interval_s
     state.config.retry_limit = args.retry_limit
+    state.config.retry_different = not args.no_retry_different
     for spec in args.user:
         name, _, rest = spec.partition(":")
         password, _, groups = rest.partition(":")

@@ -21,7 +21,7 @@ from fetcher.models import (
 )
 from fetcher.settings import Settings
 from mock_api.server import MockServer
-from mock_api.state import MockJob, MockState
+from mock_api.state import MockJob, MockState, Token
 
 TOKEN = "worker-token-abcdef123456"
 API_KEY = "test-api-key"
@@ -65,6 +65,13 @@ class Env:
         values.update(overrides)
         return Settings(_env_file=None, **values)
 
+    def add_worker(self, name: str) -> str:
+        """Another worker account (of the `workers` group); returns its fixed token."""
+        token = f"{name}-token-0123456789"
+        with self.state.lock:
+            self.state.tokens[token] = Token(name, ["workers"], None)
+        return token
+
     def input_file(self, relative: str, content: bytes) -> str:
         path = Path(self.state.data_root, relative)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -93,16 +100,37 @@ class Env:
             meta=MetaSpecs(job_id=4242, job_name="test"),
             hardware=hardware or HardwareSpecs(cpu_cores=1, memory=64),
         )
-        out = f"{self.state.data_root}/user1/out"
         return self.state.submit(
             SubmittedJob(
                 job=spec,
                 group=group,
                 priority=priority,
-                paths_upload=PathsUploadSpecs(
-                    output=f"{out}/output", log=f"{out}/log", artifact=f"{out}/artifact"
-                ),
+                paths_upload=PathsUploadSpecs(**self.paths_upload()),
             )
+        )
+
+    def paths_upload(self, s3: bool = False) -> dict[str, str]:
+        """Upload directories of user1: in the store (the API's own upload route), or in the fake S3
+        (pre-signed POSTs)."""
+        out = "s3://bucket/user1/out" if s3 else f"{self.state.data_root}/user1/out"
+        return {"output": f"{out}/output", "log": f"{out}/log", "artifact": f"{out}/artifact"}
+
+    def submit_raw(
+        self,
+        job: Any,
+        *,
+        group: str | None = None,
+        priority: int = 0,
+        paths_upload: dict[str, str] | None = None,
+    ) -> MockJob:
+        """Submit `job` exactly as given (any JSON, also one the fetcher must refuse)."""
+        return self.state.submit_raw(
+            {
+                "job": job,
+                "group": group,
+                "priority": priority,
+                "paths_upload": paths_upload or self.paths_upload(),
+            }
         )
 
 

@@ -220,7 +220,7 @@ def test_malformed_job_spec_from_the_server_is_reported_and_the_daemon_goes_on(
     bad = env.submit(["true"])
     good = env.submit(["true"])
     with env.state.lock:  # the server hands out a spec with a wrong type in it
-        bad.spec.app.__dict__["cmd"] = "not-a-list"
+        bad.job["app"]["cmd"] = "not-a-list"
     run_until_idle(env, engine)
     assert bad.status.value == "error" and "app.cmd" in bad.history[-1]["runtime_details"]
     assert good.status.value == "finished"
