@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import secrets
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +20,7 @@ from fetcher.errors import ApiError, AuthError, FetcherError, JobGone
 from fetcher.resources import detect_gpus
 
 MIN_FREE_DISK_MB = 10_000
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -75,28 +78,35 @@ def check_probe_mount(settings: Any, client: Any, image: str) -> Line:
     except OSError as exc:
         return Line("FAIL", "path", f"cannot write under PATH_BASE {settings.path_base}: {exc}")
     host_dir = settings.host_base / ".fetcher"
+    seen = ""
     try:
-        out = client.containers.run(
-            image,
-            ["cat", f"/files/{name}"],
-            remove=True,
-            volumes={str(host_dir): {"bind": "/files", "mode": "ro"}},
-            labels={"org.decode-opencloud.fetcher.check": "1"},
-        )
-        seen = out.decode().strip() == token
+        for _ in range(2):  # once more after a moment: a fresh mount can lag on a busy engine
+            try:
+                out = client.containers.run(
+                    image,
+                    ["cat", f"/files/{name}"],
+                    remove=True,
+                    volumes={str(host_dir): {"bind": "/files", "mode": "ro"}},
+                    labels={"org.decode-opencloud.fetcher.check": "1"},
+                )
+                seen = out.decode(errors="replace").strip()
+            except docker.errors.ContainerError as exc:
+                seen = f"nothing ({exc.stderr.decode(errors='replace').strip() if exc.stderr else exc})"
+            if seen == token:
+                break
+            time.sleep(0.5)
     except docker.errors.ImageNotFound:
         return Line(
             "WARN",
             "path",
             f"probe image {image} not present; set PROBE_IMAGE to a local image with `cat`",
         )
-    except docker.errors.ContainerError:
-        seen = False
     except docker.errors.APIError as exc:
         return Line("FAIL", "path", f"probe container failed: {exc.explanation}")
     finally:
         (state / name).unlink(missing_ok=True)
-    if not seen:
+    if seen != token:
+        log.warning("check: the probe container saw %s instead of the probe file", seen[:200])
         return Line(
             "FAIL",
             "path",

@@ -31,7 +31,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = _settings(args)
     setup_logging(settings.log_level)
     daemon = build_daemon(settings, exit_when_idle=args.exit_when_idle, max_jobs=args.max_jobs)
-    daemon.worker.install_signal_handlers()
+    daemon.install_signal_handlers()  # before run: crash recovery can be interrupted too
     return daemon.run()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import secrets
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,57 +14,75 @@ from typing import IO, Any
 import docker
 
 from fetcher.api.client import WorkerApi
-from fetcher.errors import ApiError, ConfigError, InvalidJobSpec
+from fetcher.delivery import Deliverer
+from fetcher.errors import ConfigError, InvalidJobSpec
 from fetcher.job.container import Limits
 from fetcher.job.keepalive import Cancel
-from fetcher.job.pipeline import JobDeps, process_job
+from fetcher.job.pipeline import JobDeps, Resume, process_job
 from fetcher.models import ClaimOffer, ClaimResult, JobSpecs, JobStatus
-from fetcher.outbox import Journal, Outbox
 from fetcher.recovery import recover
 from fetcher.resources import Allocation, Host, ResourcePool, detect_gpus, detect_host
 from fetcher.settings import Settings
-from fetcher.worker import LoopOptions, Worker
+from fetcher.store import JobStore
+from fetcher.worker import Adoption, LoopOptions, SignalRelay, Worker
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT = "heartbeat"
+STORE = "jobs.sqlite"
+CLAIM_RETRY_S = 5.0  # the loop has its own backoff between claims
 
 
 class ApiJobSource:
-    """The worker-facing API as the loop needs it."""
+    """The worker-facing API and the fetcher's durable state, as the loop needs them."""
 
-    def __init__(self, api: WorkerApi, outbox: Outbox, heartbeat: Path) -> None:
-        self.api = api
-        self.outbox = outbox
+    def __init__(self, deps: JobDeps, heartbeat: Path) -> None:
+        self.deps = deps
         self.heartbeat = heartbeat
 
-    def claim(self, offer: ClaimOffer) -> ClaimResult:
-        return self.api.claim_jobs(offer, retry_s=5)
+    def recover(self, stop: threading.Event) -> list[Adoption]:
+        return recover(self.deps, stop)
+
+    def claim(self, offer: ClaimOffer, stop: threading.Event) -> ClaimResult:
+        return self.deps.api.claim_jobs(offer, retry_s=CLAIM_RETRY_S, interrupt=stop)
+
+    def accept(self, job_id: str, spec: JobSpecs, alloc: Allocation) -> None:
+        replaced = self.deps.store.claimed(
+            job_id,
+            spec.model_dump(mode="json"),
+            name=spec.meta.job_name if isinstance(spec.meta.job_name, str) else None,
+            cpu_cores=alloc.cpu_cores,
+            memory_mb=alloc.memory_mb,
+            gpus=[g.uuid for g in alloc.gpus],
+        )
+        if replaced is not None:
+            log.warning(
+                "job %s: claimed anew; the %s status still waiting for its earlier run is dropped"
+                " (the server has moved on from it)",
+                job_id,
+                replaced.status.value,
+            )
 
     def reject(self, invalid: InvalidJobSpec) -> None:
         log.error("%s", invalid)
-        self.outbox.report(
-            invalid.job_id, JobStatus.error, str(invalid).removeprefix(f"job {invalid.job_id}: ")
+        self.deps.deliverer.submit(
+            invalid.job_id, JobStatus.error, f"invalid job spec: {invalid.field}: {invalid.problem}"
         )
 
     def hand_back(self, job_id: str, reason: str) -> None:
-        try:
-            self.api.put_status(job_id, JobStatus.queued, reason, retry_s=30)
-        except ApiError as exc:
-            log.error(
-                "job %s: could not hand it back (%s); the server will re-queue it when it times out",
-                job_id,
-                exc,
-            )
+        self.deps.deliverer.submit(job_id, JobStatus.queued, f"handed back by the worker: {reason}")
 
-    def housekeeping(self) -> None:
-        self.outbox.flush()
+    def housekeeping(self, running: int) -> None:
         self.heartbeat.touch()
+
+    def api_reachable(self) -> None:
+        self.deps.deliverer.retry_now()
 
 
 def state_lock(state_dir: Path) -> IO[str]:
     """One fetcher per PATH_BASE: a second one gets a clear error instead of fighting over jobs."""
     state_dir.mkdir(parents=True, exist_ok=True)
+    state_dir.chmod(0o700)
     fh = (state_dir / "lock").open("w")
     try:
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -92,10 +111,20 @@ class Daemon:
     host: Host
     lock: IO[str]
 
+    def install_signal_handlers(self) -> SignalRelay:
+        """From the main thread, before `run` (so that recovery can be interrupted too)."""
+        return SignalRelay(self.worker.handle_signal).install()
+
+    def pending_reports(self) -> list[str]:
+        return self.deps.deliverer.pending()
+
     def run(self) -> int:
+        self.deps.deliverer.start()
         try:
             return self.worker.run()
         finally:
+            self.deps.deliverer.stop(flush_s=10.0)
+            self.deps.store.close()
             self.lock.close()
 
 
@@ -121,20 +150,14 @@ def build_daemon(
     if not settings.path_base.is_dir():
         raise ConfigError(f"PATH_BASE: {settings.path_base} is not a directory")
     lock = state_lock(settings.state_dir)
-    client = docker_client or connect_docker()
-    api = WorkerApi.from_settings(settings)
-    outbox = Outbox(
-        settings.state_dir / "outbox",
-        lambda j, s, d: api.put_status(j, s, d, retry_s=min(settings.api_retry_s, 30)),
-    )
-    deps = JobDeps(
-        settings,
-        api,
-        client,
-        outbox,
-        Journal(settings.state_dir / "jobs"),
-        fetcher_identity(settings),
-    )
+    try:
+        client = docker_client or connect_docker()
+        api = WorkerApi.from_settings(settings)
+        store = JobStore(settings.state_dir / STORE)
+    except BaseException:
+        lock.close()
+        raise
+    deps = JobDeps(settings, api, client, store, Deliverer(store, api), fetcher_identity(settings))
     host = detect_host(client.info(), settings, detect_gpus(nvml))
     pool = ResourcePool.from_settings(host, settings)
     log.info(
@@ -144,9 +167,10 @@ def build_daemon(
         host.memory_mb,
         ", ".join(f"{g.index}:{g.model}" for g in host.gpus) or "none",
     )
-    recover(deps)
 
-    def execute(job_id: str, spec: JobSpecs, alloc: Allocation, cancel: Cancel) -> None:
+    def execute(
+        job_id: str, spec: JobSpecs, alloc: Allocation, cancel: Cancel, resume: object
+    ) -> None:
         process_job(
             job_id,
             spec,
@@ -154,9 +178,10 @@ def build_daemon(
             cancel=cancel,
             gpu_uuids=[g.uuid for g in alloc.gpus],
             limits=Limits(alloc.cpu_cores, alloc.memory_mb),
+            resume=resume if isinstance(resume, Resume) else None,
         )
 
-    source = ApiJobSource(api, outbox, settings.state_dir / HEARTBEAT)
+    source = ApiJobSource(deps, settings.state_dir / HEARTBEAT)
     options = LoopOptions(
         poll_interval_s=settings.poll_interval_s,
         groups=tuple(settings.group_list),
@@ -164,6 +189,7 @@ def build_daemon(
         max_jobs=max_jobs,
         drain_timeout_s=settings.drain_timeout_s,
         max_backoff_s=settings.api_backoff_max_s,
+        force_grace_s=settings.stop_grace_s + 30,
     )
     return Daemon(Worker(source, pool, execute, options), deps, host, lock)
 

@@ -9,6 +9,8 @@ FetcherError
 │   ├── ApiRejected             any other 4xx: the request was wrong; retrying will not help
 │   └── BadResponse             the answer could not be understood
 ├── Interrupted                 a wait was cut short because the caller asked to stop
+├── WorkerTrouble               this box, not the job, is at fault (engine, disk, GPU runtime):
+│                               the job is handed back to the queue for another worker
 └── JobError                    the job cannot be (or was not) completed; carries the reason for `error`
     ├── InvalidJobSpec          the job spec is malformed or unsafe (names the job and the field)
     ├── TransferError           an input could not be downloaded or an output not uploaded
@@ -56,6 +58,11 @@ class BadResponse(ApiError):
 
 class Interrupted(FetcherError):
     """A wait or a transfer was cut short because a stop was requested."""
+
+
+class WorkerTrouble(FetcherError):
+    """This box, not the job, is at fault (the engine, the disk, the GPU runtime, a mount): the
+    job is handed back so that another worker can run it."""
 
 
 class JobError(FetcherError):

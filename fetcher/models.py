@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -200,7 +201,20 @@ class ClaimOffer(BaseModel):
 
 @dataclass
 class ClaimResult:
-    """What one claim brought: parsed jobs by queue id, and claimed jobs whose spec is invalid."""
+    """What one claim brought: parsed jobs by queue id, claimed jobs whose spec is invalid, and
+    (shown for the log) queue ids refused because they are not small integers."""
 
     jobs: dict[str, JobSpecs] = field(default_factory=dict)
     invalid: list[InvalidJobSpec] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)
+
+
+QUEUE_ID = re.compile(r"0|[1-9][0-9]{0,17}")
+
+
+def valid_queue_id(raw: object) -> str | None:
+    """The queue id if it is what the server's are (a small decimal integer, no sign, no leading
+    zero, ASCII digits only), else None. Past this check a queue id is safe as a file name."""
+    if isinstance(raw, str) and QUEUE_ID.fullmatch(raw):
+        return raw
+    return None

@@ -1,66 +1,169 @@
-"""Crash recovery at start: what an earlier life of this fetcher (kill -9, power loss) left behind."""
+"""Crash recovery at start: what an earlier life of this fetcher (kill -9, power loss) left behind.
+
+Each job the store knows, and each container of this fetcher on the engine, is settled once:
+- a status waiting for delivery: its container and directory go; the deliverer sends the status.
+- the server no longer has the job for us (GET status: 404, `queued` after a time-out, a final
+  status, or given to another worker): left alone; nothing is sent; its container and directory go.
+- its container still exists: the job is adopted and run on from there, as if nothing happened
+  (a running container is waited for; an ended one's outputs are uploaded and its exit reported).
+- no container (the fetcher died before starting it): handed back to the queue.
+Leftover job directories (queue-id names no job owns) are removed, links never followed.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import threading
+from typing import Any
 
-import docker.errors
-import requests
+from pydantic import ValidationError
 
-from fetcher.errors import ApiError, JobGone
-from fetcher.job.container import LABEL_JOB, leftover_containers
-from fetcher.job.pipeline import JobDeps
-from fetcher.job.workspace import JOB_ID, Workspace
-from fetcher.models import JobStatus
+from fetcher.errors import ApiError, Interrupted, JobGone
+from fetcher.job import safefs
+from fetcher.job.container import ENGINE_ERRORS, LABEL_JOB, leftover_containers
+from fetcher.job.pipeline import JobDeps, Resume
+from fetcher.job.workspace import Workspace
+from fetcher.models import JobSpecs, JobStatus, valid_queue_id
+from fetcher.store import JobRecord
+from fetcher.worker import Adoption
 
 log = logging.getLogger(__name__)
 
-RESTARTED = "worker restarted: the fetcher running this job was stopped abruptly"
+RESTARTED = "the worker restarted before the job's container started"
 
 
-def recover(deps: JobDeps) -> list[str]:
-    """Stop and remove this fetcher's leftover containers, report their jobs `error` where the server
-    still has them, and remove their job directories. Returns the job ids found."""
-    containers = leftover_containers(deps.docker, deps.fetcher_id)
-    jobs = set(deps.journal.entries())
-    for c in containers:
-        job_id = c.labels.get(LABEL_JOB, "?")
-        jobs.add(job_id)
-        log.warning(
-            "job %s: removing container %s left by an earlier run (%s)",
-            job_id,
-            c.short_id,
-            c.status,
-        )
-        try:
-            c.stop(timeout=int(deps.settings.stop_grace_s))
-            c.remove(force=True)
-        except (docker.errors.APIError, requests.RequestException) as exc:
-            log.error("job %s: could not remove leftover container %s: %s", job_id, c.short_id, exc)
-    kept = set(deps.outbox.pending())
-    for job_id in sorted(jobs):
-        if not JOB_ID.match(job_id):
-            continue
-        if job_id not in kept:
-            _report_restarted(deps, job_id)
-        ws = Workspace.for_job(job_id, deps.settings.path_base, deps.settings.host_base)
-        if ws.path.exists() and ws.remove():
-            log.info("job %s: removed job directory left by an earlier run", job_id)
-        deps.journal.remove(job_id)
-    return sorted(jobs)
-
-
-def _report_restarted(deps: JobDeps, job_id: str) -> None:
+def recover(deps: JobDeps, stop: threading.Event) -> list[Adoption]:
+    """Settle what an earlier life left; returns the jobs to adopt."""
     try:
-        status = deps.api.get_status(job_id, retry_s=10)
-    except JobGone:
-        log.info("job %s: the server no longer knows it; nothing to report", job_id)
-        return
-    except ApiError as exc:
-        log.warning(
-            "job %s: could not ask the server about it (%s); reporting error anyway", job_id, exc
+        containers = leftover_containers(deps.docker, deps.fetcher_id)
+    except ENGINE_ERRORS as exc:
+        log.error("recovery: cannot list this fetcher's containers: %s", exc)
+        containers = []
+    by_job: dict[str, Any] = {}
+    for c in containers:
+        job_id = valid_queue_id(c.labels.get(LABEL_JOB, ""))
+        if job_id is None:
+            log.warning("recovery: removing container %s with no valid job label", c.short_id)
+            _remove_container(c)
+        else:
+            by_job[job_id] = c
+    records = {r.job_id: r for r in deps.store.jobs()}
+    adopted: list[Adoption] = []
+    for job_id in sorted(set(records) | set(by_job), key=int):
+        if stop.is_set():
+            log.info("recovery: stop requested; the rest is settled at the next start")
+            break
+        try:
+            found = settle(deps, job_id, records.get(job_id), by_job.get(job_id), stop)
+        except Exception:
+            log.exception("job %s: recovery failed; leaving it for the next start", job_id)
+            continue
+        if found is not None:
+            adopted.append(found)
+    remove_stray_dirs(deps, keep={a.job_id for a in adopted} | set(records))
+    return adopted
+
+
+def settle(
+    deps: JobDeps, job_id: str, rec: JobRecord | None, container: Any, stop: threading.Event
+) -> Adoption | None:
+    if rec is not None and rec.report is not None:
+        log.info("job %s: its %s status waits for delivery", job_id, rec.report.status.value)
+        clean(deps, job_id, container)
+        return None
+    status = ask_server(deps, job_id, stop)
+    if (
+        status == "gone"
+        or status == JobStatus.queued
+        or (isinstance(status, JobStatus) and status.is_final)
+    ):
+        shown = status if isinstance(status, str) else status.value
+        log.info(
+            "job %s: left by an earlier run; the server has it as %s: leaving it alone",
+            job_id,
+            shown,
         )
-        status = None
-    if status is not None and status.is_final:
+        clean(deps, job_id, container)
+        deps.store.forget(job_id)
+        return None
+    spec = _spec(rec)
+    if container is not None and spec is not None and rec is not None:
+        log.info(
+            "job %s: its container %s outlived the fetcher; adopting it", job_id, container.short_id
+        )
+        return Adoption(
+            job_id, spec, rec.cpu_cores, rec.memory_mb, list(rec.gpus), Resume(container.id)
+        )
+    reason = RESTARTED if container is None else "the worker restarted and lost the job's record"
+    clean(deps, job_id, container)
+    hand = (
+        "handed back by the worker" if deps.settings.on_worker_failure == "hand-back" else "error"
+    )
+    details = f"{hand}: {reason}"
+    final = JobStatus.queued if deps.settings.on_worker_failure == "hand-back" else JobStatus.error
+    log.warning("job %s: %s", job_id, details)
+    deps.deliverer.submit(job_id, final, details, verify=status is None)
+    return None
+
+
+def ask_server(deps: JobDeps, job_id: str, stop: threading.Event) -> JobStatus | str | None:
+    """The job's status on the server; "gone" for a 404; None if the server cannot be asked."""
+    try:
+        return deps.api.get_status(job_id, retry_s=30, interrupt=stop)
+    except JobGone:
+        return "gone"
+    except (ApiError, Interrupted) as exc:
+        log.warning("job %s: cannot ask the server about it (%s)", job_id, exc)
+        return None
+
+
+def _spec(rec: JobRecord | None) -> JobSpecs | None:
+    if rec is None or rec.spec is None:
+        return None
+    try:
+        return JobSpecs.model_validate(rec.spec)
+    except ValidationError:
+        return None
+
+
+def _remove_container(c: Any) -> None:
+    try:
+        c.remove(force=True)
+    except ENGINE_ERRORS as exc:
+        log.error("recovery: could not remove container %s: %s", c.short_id, exc)
+
+
+def clean(deps: JobDeps, job_id: str, container: Any) -> None:
+    if container is not None:
+        log.info("job %s: removing container %s left by an earlier run", job_id, container.short_id)
+        _remove_container(container)
+    s = deps.settings
+    ws = Workspace(job_id, s.path_base, s.host_base)
+    if os.path.lexists(ws.path) and ws.remove():
+        log.info("job %s: removed job directory left by an earlier run", job_id)
+    with contextlib.suppress(OSError):
+        (s.state_dir / "logs" / f"{job_id}.log").unlink(missing_ok=True)
+
+
+def remove_stray_dirs(deps: JobDeps, keep: set[str]) -> None:
+    """Entries of PATH_BASE named like a queue id that no job owns: leftovers of an earlier life."""
+    base = deps.settings.path_base
+    try:
+        names = [p.name for p in base.iterdir() if valid_queue_id(p.name) and p.name not in keep]
+    except OSError as exc:
+        log.error("recovery: cannot list PATH_BASE %s: %s", base, exc)
         return
-    deps.outbox.report(job_id, JobStatus.error, RESTARTED)
+    if not names:
+        return
+    fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for name in names:
+            try:
+                safefs.remove_entry(fd, name)
+                log.info("recovery: removed %s left in PATH_BASE", name)
+            except OSError as exc:
+                log.error("recovery: could not remove %s from PATH_BASE: %s", name, exc)
+    finally:
+        os.close(fd)

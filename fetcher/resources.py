@@ -182,6 +182,17 @@ class ResourcePool:
             self.held[job_id] = alloc
             return alloc
 
+    def allocate_exact(
+        self, job_id: str, cpu_cores: int, memory_mb: int, gpu_uuids: list[str]
+    ) -> Allocation:
+        """Hold exactly this share (a job adopted after a restart keeps what it had), even if it
+        is more than is free now."""
+        with self._lock:
+            gpus = [g for g in self.host.gpus if g.uuid in gpu_uuids]
+            alloc = Allocation(job_id, cpu_cores, memory_mb, gpus)
+            self.held[job_id] = alloc
+            return alloc
+
     def release(self, job_id: str) -> None:
         with self._lock:
             self.held.pop(job_id, None)

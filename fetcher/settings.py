@@ -42,7 +42,11 @@ class Settings(BaseSettings):
         default=None,
         description="Override of https://cognito-idp.<region>.amazonaws.com/ (tests, mock_api)",
     )
-    api_retry_s: float = Field(default=120.0, gt=0, description="How long one API call retries")
+    api_retry_s: float = Field(
+        default=900.0,
+        gt=0,
+        description="How long one API call (a transfer, a login) retries before the job is handed back",
+    )
     http_connect_timeout_s: float = Field(default=10.0, gt=0)
     http_read_timeout_s: float = Field(default=60.0, gt=0)
 
@@ -71,6 +75,13 @@ class Settings(BaseSettings):
     drain_timeout_s: float | None = Field(
         default=None, ge=0, description="After the first stop signal, wait this long, then force"
     )
+    on_worker_failure: Literal["hand-back", "error"] = Field(
+        default="hand-back",
+        description="What a job gets when the worker, not the job, fails (shutdown, outage, engine)",
+    )
+    job_time_limit_s: float | None = Field(
+        default=None, gt=0, description="Stop a job's container after this long and report error"
+    )
 
     # --- what the box offers -------------------------------------------------------------------
     max_parallel_jobs: int | None = Field(default=None, ge=1)
@@ -95,6 +106,23 @@ class Settings(BaseSettings):
     ipc_host: bool = False
     enforce_job_limits: bool = Field(
         default=True, description="Limit each container to its job's cpu_cores and memory"
+    )
+    job_pids_limit: int = Field(
+        default=4096, ge=0, description="Most processes and threads in a job container; 0 = none"
+    )
+    job_engine_log_max_mb: int = Field(
+        default=20, ge=1, description="Docker's json-file log of a job container is kept this small"
+    )
+    job_log_max_mb: float = Field(
+        default=100.0, gt=0, description="Most of a job's output kept and uploaded as container.log"
+    )
+    job_cap_drop: str = Field(
+        default="MKNOD,NET_RAW",
+        description="Capabilities taken from job containers (comma-separated)",
+    )
+    job_network: str = Field(
+        default="",
+        description="Docker network of job containers (`none`: no network); empty = default",
     )
     download_workers: int = Field(default=4, ge=1, le=32)
     log_tail_bytes: int = Field(default=4000, ge=100)
@@ -154,8 +182,12 @@ class Settings(BaseSettings):
         return [g.strip() for g in self.gpus.split(",") if g.strip()]
 
     @property
+    def job_cap_drop_list(self) -> list[str]:
+        return [c.strip().upper() for c in self.job_cap_drop.split(",") if c.strip()]
+
+    @property
     def state_dir(self) -> Path:
-        """Where the fetcher keeps its own state (outbox, journal, heartbeat, id)."""
+        """Where the fetcher keeps its own state (job store, heartbeat, id, container logs)."""
         return self.path_base / ".fetcher"
 
 

@@ -85,12 +85,14 @@ def main() -> int:
         size = src.stat().st_size
 
         t0 = time.monotonic()
-        api.download_file(str(src), work / "down.bin")
+        with (work / "down.bin").open("w+b") as fh:
+            api.download_file(str(src), fh)
         t_down = time.monotonic() - t0
         after_down = peak_rss_mib()
 
         t0 = time.monotonic()
-        api.upload_file(job_id, work / "down.bin", UploadType.output, "bench")
+        with (work / "down.bin").open("rb") as fh:
+            api.upload_file(job_id, fh, "down.bin", UploadType.output, "bench")
         t_up = time.monotonic() - t0
         peak = peak_rss_mib()
         landed = data / "out/output/bench/down.bin"

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fetcher.api.client import WorkerApi
 from fetcher.models import (
     AppSpecs,
     HandlerSpecs,
@@ -18,6 +19,7 @@ from fetcher.models import (
     MetaSpecs,
     PathsUploadSpecs,
     SubmittedJob,
+    UploadType,
 )
 from fetcher.settings import Settings
 from mock_api.server import MockServer
@@ -183,6 +185,15 @@ def wait_for(predicate: Callable[[], Any], timeout_s: float = 30.0, what: str = 
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
+def sequence(job: MockJob) -> list[str]:
+    """The job's statuses without repeats in a row (keep-alive pings repeat the current one)."""
+    out: list[str] = []
+    for status in statuses(job):
+        if not out or out[-1] != status:
+            out.append(status)
+    return out
+
+
 def statuses(job: MockJob) -> list[str]:
     return [h["status"] for h in job.history]
 
@@ -233,3 +244,15 @@ def four_gpus() -> FakeNvml:
             for i in range(4)
         ]
     )
+
+
+def download_to(api: WorkerApi, file_id: str, dest: Path) -> int:
+    """`WorkerApi.download_file` into a plain file (the fetcher itself writes through a workspace)."""
+    with dest.open("w+b") as fh:
+        return api.download_file(file_id, fh)
+
+
+def upload_from(api: WorkerApi, job_id: str, path: Path, kind: UploadType, base_path: str) -> int:
+    """`WorkerApi.upload_file` of a plain file, under its own name."""
+    with path.open("rb") as fh:
+        return api.upload_file(job_id, fh, path.name, kind, base_path)

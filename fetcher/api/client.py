@@ -12,16 +12,16 @@ import logging
 import os
 import threading
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import quote, urlsplit
 
 import requests
+import urllib3.exceptions
 from pydantic import ValidationError
 from requests_toolbelt import MultipartEncoder
 
 from fetcher.api.auth import CognitoLogin, FixedToken, TokenSource
-from fetcher.api.http import Http, Transient
+from fetcher.api.http import Http, Transient, read_json
 from fetcher.errors import (
     ApiRejected,
     AuthError,
@@ -30,23 +30,44 @@ from fetcher.errors import (
     InvalidJobSpec,
     TransferError,
 )
-from fetcher.models import ClaimOffer, ClaimResult, FileHTTPRequest, JobSpecs, JobStatus, UploadType
+from fetcher.models import (
+    ClaimOffer,
+    ClaimResult,
+    FileHTTPRequest,
+    JobSpecs,
+    JobStatus,
+    UploadType,
+    valid_queue_id,
+)
 from fetcher.settings import Settings
 
 log = logging.getLogger(__name__)
 
 CHUNK = 1024 * 1024
-MAX_DETAILS_QUOTED = (
-    6000  # runtime_details travels in the query string; keep the URL well under 8 KB
-)
+MAX_DETAILS_QUOTED = 6000  # runtime_details travels in the query string; keep the URL under 8 KB
+FIRST_LINE_MAX = 1000
 Progress = Callable[[int, int | None], None]
 
 
 def fit_details(details: str) -> str:
-    """Keep the end of `details` (the most recent log lines) so that it fits in a query string."""
-    while len(quote(details)) > MAX_DETAILS_QUOTED:
-        details = "…" + details[len(details) // 8 + 1 :]
-    return details
+    """`details` cut to fit in a query string: its first line (how the job ended) is always kept,
+    then as much of the end of the rest (the newest log lines) as fits."""
+    if len(quote(details)) <= MAX_DETAILS_QUOTED:
+        return details
+    first, _, rest = details.partition("\n")
+    first = first[:FIRST_LINE_MAX]
+    if len(quote(first)) > MAX_DETAILS_QUOTED // 2:
+        first = first[: FIRST_LINE_MAX // 4]
+    head = first + "\n…"
+    budget = MAX_DETAILS_QUOTED - len(quote(head))
+    lo, hi = 0, len(rest)  # the longest tail of `rest` whose quoted form fits the budget
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if len(quote(rest[-mid:])) <= budget:
+            lo = mid
+        else:
+            hi = mid - 1
+    return head + (rest[-lo:] if lo else "")
 
 
 def check_relative_path(value: str, what: str) -> None:
@@ -162,7 +183,9 @@ class WorkerApi:
     ) -> ClaimResult:
         """GET /jobs: claim jobs that fit `offer`. Keys are queue ids, the id of every later call.
 
-        A job whose spec cannot be parsed is returned in `invalid` (it was claimed: report it).
+        A queue id that is not a small integer is refused here, at the boundary: logged once and
+        never used again (past this method a queue id is a safe token, never a path fragment). A
+        job whose spec cannot be parsed is returned in `invalid` (it was claimed: report it).
         Raises ApiUnavailable, AuthError, ApiRejected, BadResponse.
         """
         resp = self._call(
@@ -173,20 +196,26 @@ class WorkerApi:
             interrupt=interrupt,
             retry_s=retry_s,
         )
-        try:
-            body = resp.json()
-        except ValueError:
-            raise BadResponse("claim jobs: answer is not JSON") from None
+        body = read_json(resp, "claim jobs")
         if not isinstance(body, dict):
             raise BadResponse(f"claim jobs: expected an object of jobs, got {type(body).__name__}")
         result = ClaimResult()
-        for queue_id, raw in body.items():
+        for raw_id, raw in body.items():
+            queue_id = valid_queue_id(raw_id)
+            if queue_id is None:
+                log.error(
+                    "claim: refused a job whose queue id %s is not a small integer; nothing was done"
+                    " with it (the server will time it out)",
+                    _show(raw_id),
+                )
+                result.refused.append(_show(raw_id))
+                continue
             try:
-                result.jobs[str(queue_id)] = JobSpecs.model_validate(raw)
+                result.jobs[queue_id] = JobSpecs.model_validate(raw)
             except ValidationError as exc:
-                err = exc.errors()[0]
-                loc = ".".join(str(p) for p in err["loc"]) or "(root)"
-                result.invalid.append(InvalidJobSpec(str(queue_id), loc, err["msg"]))
+                result.invalid.append(spec_error(queue_id, exc))
+            except RecursionError:
+                result.invalid.append(InvalidJobSpec(queue_id, "(root)", "nested too deep"))
         return result
 
     def put_status(
@@ -213,7 +242,13 @@ class WorkerApi:
             retry_s=retry_s,
         )
 
-    def get_status(self, job_id: str, *, retry_s: float | None = None) -> JobStatus:
+    def get_status(
+        self,
+        job_id: str,
+        *,
+        retry_s: float | None = None,
+        interrupt: threading.Event | None = None,
+    ) -> JobStatus:
         """GET /jobs/{id}/status. Raises JobGone (404: unknown), ApiUnavailable, BadResponse."""
         resp = self._call(
             "GET",
@@ -221,18 +256,19 @@ class WorkerApi:
             what="get status",
             job_id=job_id,
             retry_s=retry_s,
+            interrupt=interrupt,
         )
+        value = read_json(resp, f"job {job_id}: get status")
         try:
-            return JobStatus(resp.json())
+            return JobStatus(value)
         except ValueError:
-            raise BadResponse(
-                f"job {job_id}: unexpected status answer {resp.text[:100]!r}"
-            ) from None
+            raise BadResponse(f"job {job_id}: unexpected status answer {_show(value)}") from None
 
     # --- files -------------------------------------------------------------------------------
     def _file_request(self, resp: requests.Response, what: str) -> FileHTTPRequest:
+        body = read_json(resp, what)
         try:
-            return FileHTTPRequest.model_validate(resp.json())
+            return FileHTTPRequest.model_validate(body)
         except (ValueError, ValidationError):
             raise BadResponse(f"{what}: the API's file request is malformed") from None
 
@@ -251,73 +287,81 @@ class WorkerApi:
     def download_file(
         self,
         file_id: str,
-        dest: Path,
+        out: BinaryIO,
         *,
         interrupt: threading.Event | None = None,
         progress: Progress | None = None,
+        retry_s: float | None = None,
     ) -> int:
-        """Download file `file_id` to `dest`, streamed (never whole in memory). Returns the size.
-
-        Written to `dest.part` first, renamed when complete. A broken transfer starts again.
-        Raises TransferError (missing, forbidden, server failure), ApiUnavailable, AuthError, Interrupted.
+        """Download file `file_id` into `out`, streamed (never whole in memory), exactly the bytes
+        the server sent (a `Content-Encoding: gzip` body is stored as sent and checked against its
+        length). A broken transfer starts again from the beginning of `out`. Returns the size.
+        Raises TransferError (missing, forbidden, refused), ApiUnavailable, AuthError, Interrupted.
         """
         if ".." in file_id.split("/"):
             raise TransferError(f"file id {file_id!r} contains '..'")
         what = f"download {file_id}"
-        part = dest.with_name(dest.name + ".part")
 
         def attempt() -> int:
+            out.seek(0)
+            out.truncate()
             resp = self._send_api("GET", f"/files/{quote(file_id, safe='/:')}/url", what=what)
             req = self._file_request(resp, what)
             data = self.http.send(
                 req.method.upper(), req.url, what=what, headers=self._headers_for(req), stream=True
             )
-            total = (
-                int(data.headers["Content-Length"]) if "Content-Length" in data.headers else None
-            )
+            total = _content_length(data)
             done = 0
             try:
-                with data, part.open("wb") as fh:
-                    for chunk in data.iter_content(CHUNK):
+                with data:
+                    for chunk in data.raw.stream(CHUNK, decode_content=False):
                         if interrupt is not None and interrupt.is_set():
                             raise Interrupted(f"{what}: interrupted")
-                        fh.write(chunk)
+                        out.write(chunk)
                         done += len(chunk)
                         if progress:
                             progress(done, total)
-            except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
+            except (
+                requests.ConnectionError,
+                requests.exceptions.ChunkedEncodingError,
+                urllib3.exceptions.HTTPError,
+            ) as exc:
                 raise Transient(
                     f"transfer broke off after {done} bytes ({type(exc).__name__})"
                 ) from None
             if total is not None and done != total:
                 raise Transient(f"transfer ended after {done} of {total} bytes")
-            part.replace(dest)
+            out.flush()
             return done
 
-        try:
-            return self._retry_transfer(attempt, what, interrupt)
-        finally:
-            part.unlink(missing_ok=True)
+        return self._retry_transfer(attempt, what, interrupt, retry_s)
 
     def upload_file(
         self,
         job_id: str,
-        path: Path,
+        fh: BinaryIO,
+        name: str,
         upload_type: UploadType,
         base_path: str,
         *,
         interrupt: threading.Event | None = None,
+        retry_s: float | None = None,
     ) -> int:
-        """Upload `path` as `<type dir>/<base_path>/<path.name>`: a streamed multipart POST. Returns the size.
-
+        """Upload the open file `fh` as `<type dir>/<base_path>/<name>`: a streamed multipart POST,
+        the API's `data` fields first, then the file. Returns the size.
         Raises JobGone, TransferError (request refused), ApiUnavailable, AuthError, Interrupted.
         """
         if base_path:
             check_relative_path(base_path, "base_path")
-        what = f"job {job_id}: upload {upload_type.value}/{base_path + '/' if base_path else ''}{path.name}"
-        size = path.stat().st_size
+        if not name or "/" in name or name in (".", ".."):
+            raise TransferError(f"file name {name!r} cannot be uploaded")
+        what = (
+            f"job {job_id}: upload {upload_type.value}/{base_path + '/' if base_path else ''}{name}"
+        )
+        size = os.fstat(fh.fileno()).st_size
 
         def attempt() -> int:
+            fh.seek(0)
             resp = self._send_api(
                 "POST",
                 f"/jobs/{quote(job_id, safe='')}/files/url",
@@ -327,32 +371,35 @@ class WorkerApi:
                 job_id=job_id,
             )
             req = self._file_request(resp, what)
-            with path.open("rb") as fh:
-                fields: list[tuple[str, Any]] = [(k, str(v)) for k, v in req.data.items()]
-                fields.append(
-                    ("file", (path.name, _Interruptible(fh, interrupt), "application/octet-stream"))
-                )
-                body = MultipartEncoder(fields=fields)
-                headers = {**self._headers_for(req), "Content-Type": body.content_type}
-                self.http.send(
-                    req.method.upper(),
-                    req.url,
-                    what=what,
-                    headers=headers,
-                    data=body,
-                    expected=(200, 201, 204),
-                )
+            fields: list[tuple[str, Any]] = [(k, str(v)) for k, v in req.data.items()]
+            fields.append(
+                ("file", (name, _Interruptible(fh, interrupt), "application/octet-stream"))
+            )
+            body = MultipartEncoder(fields=fields)
+            headers = {**self._headers_for(req), "Content-Type": body.content_type}
+            self.http.send(
+                req.method.upper(),
+                req.url,
+                what=what,
+                headers=headers,
+                data=body,
+                expected=(200, 201, 204),
+            ).close()
             return size
 
-        return self._retry_transfer(attempt, what, interrupt)
+        return self._retry_transfer(attempt, what, interrupt, retry_s)
 
     def _retry_transfer(
-        self, attempt: Callable[[], int], what: str, interrupt: threading.Event | None
+        self,
+        attempt: Callable[[], int],
+        what: str,
+        interrupt: threading.Event | None,
+        retry_s: float | None,
     ) -> int:
         """Retry a whole transfer; a refusal (missing, forbidden, malformed) becomes TransferError."""
         try:
             return self._relogin_once(  # type: ignore[no-any-return]
-                lambda: self.http.call(attempt, what, interrupt=interrupt), what
+                lambda: self.http.call(attempt, what, interrupt=interrupt, retry_s=retry_s), what
             )
         except (ApiRejected, BadResponse) as exc:
             raise TransferError(str(exc)) from None
@@ -360,6 +407,27 @@ class WorkerApi:
             if exc.status_code == 403:  # outside the user's store, or an absolute base_path
                 raise TransferError(str(exc)) from None
             raise
+
+
+def spec_error(queue_id: str, exc: ValidationError) -> InvalidJobSpec:
+    """The first problem of a spec, on one short line: `invalid job spec: <field>: <why>`."""
+    err = exc.errors(include_url=False, include_input=False)[0]
+    loc = ".".join(str(p) for p in err["loc"]) or "(root)"
+    return InvalidJobSpec(
+        queue_id, _show(loc, 120, quote_it=False), _show(err["msg"], 200, quote_it=False)
+    )
+
+
+def _show(value: object, limit: int = 40, *, quote_it: bool = True) -> str:
+    text = repr(value) if quote_it else str(value).replace("\n", " ").replace("\r", " ")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _content_length(resp: requests.Response) -> int | None:
+    try:
+        return int(resp.headers["Content-Length"])
+    except (KeyError, ValueError):
+        return None
 
 
 class _Interruptible:

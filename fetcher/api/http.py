@@ -10,6 +10,7 @@ headers, and URLs in them lose their query string (pre-signed URLs carry signatu
 from __future__ import annotations
 
 import email.utils
+import json
 import logging
 import threading
 import time
@@ -18,6 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
+import urllib3.exceptions
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_delay
 from tenacity.wait import wait_random_exponential
 
@@ -26,6 +28,7 @@ from fetcher.errors import (
     ApiRejected,
     ApiUnavailable,
     AuthError,
+    BadResponse,
     Interrupted,
     JobGone,
 )
@@ -34,7 +37,31 @@ from fetcher.logs import redact
 log = logging.getLogger(__name__)
 
 TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+MAX_ANSWER_BYTES = 32 * 1024 * 1024  # a claim with limit=1 is a few KB; a server may send anything
 _NEVER = threading.Event()
+
+
+def read_json(resp: requests.Response, what: str) -> Any:
+    """The answer's JSON (its body was read, bounded, by `Http.send`). Whatever goes wrong while
+    decoding it (bytes that are not JSON, JSON nested too deep for the parser) is a BadResponse."""
+    try:
+        return json.loads(resp.content)
+    except RecursionError:
+        raise BadResponse(f"{what}: the answer is JSON nested too deep") from None
+    except Exception as exc:  # noqa: BLE001 - ValueError, UnicodeDecodeError, MemoryError, ...
+        raise BadResponse(f"{what}: the answer is not JSON ({type(exc).__name__})") from None
+
+
+def _read_bounded(resp: requests.Response, what: str) -> None:
+    """Read the whole body now, at most MAX_ANSWER_BYTES (a server may send gigabytes), so that
+    `resp.content` and `resp.json()` work as usual. A body cut off raises the connection errors
+    `send` treats as transient; one too large is a BadResponse."""
+    with resp:
+        data = resp.raw.read(MAX_ANSWER_BYTES + 1, decode_content=True)
+    if len(data) > MAX_ANSWER_BYTES:
+        raise BadResponse(f"{what}: the answer is larger than {MAX_ANSWER_BYTES // 2**20} MB")
+    resp._content = data
+    resp._content_consumed = True  # type: ignore[attr-defined]
 
 
 class Transient(Exception):
@@ -55,10 +82,19 @@ def safe_url(url: str) -> str:
 
 
 def _detail(resp: requests.Response) -> str:
+    """The start of an error answer's body (read with a bound: a server may send gigabytes)."""
     try:
-        body = resp.json()
+        if getattr(resp, "_content_consumed", True):
+            raw = resp.content[:4096]
+        else:
+            raw = resp.raw.read(4096, decode_content=True)
+    except Exception:  # noqa: BLE001 - a body that cannot be read says nothing
+        return ""
+    text = raw.decode("utf-8", errors="replace")
+    try:
+        body: Any = json.loads(text)
     except ValueError:
-        body = resp.text
+        body = text
     if isinstance(body, dict) and "detail" in body:
         body = body["detail"]
     text = str(body).strip().replace("\n", " ")
@@ -140,7 +176,8 @@ class Http:
         retry_s: float | None = None,
         interrupt: threading.Event | None = None,
     ) -> Any:
-        """Run `op` under the retry policy; Transient failures that outlive it become ApiUnavailable."""
+        """Run `op` under the retry policy; Transient failures that outlive it become ApiUnavailable.
+        `retry_s=0` makes exactly one try."""
         started = time.monotonic()
         attempts = 0
         try:
@@ -180,13 +217,16 @@ class Http:
                 params=params,
                 json=json,
                 data=data,
-                stream=stream,
+                stream=True,
                 timeout=self.timeout,
             )
+            if not stream:
+                _read_bounded(resp, what)
         except (
             requests.ConnectionError,
             requests.Timeout,
             requests.exceptions.ChunkedEncodingError,
+            urllib3.exceptions.HTTPError,
         ) as exc:
             # a connection cut mid-answer is as transient as one refused
             raise Transient(f"{type(exc).__name__} on {method} {safe_url(url)}") from None

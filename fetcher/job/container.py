@@ -1,4 +1,11 @@
-"""The job's container, through the Docker SDK: image policy, mounts, GPUs, limits, wait, logs, stop, remove."""
+"""The job's container, through the Docker SDK: image policy, mounts, GPUs, limits, wait, logs, stop, remove.
+
+The job is code from a stranger: its container gets a process limit (a fork bomb stays inside),
+bounded engine-side logs (a job printing 100 GB cannot fill the host's disk through Docker's
+json-file log), no privileges, `no-new-privileges`, and without MKNOD (no device nodes in its
+directory) and NET_RAW by default. Its output is streamed, while it runs, to a log file in the
+fetcher's state directory, where the job cannot place anything.
+"""
 
 from __future__ import annotations
 
@@ -6,17 +13,19 @@ import contextlib
 import logging
 import threading
 from collections import deque
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import docker
 import docker.errors
 import requests
-from docker.types import DeviceRequest
+from docker.types import DeviceRequest, LogConfig
 from docker.utils import parse_repository_tag
 
-from fetcher.errors import ContainerError
+from fetcher.errors import ContainerError, Interrupted, WorkerTrouble
+from fetcher.job.keepalive import Cancel
 from fetcher.job.workspace import CONTAINER_MOUNT, Workspace
 from fetcher.models import JobSpecs
 from fetcher.settings import PullPolicy
@@ -27,7 +36,9 @@ LABEL = "org.decode-opencloud.fetcher"  # every container the fetcher makes carr
 LABEL_ID = LABEL + ".id"  # which fetcher (PATH_BASE) made it
 LABEL_JOB = LABEL + ".job"  # the queue id
 LABEL_GPUS = LABEL + ".gpus"  # the GPU UUIDs given to it
-POLL_S = 0.5
+# start failures that are this box's trouble, not the job's: the job is handed back
+WORKER_FAULTS = ("could not select device driver", "nvidia-container", "error mounting", "cgroup")
+ENGINE_ERRORS = (docker.errors.APIError, requests.RequestException)
 
 
 @dataclass(frozen=True)
@@ -38,6 +49,11 @@ class ContainerOptions:
     enforce_limits: bool = True
     stop_grace_s: float = 10.0
     log_tail_bytes: int = 4000
+    pids_limit: int = 4096  # 0: no limit
+    engine_log_max_mb: int = 20
+    cap_drop: tuple[str, ...] = ("MKNOD", "NET_RAW")
+    network: str | None = None
+    log_max_bytes: int = 100 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -48,15 +64,25 @@ class Limits:
 
 @dataclass
 class RunResult:
-    exit_code: int | None  # None: stopped before it ended on its own
-    oom_killed: bool
-    log_tail: str
+    exit_code: int | None  # None: it never ended on its own (stopped)
+    oom_killed: bool = False
+    log_tail: str = ""
+    ended_by: str | None = None  # why the fetcher stopped it, if it did
 
-    def describe(self) -> str:
+    def first_line(self) -> str:
+        if self.exit_code is None:
+            return self.ended_by or "stopped by the fetcher"
         text = f"exit_code: {self.exit_code}"
         if self.oom_killed:
             text += " (killed: out of memory)"
-        return f"{text}\n{self.log_tail}" if self.log_tail else text
+        if self.ended_by:
+            text += f" ({self.ended_by})"
+        return text
+
+    def describe(self) -> str:
+        """How the job ended (always the first line), then the log's tail."""
+        first = self.first_line()
+        return f"{first}\n{self.log_tail}" if self.log_tail else first
 
 
 def docker_message(exc: Exception) -> str:
@@ -72,8 +98,34 @@ def shell_command(spec: JobSpecs) -> list[str] | None:
     return ["/bin/sh", "-c", " ".join(spec.app.cmd)]
 
 
-def ensure_image(client: Any, image: str, policy: PullPolicy, job_id: str) -> None:
-    """Apply the pull policy. Raises ContainerError with docker's message."""
+def _until(cancel: Cancel, work: Callable[[], Any], what: str) -> Any:
+    """Run `work` in a helper thread and wait for it or for `cancel`, whichever comes first (a
+    cancelled pull goes on in the engine; nothing is left behind by it)."""
+    done = threading.Event()
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["value"] = work()
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
+            box["error"] = exc
+        finally:
+            done.set()
+
+    cancel.subscribe(done)
+    threading.Thread(target=run, name=what, daemon=True).start()
+    done.wait()
+    if "error" in box:
+        raise box["error"]
+    if "value" not in box:
+        raise Interrupted(f"{what}: {cancel.reason or 'cancelled'}")
+    return box["value"]
+
+
+def ensure_image(
+    client: Any, image: str, policy: PullPolicy, job_id: str, cancel: Cancel | None = None
+) -> None:
+    """Apply the pull policy. Raises ContainerError with docker's message, Interrupted."""
     repo, tag = parse_repository_tag(image)
     if policy != "always":
         try:
@@ -86,32 +138,156 @@ def ensure_image(client: Any, image: str, policy: PullPolicy, job_id: str) -> No
                 ) from None
         except docker.errors.APIError as exc:
             raise ContainerError(f"image {image}: {docker_message(exc)}") from None
+        except requests.RequestException as exc:
+            raise WorkerTrouble(f"docker engine unreachable: {exc}") from None
     log.info("job %s: pulling %s", job_id, image)
-    try:
+
+    def pull() -> None:
         if "@" in image:
             client.images.pull(image)
         else:
             client.images.pull(repo, tag=tag or "latest")
+
+    try:
+        _until(cancel or Cancel(), pull, f"pull-{job_id}")
     except docker.errors.APIError as exc:
         raise ContainerError(f"pull of {image} failed: {docker_message(exc)}") from None
+    except requests.RequestException as exc:
+        raise WorkerTrouble(f"docker engine unreachable during the pull: {exc}") from None
 
 
-class JobContainer:
-    """One job's container: create/start, wait, logs, stop, remove. Usable on its own."""
+class LogFollower:
+    """Streams the container's stdout and stderr, while it runs, into a file (up to a cap) and
+    keeps the decoded tail for the final status."""
 
     def __init__(
-        self, client: Any, job_id: str, fetcher_id: str, options: ContainerOptions
+        self, job_id: str, container: Any, dest: Path | None, max_bytes: int, tail_bytes: int
     ) -> None:
-        self.client = client
         self.job_id = job_id
-        self.fetcher_id = fetcher_id
-        self.options = options
-        self.container: Any = None
-        self.name = f"decode-job-{job_id}-{fetcher_id}"
+        self.container = container
+        self.dest = dest
+        self.max_bytes = max_bytes
+        self.tail_bytes = tail_bytes
+        self.written = 0
+        self.dropped = 0
+        self._tail: deque[bytes] = deque()
+        self._kept = 0
+        self._thread = threading.Thread(target=self._run, name="logs", daemon=True)
 
-    def start(self, spec: JobSpecs, ws: Workspace, gpu_uuids: list[str], limits: Limits) -> None:
-        """Create and start the container. Raises ContainerError (with docker's message)."""
-        ensure_image(self.client, spec.handler.image_url, self.options.pull_policy, self.job_id)
+    def start(self) -> LogFollower:
+        self._thread.start()
+        return self
+
+    def join(self, timeout_s: float) -> None:
+        self._thread.join(timeout_s)
+
+    def _run(self) -> None:
+        out = None
+        try:
+            if self.dest is not None:
+                self.dest.parent.mkdir(parents=True, exist_ok=True)
+                self.dest.unlink(missing_ok=True)
+                out = self.dest.open("xb")
+            for chunk in self.container.logs(stream=True, follow=True, stdout=True, stderr=True):
+                self._keep(chunk)
+                if out is not None:
+                    room = self.max_bytes - self.written
+                    if room > 0:
+                        out.write(chunk[:room])
+                        self.written += min(len(chunk), room)
+                    self.dropped += max(len(chunk) - max(room, 0), 0)
+        except (*ENGINE_ERRORS, OSError) as exc:
+            log.warning("job %s: could not read the container's logs: %s", self.job_id, exc)
+        finally:
+            if out is not None:
+                if self.dropped:
+                    out.write(
+                        f"\n[fetcher: {self.dropped} more bytes of output not kept (JOB_LOG_MAX_MB)]\n".encode()
+                    )
+                out.close()
+
+    def _keep(self, chunk: bytes) -> None:
+        self._tail.append(chunk)
+        self._kept += len(chunk)
+        while len(self._tail) > 1 and self._kept - len(self._tail[0]) >= self.tail_bytes:
+            self._kept -= len(self._tail.popleft())
+
+    def tail(self) -> str:
+        data = b"".join(self._tail)[-self.tail_bytes :]
+        return data.decode("utf-8", errors="replace").strip()
+
+
+@dataclass
+class JobContainer:
+    """One job's container: create/start or attach, wait, logs, stop, remove. Usable on its own."""
+
+    client: Any
+    job_id: str
+    fetcher_id: str
+    options: ContainerOptions
+    container: Any = None
+    follower: LogFollower | None = None
+    name: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.name = f"decode-job-{self.job_id}-{self.fetcher_id}"
+
+    def start(
+        self,
+        spec: JobSpecs,
+        ws: Workspace,
+        gpu_uuids: list[str],
+        limits: Limits,
+        *,
+        cancel: Cancel | None = None,
+        created: Callable[[str], None] | None = None,
+    ) -> None:
+        """Pull (per policy), create and start the container; `created` is told its id before it
+        starts. Raises ContainerError (the job's: image, command), WorkerTrouble (this box's:
+        engine, GPU runtime, mount), Interrupted."""
+        cancel = cancel or Cancel()
+        ensure_image(
+            self.client, spec.handler.image_url, self.options.pull_policy, self.job_id, cancel
+        )
+        if cancel.is_set():
+            raise Interrupted(cancel.reason or "cancelled")
+        try:
+            ws.check_mountable()
+        except OSError as exc:
+            raise WorkerTrouble(f"job directory cannot be mounted: {exc}") from None
+        kwargs = self._create_args(spec, ws, gpu_uuids, limits)
+        self._remove_stale()
+        try:
+            self.container = self.client.containers.create(spec.handler.image_url, **kwargs)
+        except docker.errors.APIError as exc:
+            raise self._start_error("created", exc) from None
+        except requests.RequestException as exc:
+            raise WorkerTrouble(f"docker engine unreachable: {exc}") from None
+        if created is not None:
+            created(self.container.id)
+        try:
+            self.container.start()
+        except docker.errors.APIError as exc:
+            raise self._start_error("started", exc) from None
+        except requests.RequestException as exc:
+            raise WorkerTrouble(f"docker engine unreachable: {exc}") from None
+        log.info(
+            "job %s: container %s started (%s)",
+            self.job_id,
+            self.container.short_id,
+            f"GPUs {','.join(gpu_uuids)}" if gpu_uuids else "no GPU",
+        )
+
+    def _start_error(self, verb: str, exc: docker.errors.APIError) -> Exception:
+        message = f"container could not be {verb}: {docker_message(exc)}"
+        if any(marker in message for marker in WORKER_FAULTS):
+            return WorkerTrouble(message)
+        return ContainerError(message)
+
+    def _create_args(
+        self, spec: JobSpecs, ws: Workspace, gpu_uuids: list[str], limits: Limits
+    ) -> dict[str, Any]:
+        o = self.options
         kwargs: dict[str, Any] = {
             "command": shell_command(spec),
             "environment": dict(spec.app.env or {}),
@@ -127,100 +303,121 @@ class JobContainer:
             "init": True,  # signals reach the job's process, and zombies are reaped
             "privileged": False,
             "security_opt": ["no-new-privileges"],
+            "cap_drop": list(o.cap_drop),
+            "log_config": LogConfig(
+                type="json-file", config={"max-size": f"{o.engine_log_max_mb}m", "max-file": "1"}
+            ),
         }
-        if self.options.ipc_host:
+        if o.pids_limit > 0:
+            kwargs["pids_limit"] = o.pids_limit
+        if o.network:
+            kwargs["network_mode"] = o.network
+        if o.ipc_host:
             kwargs["ipc_mode"] = "host"
         else:
-            kwargs["shm_size"] = self.options.shm_size
+            kwargs["shm_size"] = o.shm_size
         if gpu_uuids:
             kwargs["device_requests"] = [
                 DeviceRequest(driver="nvidia", device_ids=gpu_uuids, capabilities=[["gpu"]])
             ]
-        if self.options.enforce_limits:
+        if o.enforce_limits:
             if limits.cpu_cores:
                 kwargs["nano_cpus"] = int(limits.cpu_cores * 1e9)
             if limits.memory_mb:
                 kwargs["mem_limit"] = f"{limits.memory_mb}m"
-        self._remove_stale()
+        return kwargs
+
+    def attach(self, container_id: str) -> None:
+        """Take over a container an earlier life of this fetcher started. Raises ContainerError."""
         try:
-            self.container = self.client.containers.create(spec.handler.image_url, **kwargs)
-        except docker.errors.APIError as exc:
-            raise ContainerError(f"container could not be created: {docker_message(exc)}") from None
-        try:
-            self.container.start()
-        except docker.errors.APIError as exc:
-            raise ContainerError(f"container could not start: {docker_message(exc)}") from None
-        log.info(
-            "job %s: container %s started (%s)",
+            self.container = self.client.containers.get(container_id)
+        except docker.errors.NotFound:
+            raise WorkerTrouble(f"container {container_id[:12]} is gone") from None
+        except ENGINE_ERRORS as exc:
+            raise WorkerTrouble(f"docker engine: {exc}") from None
+
+    def follow_logs(self, dest: Path | None) -> None:
+        self.follower = LogFollower(
             self.job_id,
-            self.container.short_id,
-            f"GPUs {','.join(gpu_uuids)}" if gpu_uuids else "no GPU",
-        )
+            self.container,
+            dest,
+            self.options.log_max_bytes,
+            self.options.log_tail_bytes,
+        ).start()
 
     def _ours_by_name(self) -> Any:
         """The container of this job's name if this fetcher made it (an earlier try), else None."""
         try:
             found = self.client.containers.get(self.name)
-        except (docker.errors.APIError, requests.RequestException):
+        except ENGINE_ERRORS:
             return None
         return found if found.labels.get(LABEL_ID) == self.fetcher_id else None
 
     def _remove_stale(self) -> None:
         old = self._ours_by_name()
         if old is not None:
-            old.remove(force=True)
+            with contextlib.suppress(*ENGINE_ERRORS):
+                old.remove(force=True)
 
-    def wait(self, cancel: threading.Event) -> int | None:
-        """Wait for the container to end; if `cancel` is set first, stop it and return None."""
-        while True:
-            if cancel.wait(POLL_S):
-                self.stop()
-                return None
-            try:
-                self.container.reload()
-            except docker.errors.NotFound:
-                raise ContainerError(
-                    "the container disappeared (removed by someone else)"
-                ) from None
-            except (docker.errors.APIError, requests.RequestException) as exc:
-                log.warning(
-                    "job %s: docker engine did not answer (%s); still waiting", self.job_id, exc
-                )
-                continue
-            if self.container.status in ("exited", "dead"):
-                return int(self.container.attrs["State"]["ExitCode"])
+    def wait(self, cancel: Cancel, time_limit_s: float | None = None) -> RunResult:
+        """Wait for the container to end (docker's blocking wait, no polling). If `cancel` is set
+        first, or the time limit passes, stop it. Raises WorkerTrouble (container gone)."""
+        wake = threading.Event()  # the container ended, or the job was cancelled
+        finished = threading.Event()  # the container ended
+        box: dict[str, Any] = {}
 
-    @property
+        def waiter() -> None:
+            pause = 0.5
+            while True:
+                try:
+                    box["status"] = self.container.wait()
+                    break
+                except docker.errors.NotFound:
+                    box["gone"] = True
+                    break
+                except ENGINE_ERRORS as exc:
+                    log.warning(
+                        "job %s: docker engine did not answer (%s); still waiting", self.job_id, exc
+                    )
+                    if cancel.event.wait(pause):
+                        break
+                    pause = min(pause * 2, 30)
+            finished.set()
+            wake.set()
+
+        cancel.subscribe(wake)
+        threading.Thread(target=waiter, name=f"wait-{self.job_id}", daemon=True).start()
+        stopped_by = None
+        if not wake.wait(time_limit_s):  # neither ended nor cancelled within the limit
+            stopped_by = f"stopped: the local time limit of {time_limit_s:.0f} s was reached"
+        elif not finished.is_set():
+            stopped_by = cancel.reason or "cancelled"
+        if stopped_by is not None:
+            self.stop()
+            finished.wait(self.options.stop_grace_s + 30)
+        if box.get("gone"):
+            raise WorkerTrouble("the container disappeared (removed by someone else)")
+        if self.follower is not None:
+            self.follower.join(30)
+        tail = self.follower.tail() if self.follower is not None else ""
+        code = None
+        if "status" in box:
+            code = int(box["status"].get("StatusCode", -1))
+        return RunResult(code, self.oom_killed(), tail, stopped_by)
+
     def oom_killed(self) -> bool:
-        return bool(
-            self.container is not None and self.container.attrs.get("State", {}).get("OOMKilled")
-        )
-
-    def save_logs(self, dest: Path | None) -> str:
-        """Stream the container's stdout+stderr to `dest` (if given); return the decoded tail."""
         if self.container is None:
-            return ""
-        tail: deque[bytes] = deque()
-        kept = 0
-        limit = self.options.log_tail_bytes
-        if dest is not None:
-            dest.parent.mkdir(parents=True, exist_ok=True)
-        out = dest.open("wb") if dest is not None else None
-        try:
-            for chunk in self.container.logs(stream=True, follow=False, stdout=True, stderr=True):
-                if out is not None:
-                    out.write(chunk)
-                tail.append(chunk)
-                kept += len(chunk)
-                while kept - len(tail[0]) >= limit:
-                    kept -= len(tail.popleft())
-        except (docker.errors.APIError, requests.RequestException) as exc:
-            log.warning("job %s: could not read the container's logs: %s", self.job_id, exc)
-        finally:
-            if out is not None:
-                out.close()
-        data = b"".join(tail)[-limit:]
-        return data.decode("utf-8", errors="replace").strip()
+            return False
+        with contextlib.suppress(*ENGINE_ERRORS):
+            self.container.reload()
+        return bool(self.container.attrs.get("State", {}).get("OOMKilled"))
+
+    def exit_state(self) -> tuple[str, int | None]:
+        """(status, exit code) of the container as the engine sees it now."""
+        self.container.reload()
+        state = self.container.attrs.get("State", {})
+        code = state.get("ExitCode")
+        return str(state.get("Status", "")), None if code is None else int(code)
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL after the grace period."""
@@ -233,14 +430,20 @@ class JobContainer:
             self.container.stop(timeout=int(max(self.options.stop_grace_s, 0)))
         except docker.errors.NotFound:
             pass
-        except (docker.errors.APIError, requests.RequestException) as exc:
+        except ENGINE_ERRORS as exc:
             log.warning("job %s: stop failed (%s); killing", self.job_id, exc)
-            with contextlib.suppress(docker.errors.APIError):
+            with contextlib.suppress(*ENGINE_ERRORS):
                 self.container.kill()
 
     def purge(self, ws: Workspace, image: str) -> None:
         """Empty the job directory as root, with the job's own image: the job's processes may have
-        written files (as root) that a fetcher running as a plain user cannot delete. Never raises."""
+        written files (as root) that a fetcher running as a plain user cannot delete. Only a real
+        directory is ever mounted (the engine would follow a link). Never raises."""
+        try:
+            ws.check_mountable()
+        except OSError as exc:
+            log.error("job %s: not emptying %s with a container: %s", self.job_id, ws.path, exc)
+            return
         log.info(
             "job %s: removing the job's files with a container (permission denied to the fetcher)",
             self.job_id,
@@ -270,7 +473,7 @@ class JobContainer:
             target.remove(force=True)
         except docker.errors.NotFound:
             pass
-        except (docker.errors.APIError, requests.RequestException) as exc:
+        except ENGINE_ERRORS as exc:
             log.error(
                 "job %s: could not remove container %s: %s", self.job_id, target.short_id, exc
             )

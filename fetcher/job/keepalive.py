@@ -1,21 +1,28 @@
 """The keep-alive: a background thread that PUTs the job's current status every interval.
 
-Every PUT refreshes the job on the server; a status change is sent at once. A 404 means the job is
-gone (deleted by its user, or re-queued and taken elsewhere): the thread cancels the job. Transient
-failures are logged once per state change and tried again next interval. Anything else is handed
-to the pipeline through the cancel handle, never swallowed.
+Every PUT refreshes the job on the server. A status change is sent at once, and every change is
+sent, in order, even when the job moves on faster than the thread (a short job still shows
+`running` and `postprocessing`). Only a 404 stops the job (it is gone: deleted by its user, or
+re-queued and taken elsewhere). Any other failure (the API down, a 401, a malformed login answer,
+a bug) is logged once and tried again at the next interval: hours of GPU work are never ended by
+the keep-alive's own trouble; if the server hears nothing for its failure timeout, it re-queues
+the job, and the next PUT's 404 then stops it here.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections import deque
 from typing import Protocol
 
-from fetcher.errors import ApiUnavailable, Interrupted, JobGone
+from fetcher.errors import Interrupted, JobGone
 from fetcher.models import JobStatus
 
 log = logging.getLogger(__name__)
+
+GONE = "gone"  # the server no longer has the job for us: nothing to report
+SHUTDOWN = "shutdown"  # the worker stops: hand the job back
 
 
 class StatusSink(Protocol):
@@ -31,23 +38,40 @@ class StatusSink(Protocol):
 
 
 class Cancel:
-    """Why a job must stop: set once, by the keep-alive (gone / failed) or the worker (shutdown)."""
+    """Why a job must stop: set once, by the keep-alive (gone) or the worker (shutdown)."""
 
     def __init__(self) -> None:
         self.event = threading.Event()
         self.reason: str | None = None
-        self.gone = False
+        self.kind: str | None = None
         self._lock = threading.Lock()
+        self._listeners: list[threading.Event] = []
 
-    def set(self, reason: str, *, gone: bool = False) -> None:
+    def set(self, reason: str, kind: str = SHUTDOWN) -> None:
         with self._lock:
             if self.event.is_set():
                 return
-            self.reason, self.gone = reason, gone
-            self.event.set()
+            self.reason, self.kind = reason, kind
+            listeners = list(self._listeners)
+        self.event.set()
+        for event in listeners:
+            event.set()
+
+    def subscribe(self, event: threading.Event) -> None:
+        """Also set `event` when the job is cancelled (at once if it already is): a wait for
+        something else can then end on either."""
+        with self._lock:
+            self._listeners.append(event)
+            already = self.event.is_set()
+        if already:
+            event.set()
 
     def is_set(self) -> bool:
         return self.event.is_set()
+
+    @property
+    def gone(self) -> bool:
+        return self.kind == GONE
 
 
 class KeepAlive:
@@ -56,59 +80,89 @@ class KeepAlive:
         self.job_id = job_id
         self.interval_s = interval_s
         self.cancel = cancel
-        self.status = JobStatus.preprocessing
         self.pings = 0
+        self.sent: list[JobStatus] = []  # each status change, once it reached the server
+        self._current = JobStatus.preprocessing
+        self._changes: deque[JobStatus] = deque()
+        self._lock = threading.Lock()
         self._wake = threading.Event()
-        self._stop = threading.Event()
+        self._closing = threading.Event()  # send what is queued, then end
+        self._halt = threading.Event()  # end now, interrupting waits
         self._thread = threading.Thread(target=self._run, name=f"keepalive-{job_id}", daemon=True)
 
     def start(self, status: JobStatus) -> KeepAlive:
-        self.status = status
+        self.set_status(status)
         self._thread.start()
         return self
 
     def set_status(self, status: JobStatus) -> None:
         """Change the status; the thread sends it at once (the caller does not wait)."""
-        self.status = status
+        with self._lock:
+            if status != self._current or not self.sent:
+                self._changes.append(status)
+            self._current = status
         self._wake.set()
 
-    def stop(self) -> None:
-        """Stop pinging; returns once no PUT is in flight, so none can land after the final status."""
-        self._stop.set()
+    def stop(self, flush_s: float = 5.0) -> None:
+        """Send the status changes still queued (for at most `flush_s`), then stop. Returns once no
+        PUT is in flight, so that none can land after the final status."""
+        self._closing.set()
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join(flush_s)
+        self._halt.set()
         self._wake.set()
         if self._thread.is_alive():
             self._thread.join()
 
+    def _next(self) -> tuple[JobStatus, bool]:
+        with self._lock:
+            if self._changes:
+                return self._changes[0], True
+            return self._current, False
+
     def _run(self) -> None:
-        unavailable = False
-        try:
-            while not self._stop.is_set():
-                status = self.status
-                try:
-                    self.api.put_status(
-                        self.job_id, status, interrupt=self._stop, retry_s=self.interval_s
-                    )
-                    self.pings += 1
-                    if unavailable:
-                        log.info("job %s: keep-alive delivered again", self.job_id)
-                        unavailable = False
-                except JobGone:
+        failing: str | None = None
+        while not self._halt.is_set():
+            status, change = self._next()
+            if self._closing.is_set() and not change:
+                return
+            try:
+                self.api.put_status(
+                    self.job_id, status, interrupt=self._halt, retry_s=min(self.interval_s, 30.0)
+                )
+            except JobGone:
+                log.warning(
+                    "job %s: the server no longer has this job for us (404): stopping it",
+                    self.job_id,
+                )
+                self.cancel.set("the job is gone (deleted by its user, or re-queued)", GONE)
+                return
+            except Interrupted:
+                return
+            except Exception as exc:  # noqa: BLE001 - anything else: log once, try again later
+                text = f"{type(exc).__name__}: {exc}"
+                if text != failing:
                     log.warning(
-                        "job %s: the server no longer has this job for us (404): stopping it",
-                        self.job_id,
+                        "job %s: keep-alive failed, will keep trying: %s", self.job_id, text
                     )
-                    self.cancel.set("the job is gone (deleted by its user or re-queued)", gone=True)
+                    failing = text
+                if self._closing.is_set():
                     return
-                except Interrupted:
-                    return
-                except ApiUnavailable as exc:
-                    if not unavailable:
-                        log.warning(
-                            "job %s: keep-alive failed, will keep trying: %s", self.job_id, exc
-                        )
-                        unavailable = True
                 self._wake.wait(self.interval_s)
                 self._wake.clear()
-        except BaseException as exc:  # hand anything unexpected to the pipeline, never die silently
-            log.exception("job %s: keep-alive failed", self.job_id)
-            self.cancel.set(f"keep-alive failed: {exc}")
+                continue
+            if failing is not None:
+                log.info("job %s: keep-alive delivered again", self.job_id)
+                failing = None
+            self.pings += 1
+            if change:
+                with self._lock:
+                    if self._changes and self._changes[0] == status:
+                        self._changes.popleft()
+                self.sent.append(status)
+                continue  # the next change, if any, at once
+            if self._closing.is_set():
+                return
+            self._wake.wait(self.interval_s)
+            self._wake.clear()

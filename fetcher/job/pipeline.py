@@ -1,34 +1,54 @@
 """process_job: one claimed job, start to end, as a list of steps.
 
-workspace → download → container → upload → final status, with the keep-alive around it all and
-cleanup on every path. Each stage is a function of its own module, usable without this one.
+`run_steps` runs the steps and returns how the job ended; an exception is classified instead
+(`classify`: the job's fault is `error`, the worker's is a hand-back, a vanished job is `gone`);
+then the outcome is reported (handed to the deliverer, which sends it exactly once) and only then
+is everything cleaned up. A job adopted after a restart (`Resume`) starts at its container.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from typing import Any
 
 from fetcher.api.client import WorkerApi
-from fetcher.errors import ApiError, FetcherError, Interrupted, JobError, JobGone
+from fetcher.delivery import Deliverer
+from fetcher.errors import (
+    ApiError,
+    Interrupted,
+    InvalidJobSpec,
+    JobError,
+    JobGone,
+    WorkerTrouble,
+)
 from fetcher.job.container import ContainerOptions, JobContainer, Limits, RunResult
-from fetcher.job.keepalive import Cancel, KeepAlive
+from fetcher.job.keepalive import GONE, SHUTDOWN, Cancel, KeepAlive
 from fetcher.job.transfer import download_inputs, upload_outputs
-from fetcher.job.workspace import Workspace
-from fetcher.models import JobSpecs, JobStatus, UploadType
-from fetcher.outbox import Journal, Outbox
+from fetcher.job.workspace import Layout, Workspace, plan_layout
+from fetcher.models import JobSpecs, JobStatus
 from fetcher.settings import Settings
+from fetcher.store import JobStore, StoreError
 
 log = logging.getLogger(__name__)
 
-CONTAINER_LOG = "container.log"
+FINISHED = "finished"
+ERROR = "error"
+HANDED_BACK = "handed_back"
+GONE_OUTCOME = "gone"
+STATUS_OF = {FINISHED: JobStatus.finished, ERROR: JobStatus.error, HANDED_BACK: JobStatus.queued}
 
 
-@dataclass
+@dataclass(frozen=True)
 class Outcome:
-    status: JobStatus | None  # None: the job is gone, nothing to report
+    kind: str  # finished | error | handed_back | gone
     details: str
+
+    @property
+    def status(self) -> JobStatus | None:
+        """The status to send: `queued` for a hand-back; None for a job that is gone."""
+        return STATUS_OF.get(self.kind)
 
 
 @dataclass
@@ -38,8 +58,8 @@ class JobDeps:
     settings: Settings
     api: WorkerApi
     docker: Any
-    outbox: Outbox
-    journal: Journal
+    store: JobStore
+    deliverer: Deliverer
     fetcher_id: str
     container_options: ContainerOptions = field(init=False)
 
@@ -52,7 +72,63 @@ class JobDeps:
             enforce_limits=s.enforce_job_limits,
             stop_grace_s=s.stop_grace_s,
             log_tail_bytes=s.log_tail_bytes,
+            pids_limit=s.job_pids_limit,
+            engine_log_max_mb=s.job_engine_log_max_mb,
+            cap_drop=tuple(s.job_cap_drop_list),
+            network=s.job_network or None,
+            log_max_bytes=int(s.job_log_max_mb * 1024 * 1024),
         )
+
+
+@dataclass(frozen=True)
+class Resume:
+    """A job whose container an earlier life of this fetcher started."""
+
+    container_id: str
+
+
+class JobRun:
+    """One job's moving parts: its directory, container, keep-alive and what it has produced."""
+
+    def __init__(
+        self,
+        job_id: str,
+        spec: JobSpecs,
+        deps: JobDeps,
+        cancel: Cancel,
+        gpu_uuids: list[str],
+        limits: Limits,
+    ) -> None:
+        s = deps.settings
+        self.job_id = job_id
+        self.spec = spec
+        self.deps = deps
+        self.cancel = cancel
+        self.gpu_uuids = gpu_uuids
+        self.limits = limits
+        self.ws = Workspace(job_id, s.path_base, s.host_base)
+        self.container = JobContainer(deps.docker, job_id, deps.fetcher_id, deps.container_options)
+        self.keepalive = KeepAlive(deps.api, job_id, s.keepalive_interval_s, cancel)
+        self.log_file = s.state_dir / "logs" / f"{job_id}.log"
+        self.layout: Layout | None = None
+        self.result: RunResult | None = None
+
+    def stage(self, name: str) -> None:
+        try:
+            self.deps.store.stage(self.job_id, name)
+        except StoreError as exc:
+            log.warning("job %s: could not note stage %s: %s", self.job_id, name, exc)
+
+    def started(self, container_id: str) -> None:
+        """Written before the container starts: recovery finds the job's container by it."""
+        try:
+            self.deps.store.started(self.job_id, container_id)
+        except StoreError as exc:
+            log.warning("job %s: could not note its container: %s", self.job_id, exc)
+
+    def check_cancel(self) -> None:
+        if self.cancel.is_set():
+            raise Interrupted(self.cancel.reason or "cancelled")
 
 
 def process_job(
@@ -63,102 +139,136 @@ def process_job(
     cancel: Cancel | None = None,
     gpu_uuids: list[str] | None = None,
     limits: Limits | None = None,
+    resume: Resume | None = None,
 ) -> Outcome:
     """Run one claimed job to its end and report it. Never raises: every failure is an Outcome."""
-    s = deps.settings
-    cancel = cancel or Cancel()
-    ws = Workspace(job_id, s.path_base / job_id, s.host_base / job_id)
-    container = JobContainer(deps.docker, job_id, deps.fetcher_id, deps.container_options)
-    keepalive = KeepAlive(deps.api, job_id, s.keepalive_interval_s, cancel)
-    deps.journal.add(job_id)
-    keepalive.start(JobStatus.preprocessing)
-    log.info("job %s: started (%s)", job_id, spec.handler.image_url)
-    outcome = Outcome(JobStatus.error, "internal error")
-    result: RunResult | None = None
+    run = JobRun(job_id, spec, deps, cancel or Cancel(), gpu_uuids or [], limits or Limits())
+    log.info("job %s: %s (%s)", job_id, "adopted" if resume else "started", spec.handler.image_url)
+    run.keepalive.start(JobStatus.running if resume else JobStatus.preprocessing)
     try:
-        ws.validate(spec)
-        ws.create()
-        download_inputs(deps.api, job_id, spec, ws, cancel=cancel.event, workers=s.download_workers)
-        _check(cancel)
-        container.start(spec, ws, gpu_uuids or [], limits or Limits())
-        keepalive.set_status(JobStatus.running)
-        exit_code = container.wait(cancel.event)
-        result = RunResult(
-            exit_code, container.oom_killed, container.save_logs(_log_file(spec, ws))
-        )
-        _check(cancel)
-        keepalive.set_status(JobStatus.postprocessing)
-        upload_outputs(deps.api, job_id, spec, ws, cancel=cancel.event, workers=s.download_workers)
-        outcome = _outcome_of(result)
-    except (Interrupted, JobGone):
-        outcome = _cancelled(cancel)
-    except JobError as exc:
-        outcome = _failed(str(exc).removeprefix(f"job {job_id}: "), result)
-    except (ApiError, FetcherError) as exc:
-        outcome = _cancelled(cancel) if cancel.is_set() else _failed(f"fetcher: {exc}", result)
-    except Exception as exc:
-        log.exception("job %s: unexpected failure", job_id)
-        outcome = Outcome(JobStatus.error, f"fetcher internal error: {type(exc).__name__}: {exc}")
-    finally:
-        keepalive.stop()
-        container.remove()
-        _remove_workspace(ws, outcome, s.keep_failed_job_dirs, container, spec.handler.image_url)
+        outcome = run_steps(run, resume)
+    except Exception as exc:  # noqa: BLE001 - every failure becomes an outcome
+        outcome = classify(exc, run)
+    run.keepalive.stop()
     report(deps, job_id, outcome)
+    cleanup(run, outcome)
     return outcome
 
 
-def _check(cancel: Cancel) -> None:
-    if cancel.is_set():
-        raise Interrupted(cancel.reason or "cancelled")
-
-
-def _log_file(spec: JobSpecs, ws: Workspace) -> Any:
-    log_dir = (spec.handler.files_up or {}).get(UploadType.log)
-    return (
-        ws.inside(log_dir, "handler.files_up['log']") / CONTAINER_LOG
-        if log_dir is not None
-        else None
+def run_steps(run: JobRun, resume: Resume | None) -> Outcome:
+    s = run.deps.settings
+    run.layout = plan_layout(run.job_id, run.spec)
+    if resume is None:
+        run.stage("preparing")
+        run.ws.create(run.layout)
+        run.stage("downloading")
+        download_inputs(
+            run.deps.api,
+            run.job_id,
+            run.layout,
+            run.ws,
+            cancel=run.cancel.event,
+            workers=s.download_workers,
+        )
+        run.check_cancel()
+        run.stage("starting")
+        run.container.start(
+            run.spec,
+            run.ws,
+            run.gpu_uuids,
+            run.limits,
+            cancel=run.cancel,
+            created=run.started,
+        )
+    else:
+        run.container.attach(resume.container_id)
+    run.stage("running")
+    run.keepalive.set_status(JobStatus.running)
+    run.container.follow_logs(run.log_file)
+    run.result = run.container.wait(run.cancel, s.job_time_limit_s)
+    run.check_cancel()
+    run.stage("uploading")
+    run.keepalive.set_status(JobStatus.postprocessing)
+    upload_outputs(
+        run.deps.api,
+        run.job_id,
+        run.layout,
+        run.ws,
+        container_log=run.log_file,
+        cancel=run.cancel.event,
+        workers=s.download_workers,
     )
+    return outcome_of(run.result)
 
 
-def _outcome_of(result: RunResult) -> Outcome:
-    if result.exit_code == 0:
-        return Outcome(JobStatus.finished, "exit_code: 0")
-    return Outcome(JobStatus.error, result.describe())
+def outcome_of(result: RunResult) -> Outcome:
+    if result.exit_code == 0 and not result.ended_by:
+        return Outcome(FINISHED, "exit_code: 0")
+    return Outcome(ERROR, result.describe())
 
 
-def _failed(reason: str, result: RunResult | None) -> Outcome:
-    """An error after the container ended still says how it ended (upload failures, say)."""
+def classify(exc: Exception, run: JobRun) -> Outcome:
+    """What an exception means for the job: its own fault (`error`), the worker's (hand-back),
+    or the job is gone. Unexpected exceptions are logged with their traceback, once."""
+    cancel = run.cancel
+    if cancel.kind == GONE or isinstance(exc, JobGone):
+        return Outcome(GONE_OUTCOME, cancel.reason or str(exc))
+    if isinstance(exc, InvalidJobSpec):
+        log.error("%s", exc)
+        return failed(f"invalid job spec: {exc.field}: {exc.problem}", run.result)
+    if cancel.kind == SHUTDOWN and isinstance(exc, Interrupted | ApiError | JobError):
+        return worker_trouble(run, f"the worker stopped: {cancel.reason}")
+    if isinstance(exc, JobError):
+        log.error("job %s: %s", run.job_id, exc)
+        return failed(str(exc).removeprefix(f"job {run.job_id}: "), run.result)
+    if isinstance(exc, WorkerTrouble | ApiError | OSError | StoreError | Interrupted):
+        return worker_trouble(run, str(exc).removeprefix(f"job {run.job_id}: "))
+    log.exception("job %s: unexpected failure", run.job_id)
+    return worker_trouble(run, f"fetcher internal error: {type(exc).__name__}: {exc}")
+
+
+def worker_trouble(run: JobRun, reason: str) -> Outcome:
+    """The worker, not the job, failed: hand the job back (or `error`, by ON_WORKER_FAILURE)."""
+    log.error("job %s: %s", run.job_id, reason)
+    if run.deps.settings.on_worker_failure == "error":
+        return failed(f"worker failure: {reason}", run.result)
+    return Outcome(HANDED_BACK, f"handed back by the worker: {reason}")
+
+
+def failed(reason: str, result: RunResult | None) -> Outcome:
+    """An error after the container ended still starts with how it ended (then the reason)."""
     if result is None:
-        return Outcome(JobStatus.error, reason)
-    return Outcome(JobStatus.error, f"{reason}\n(the container had ended: {result.describe()})")
-
-
-def _cancelled(cancel: Cancel) -> Outcome:
-    if cancel.gone:
-        return Outcome(None, cancel.reason or "gone")
-    return Outcome(JobStatus.error, cancel.reason or "cancelled")
-
-
-def _remove_workspace(
-    ws: Workspace, outcome: Outcome, keep_failed: bool, container: JobContainer, image: str
-) -> None:
-    if keep_failed and outcome.status == JobStatus.error:
-        log.info("job %s: keeping job directory %s (KEEP_FAILED_JOB_DIRS)", ws.job_id, ws.path)
-        return
-    if not ws.remove():
-        # files the job wrote as root, and a fetcher that is not root: delete them as root, in a container
-        container.purge(ws, image)
-        if not ws.remove():
-            log.error("job %s: job directory %s is left behind", ws.job_id, ws.path)
+        return Outcome(ERROR, reason)
+    tail = f"\n{result.log_tail}" if result.log_tail else ""
+    return Outcome(ERROR, f"{result.first_line()}\n{reason}{tail}")
 
 
 def report(deps: JobDeps, job_id: str, outcome: Outcome) -> None:
-    """Hand the final status to the outbox (kept on disk until delivered), then forget the job."""
-    if outcome.status is None:
-        log.info("job %s: dropped: %s", job_id, outcome.details)
-    else:
-        first_line = outcome.details.splitlines()[0] if outcome.details else ""
-        log.info("job %s: %s (%s)", job_id, outcome.status.value, first_line)
-        deps.outbox.report(job_id, outcome.status, outcome.details)
-    deps.journal.remove(job_id)
+    """Hand the outcome to the deliverer (kept on disk until it is delivered, exactly once)."""
+    first_line = outcome.details.splitlines()[0] if outcome.details else ""
+    status = outcome.status
+    if status is None:
+        log.info("job %s: dropped: %s", job_id, first_line)
+        try:
+            deps.store.forget(job_id)
+        except StoreError as exc:
+            log.warning("job %s: could not forget it in the store: %s", job_id, exc)
+        return
+    log.info("job %s: %s (%s)", job_id, outcome.kind.replace("_", " "), first_line)
+    deps.deliverer.submit(job_id, status, outcome.details)
+
+
+def cleanup(run: JobRun, outcome: Outcome) -> None:
+    """Remove the container, the job directory and the log copy. Never raises."""
+    run.container.remove()
+    with contextlib.suppress(OSError):
+        run.log_file.unlink(missing_ok=True)
+    s = run.deps.settings
+    if s.keep_failed_job_dirs and outcome.kind == ERROR:
+        log.info("job %s: keeping job directory %s (KEEP_FAILED_JOB_DIRS)", run.job_id, run.ws.path)
+        return
+    if not run.ws.remove():
+        # files the job wrote as root, and a fetcher that is not root: delete them as root, in a container
+        run.container.purge(run.ws, run.spec.handler.image_url)
+        if not run.ws.remove():
+            log.error("job %s: job directory %s is left behind", run.job_id, run.ws.path)

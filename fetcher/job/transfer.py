@@ -1,9 +1,13 @@
-"""Inputs in (download) and outputs out (upload): streamed, several files at once, progress in the log."""
+"""Inputs in (download) and outputs out (upload): streamed, several files at once, progress in the log.
+
+Every error names its file (`input data/calib.mat: ...`, `output model/ckpt/last.pt: ...`). An input
+the server cannot send is the job's problem (TransferError: `error`); an API out of reach for longer
+than the retry budget, a refused login or a full disk is the worker's (the job is handed back).
+"""
 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -12,15 +16,24 @@ from pathlib import Path
 from typing import TypeVar
 
 from fetcher.api.client import WorkerApi
-from fetcher.errors import Interrupted, TransferError
-from fetcher.job.workspace import Workspace
-from fetcher.models import JobSpecs, UploadType
+from fetcher.errors import (
+    ApiError,
+    ApiUnavailable,
+    AuthError,
+    Interrupted,
+    JobGone,
+    TransferError,
+    WorkerTrouble,
+)
+from fetcher.job.workspace import Input, Layout, OutputFile, Workspace
+from fetcher.models import UploadType
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 PROGRESS_EVERY_S = 10.0
 LARGE_FILE = 64 * 1024 * 1024
+CONTAINER_LOG = "container.log"
 
 
 def human(n: float) -> str:
@@ -71,76 +84,122 @@ def run_parallel(
     return sum(f.result() for f in futures)
 
 
+def _named(subject: str, exc: Exception) -> Exception:
+    """The same failure, its message starting with the file it is about."""
+    if isinstance(exc, TransferError):
+        return TransferError(f"{subject}: {exc}")
+    if isinstance(exc, JobGone | Interrupted):
+        return exc
+    if isinstance(exc, ApiUnavailable | AuthError):
+        return type(exc)(f"{subject}: {exc}", exc.status_code)
+    if isinstance(exc, ApiError):
+        return TransferError(f"{subject}: {exc}")
+    if isinstance(exc, OSError):
+        return WorkerTrouble(f"{subject}: cannot be written here: {exc.strerror or exc}")
+    return exc
+
+
 def download_inputs(
     api: WorkerApi,
     job_id: str,
-    spec: JobSpecs,
+    layout: Layout,
     ws: Workspace,
     *,
     cancel: threading.Event,
     workers: int = 4,
+    retry_s: float | None = None,
+    counted: Callable[[int], None] | None = None,
 ) -> int:
-    """Download every `files_down` entry to its path in the job directory. Returns the bytes.
-
-    Raises InvalidJobSpec (unsafe path), TransferError, ApiUnavailable, AuthError, Interrupted.
-    """
-    entries = list((spec.handler.files_down or {}).items())
+    """Download every input to its place in the job directory. Returns the bytes.
+    Raises TransferError, ApiUnavailable, AuthError, WorkerTrouble, Interrupted."""
     started = time.monotonic()
 
-    def one(entry: tuple[str, str]) -> int:
-        rel, file_id = entry
-        dest = ws.inside(rel, f"handler.files_down[{rel!r}]")
-        dest.parent.mkdir(parents=True, exist_ok=True)
+    def one(inp: Input) -> int:
         try:
-            return api.download_file(
-                file_id, dest, interrupt=cancel, progress=ProgressLog(f"job {job_id}: {rel}")
+            size = ws.write_input(
+                inp,
+                lambda fh: api.download_file(
+                    inp.file_id,
+                    fh,
+                    interrupt=cancel,
+                    progress=ProgressLog(f"job {job_id}: {inp.rel}"),
+                    retry_s=retry_s,
+                ),
             )
-        except TransferError as exc:
-            raise TransferError(f"input {rel}: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - named, then raised again
+            raise _named(f"input {inp.rel}", exc) from None
+        if counted:
+            counted(size)
+        return size
 
-    total = run_parallel(entries, one, workers, cancel)
-    _summary(job_id, "downloaded", len(entries), total, started)
+    total = run_parallel(layout.inputs, one, workers, cancel)
+    _summary(job_id, "downloaded", len(layout.inputs), total, started)
     return total
-
-
-def output_files(spec: JobSpecs, ws: Workspace) -> list[tuple[UploadType, str, Path]]:
-    """Every regular file under each `files_up` directory: (type, sub-path, file). Links are skipped."""
-    found: list[tuple[UploadType, str, Path]] = []
-    for kind, rel in (spec.handler.files_up or {}).items():
-        root = ws.inside(rel, f"handler.files_up[{kind.value!r}]")
-        if not root.is_dir():
-            log.info("job %s: no %s directory %r to upload", ws.job_id, kind.value, rel)
-            continue
-        for dirpath, _dirs, files in os.walk(root, followlinks=False):
-            sub = os.path.relpath(dirpath, root)
-            for name in sorted(files):
-                path = Path(dirpath, name)
-                if path.is_symlink() or not path.is_file():
-                    log.warning("job %s: not uploading %s: not a regular file", ws.job_id, path)
-                    continue
-                found.append((kind, "" if sub == "." else sub.replace(os.sep, "/"), path))
-    return found
 
 
 def upload_outputs(
     api: WorkerApi,
     job_id: str,
-    spec: JobSpecs,
+    layout: Layout,
     ws: Workspace,
     *,
+    container_log: Path | None,
     cancel: threading.Event,
     workers: int = 4,
+    retry_s: float | None = None,
+    counted: Callable[[int], None] | None = None,
 ) -> int:
-    """Upload every file under each `files_up` directory, with its sub-path as `base_path`.
-
-    Raises JobGone, TransferError, ApiUnavailable, AuthError, Interrupted.
-    """
-    files = output_files(spec, ws)
+    """Upload every file under each `files_up` directory, `base_path` being its directory relative
+    to the job directory (so it starts with the `files_up` directory), and the container's log as
+    `<log dir>/container.log` from where the fetcher wrote it.
+    Raises JobGone, TransferError, ApiUnavailable, AuthError, Interrupted."""
     started = time.monotonic()
+    files = ws.output_files(layout)
+    log_dir = layout.output_dir(UploadType.log)
+    ours: OutputFile | None = None
+    if log_dir is not None and container_log is not None and container_log.is_file():
+        ours = OutputFile(
+            UploadType.log, log_dir.rel, CONTAINER_LOG, (), container_log.stat().st_size
+        )
+        clash = [
+            f
+            for f in files
+            if (f.kind, f.base_path, f.name) == (ours.kind, ours.base_path, ours.name)
+        ]
+        if clash:
+            log.warning(
+                "job %s: not uploading the job's own %s/%s: the container's log goes there",
+                job_id,
+                log_dir.rel,
+                CONTAINER_LOG,
+            )
+            files = [f for f in files if f not in clash]
+        files.append(ours)
 
-    def one(item: tuple[UploadType, str, Path]) -> int:
-        kind, sub, path = item
-        return api.upload_file(job_id, path, kind, sub, interrupt=cancel)
+    def one(item: OutputFile) -> int:
+        subject = f"output {item.base_path}/{item.name}"
+        try:
+            fh = (
+                container_log.open("rb") if item is ours and container_log else ws.open_output(item)
+            )
+            if fh is None:
+                log.warning("job %s: %s is no longer a regular file; skipped", job_id, subject)
+                return 0
+            with fh:
+                size = api.upload_file(
+                    job_id,
+                    fh,
+                    item.name,
+                    item.kind,
+                    item.base_path,
+                    interrupt=cancel,
+                    retry_s=retry_s,
+                )
+        except Exception as exc:  # noqa: BLE001 - named, then raised again
+            raise _named(subject, exc) from None
+        if counted:
+            counted(size)
+        return size
 
     total = run_parallel(files, one, workers, cancel)
     _summary(job_id, "uploaded", len(files), total, started)
@@ -148,6 +207,8 @@ def upload_outputs(
 
 
 def _summary(job_id: str, verb: str, count: int, size: int, started: float) -> None:
+    if not count:
+        return
     elapsed = max(time.monotonic() - started, 1e-6)
     log.info(
         "job %s: %s %d files (%s, %s/s)", job_id, verb, count, human(size), human(size / elapsed)

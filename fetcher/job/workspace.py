@@ -1,72 +1,303 @@
-"""The job directory: where it is for the fetcher and for the engine's host, path safety, cleanup."""
+"""The job directory: the spec's paths checked once (`plan_layout`), the directory created with the
+job's directories in it, inputs written, outputs listed and read, and the directory removed.
+
+The job directory is written by a stranger's code: after the job ran, every entry in it is
+hostile. All I/O here goes through `safefs` (no link followed, only regular files opened, no
+recursion), starting from PATH_BASE, which the operator chose and is trusted.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import functools
 import logging
-import re
-import shutil
+import os
+import secrets
+import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
-from fetcher.api.client import check_relative_path
 from fetcher.errors import InvalidJobSpec
-from fetcher.models import JobSpecs
+from fetcher.job import safefs
+from fetcher.models import JobSpecs, UploadType
 
 log = logging.getLogger(__name__)
 
-JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 CONTAINER_MOUNT = "/files"
+MAX_PATH_BYTES = 1024  # a spec path, and an upload's base_path (it travels in a query string)
+MAX_NAME_BYTES = 255  # one path component (NAME_MAX)
+MAX_PARTS = 32  # components of a spec path
+UPLOAD_MAX_DEPTH = 32  # directories below the job directory that are looked into for uploads
+DIR_MODE = 0o777  # the job's directories: writable by whatever user the image runs as
+FILE_MODE = 0o644
+
+
+def show(value: object, limit: int = 60) -> str:
+    """A hostile value, printable on one line and short."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 @dataclass(frozen=True)
-class Workspace:
-    job_id: str
-    path: Path  # the job directory as the fetcher sees it: PATH_BASE/<queue id>
-    host_path: Path  # the same directory as the Docker engine's host sees it (bind-mount source)
+class Input:
+    parts: tuple[str, ...]
+    file_id: str
 
-    @classmethod
-    def for_job(cls, job_id: str, base: Path, host_base: Path) -> Workspace:
-        """Raises InvalidJobSpec if the queue id cannot be a directory name."""
-        if not JOB_ID.match(job_id):
-            raise InvalidJobSpec(job_id, "queue id", "must be letters, digits, '-' or '_'")
-        return cls(job_id, base / job_id, host_base / job_id)
+    @property
+    def rel(self) -> str:
+        return "/".join(self.parts)
 
-    def inside(self, relative: str, field: str) -> Path:
-        """`relative` under the job directory; absolute or escaping paths raise InvalidJobSpec."""
-        try:
-            check_relative_path(relative, "path")
-        except ValueError as exc:
-            raise InvalidJobSpec(self.job_id, field, str(exc)) from None
-        target = (self.path / relative).resolve()
-        if not target.is_relative_to(self.path.resolve()):
-            raise InvalidJobSpec(self.job_id, field, f"path {relative!r} leaves the job directory")
-        return target
 
-    def validate(self, spec: JobSpecs) -> None:
-        """Check every path of the spec before anything is written. Raises InvalidJobSpec."""
-        for rel, file_id in (spec.handler.files_down or {}).items():
-            self.inside(rel, f"handler.files_down[{rel!r}]")
-            if ".." in file_id.split("/"):
-                raise InvalidJobSpec(
-                    self.job_id, f"handler.files_down[{rel!r}]", "file id contains '..'"
+@dataclass(frozen=True)
+class OutputDir:
+    kind: UploadType
+    parts: tuple[str, ...]
+
+    @property
+    def rel(self) -> str:
+        return "/".join(self.parts)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The spec's paths, checked: what is downloaded where, and which directories are uploaded."""
+
+    inputs: tuple[Input, ...]
+    outputs: tuple[OutputDir, ...]
+
+    def output_dir(self, kind: UploadType) -> OutputDir | None:
+        return next((o for o in self.outputs if o.kind == kind), None)
+
+
+def _bad(job_id: str, field: str, why: str) -> InvalidJobSpec:
+    return InvalidJobSpec(job_id, field, why)
+
+
+def split_relative(job_id: str, field: str, value: object) -> tuple[str, ...]:
+    """A path relative to the job directory, as components. Raises InvalidJobSpec naming `field`."""
+    if not isinstance(value, str):
+        raise _bad(job_id, field, f"must be a string, not {type(value).__name__}")
+    if not value:
+        raise _bad(job_id, field, "is empty")
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise _bad(job_id, field, "contains a control character (NUL, newline, ...)")
+    if value.startswith("/"):
+        raise _bad(job_id, field, "must be relative to the job directory, not absolute")
+    raw = value.split("/")
+    if ".." in raw:
+        raise _bad(job_id, field, "must not contain '..'")
+    parts = tuple(p for p in raw if p not in ("", "."))
+    if not parts:
+        raise _bad(job_id, field, "names the job directory itself, not a path inside it")
+    if len(value.encode()) > MAX_PATH_BYTES:
+        raise _bad(job_id, field, f"is longer than {MAX_PATH_BYTES} bytes")
+    if any(len(p.encode()) > MAX_NAME_BYTES for p in parts):
+        raise _bad(job_id, field, f"has a name longer than {MAX_NAME_BYTES} bytes")
+    if len(parts) > MAX_PARTS:
+        raise _bad(job_id, field, f"is more than {MAX_PARTS} directories deep")
+    return parts
+
+
+def check_file_id(job_id: str, field: str, value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise _bad(job_id, field, "the file id must be a non-empty string")
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise _bad(job_id, field, "the file id contains a control character")
+    if ".." in value.split("/"):
+        raise _bad(job_id, field, "the file id must not contain '..'")
+    if len(value) > 4096:
+        raise _bad(job_id, field, "the file id is longer than 4096 characters")
+    return value
+
+
+def _is_under(inner: tuple[str, ...], outer: tuple[str, ...]) -> bool:
+    return len(inner) >= len(outer) and inner[: len(outer)] == outer
+
+
+def plan_layout(job_id: str, spec: JobSpecs) -> Layout:
+    """Check every path of the spec before anything is written. Raises InvalidJobSpec."""
+    inputs: list[Input] = []
+    for key, file_id in (spec.handler.files_down or {}).items():
+        field = f"handler.files_down[{show(key)}]"
+        parts = split_relative(job_id, field, key)
+        check_file_id(job_id, field, file_id)
+        for other in inputs:
+            if other.parts == parts:
+                raise _bad(job_id, field, f"is the same file as {show(other.rel)}")
+            if _is_under(other.parts, parts) or _is_under(parts, other.parts):
+                raise _bad(
+                    job_id, field, f"conflicts with {show(other.rel)}: a file cannot hold another"
                 )
-        for kind, rel in (spec.handler.files_up or {}).items():
-            self.inside(rel, f"handler.files_up[{kind.value!r}]")
+        inputs.append(Input(parts, file_id))
+    outputs: list[OutputDir] = []
+    for kind, rel in (spec.handler.files_up or {}).items():
+        field = f"handler.files_up[{show(kind.value)}]"
+        parts = split_relative(job_id, field, rel)
+        for inp in inputs:
+            if _is_under(parts, inp.parts):
+                raise _bad(job_id, field, f"{show(rel)} is also an input file ({show(inp.rel)})")
+        outputs.append(OutputDir(kind, parts))
+    return Layout(tuple(inputs), tuple(outputs))
 
-    def create(self) -> None:
-        if self.path.exists():  # a leftover of an earlier try of the same job
-            shutil.rmtree(self.path)
-        self.path.mkdir(parents=True)
+
+@dataclass(frozen=True)
+class OutputFile:
+    """A file to upload: its type, its directory relative to the job directory (`base_path`, which
+    starts with the `files_up` directory itself), its name, and where it is."""
+
+    kind: UploadType
+    base_path: str
+    name: str
+    parts: tuple[str, ...]
+    size: int
+
+
+Opened = Callable[[], BinaryIO]
+
+
+class Workspace:
+    """PATH_BASE/<queue id>: where it is for the fetcher and for the engine's host, and its I/O."""
+
+    def __init__(self, job_id: str, base: Path, host_base: Path) -> None:
+        self.job_id = job_id
+        self.base = base
+        self.path = base / job_id
+        self.host_path = host_base / job_id
+
+    # --- file descriptors ----------------------------------------------------------------------
+    def _base_fd(self) -> int:
+        # PATH_BASE is the operator's choice (it may be a link they made): opened as configured
+        return os.open(self.base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+
+    def _root_fd(self) -> int:
+        """The job directory, refusing a link in its place. Raises OSError/UnsafePath."""
+        base = self._base_fd()
+        try:
+            return safefs.open_dir(self.job_id, dir_fd=base)
+        finally:
+            os.close(base)
+
+    # --- lifecycle -----------------------------------------------------------------------------
+    def create(self, layout: Layout) -> None:
+        """A fresh, empty job directory (whatever was at its place is removed, links unfollowed),
+        with every `files_up` directory and every input's parents in it, writable by the job.
+        Raises OSError (disk full, permissions: the worker's trouble)."""
+        base = self._base_fd()
+        try:
+            safefs.remove_entry(base, self.job_id)
+            os.close(safefs.make_dirs(base, [self.job_id], DIR_MODE))
+        finally:
+            os.close(base)
+        root = self._root_fd()
+        try:
+            for out in layout.outputs:
+                os.close(safefs.make_dirs(root, list(out.parts), DIR_MODE))
+            for inp in layout.inputs:
+                os.close(safefs.make_dirs(root, list(inp.parts[:-1]), DIR_MODE))
+        finally:
+            os.close(root)
+
+    def check_mountable(self) -> None:
+        """The bind-mount source must be the real job directory: the engine follows links."""
+        st = os.lstat(self.path)
+        if not stat.S_ISDIR(st.st_mode):
+            raise safefs.UnsafePath(errno.ELOOP, f"{self.path} is not a real directory")
 
     def remove(self) -> bool:
-        """Remove the job directory; False if some of it could not be removed. Never raises."""
-        if not self.path.exists():
-            return True
+        """Remove the job directory (never following a link out of it); False if some of it could
+        not be removed (files a job wrote as another user). Never raises."""
         try:
-            shutil.rmtree(self.path)
+            base = self._base_fd()
+        except OSError as exc:
+            log.warning("job %s: cannot open PATH_BASE %s: %s", self.job_id, self.base, exc)
+            return False
+        try:
+            safefs.remove_entry(base, self.job_id)
         except OSError as exc:
             log.warning(
                 "job %s: could not remove job directory %s: %s", self.job_id, self.path, exc
             )
             return False
+        finally:
+            os.close(base)
         return True
+
+    # --- inputs --------------------------------------------------------------------------------
+    def write_input(self, inp: Input, fill: Callable[[BinaryIO], int]) -> int:
+        """Write an input through `fill` (which may rewind and start again) into a new temporary
+        file beside its place, then rename it into place. Returns what `fill` returns."""
+        root = self._root_fd()
+        try:
+            parent = safefs.open_subdir(root, list(inp.parts[:-1]))
+        finally:
+            os.close(root)
+        name = inp.parts[-1]
+        tmp = f".{secrets.token_hex(6)}.part"
+        try:
+            fd = safefs.create_file(parent, tmp, FILE_MODE)
+            with os.fdopen(fd, "w+b") as fh:
+                size = fill(fh)
+            os.rename(tmp, name, src_dir_fd=parent, dst_dir_fd=parent)
+            return size
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp, dir_fd=parent)
+            os.close(parent)
+
+    # --- outputs -------------------------------------------------------------------------------
+    def output_files(self, layout: Layout) -> list[OutputFile]:
+        """Every regular file under each `files_up` directory. Links, FIFOs, devices, sockets and
+        trees deeper than UPLOAD_MAX_DEPTH are skipped, with a log line each."""
+        found: list[OutputFile] = []
+        root = self._root_fd()
+        try:
+            for out in layout.outputs:
+                try:
+                    top = safefs.open_subdir(root, list(out.parts))
+                except OSError:
+                    log.info(
+                        "job %s: no %s directory %s to upload", self.job_id, out.kind.value, out.rel
+                    )
+                    continue
+                try:
+                    skipped = functools.partial(self._skipped, out)
+                    for f in safefs.walk_files(
+                        top, max_depth=max(UPLOAD_MAX_DEPTH - len(out.parts), 0), skipped=skipped
+                    ):
+                        item = self._output(out, f)
+                        if item is not None:
+                            found.append(item)
+                finally:
+                    os.close(top)
+        finally:
+            os.close(root)
+        return found
+
+    def _skipped(self, out: OutputDir, parts: tuple[str, ...], why: str) -> None:
+        log.warning(
+            "job %s: not uploading %s: %s", self.job_id, show("/".join((*out.parts, *parts))), why
+        )
+
+    def _output(self, out: OutputDir, f: safefs.Found) -> OutputFile | None:
+        parts = (*out.parts, *f.parts)
+        name = f.parts[-1]
+        base_path = "/".join(parts[:-1])
+        if any(ord(c) < 32 or ord(c) == 127 for c in "/".join(parts)):
+            self._skipped(out, f.parts, "its name contains a control character")
+            return None
+        if len(base_path.encode()) > MAX_PATH_BYTES:
+            self._skipped(out, f.parts, f"its directory is longer than {MAX_PATH_BYTES} bytes")
+            return None
+        return OutputFile(out.kind, base_path, name, parts, f.size)
+
+    def open_output(self, item: OutputFile) -> BinaryIO | None:
+        """The output file opened for reading, or None if it is no longer a regular file."""
+        root = self._root_fd()
+        try:
+            fd = safefs.open_regular(root, list(item.parts))
+        finally:
+            os.close(root)
+        return None if fd is None else os.fdopen(fd, "rb")

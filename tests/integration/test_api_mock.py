@@ -18,7 +18,7 @@ from fetcher.errors import ApiRejected, ApiUnavailable, AuthError, JobGone, Tran
 from fetcher.models import ClaimOffer, HardwareSpecs, JobStatus, UploadType
 from mock_api.server import free_port
 from mock_api.state import Faults
-from tests.helpers import TOKEN, Env, statuses, wait_for
+from tests.helpers import TOKEN, Env, download_to, statuses, upload_from, wait_for
 
 
 def api(env: Env, token: str = TOKEN, retry_s: float = 3.0) -> WorkerApi:
@@ -218,8 +218,8 @@ def test_download_by_store_path_and_s3_id(env: Env, tmp_path: Path) -> None:
     s3.parent.mkdir(parents=True)
     s3.write_bytes(b"\x00calib")
     client = api(env)
-    client.download_file(fid, tmp_path / "a.yaml")
-    client.download_file("s3://bucket/user1/calib.bin", tmp_path / "calib.bin")
+    download_to(client, fid, tmp_path / "a.yaml")
+    download_to(client, "s3://bucket/user1/calib.bin", tmp_path / "calib.bin")
     assert (tmp_path / "a.yaml").read_bytes() == b"param: 1\n"
     assert (tmp_path / "calib.bin").read_bytes() == b"\x00calib"
 
@@ -227,14 +227,14 @@ def test_download_by_store_path_and_s3_id(env: Env, tmp_path: Path) -> None:
 def test_download_errors(env: Env, tmp_path: Path) -> None:
     client = api(env, retry_s=0.5)
     with pytest.raises(TransferError, match="404"):
-        client.download_file(env.state.data_root + "/nope.bin", tmp_path / "x")
+        download_to(client, env.state.data_root + "/nope.bin", tmp_path / "x")
     with pytest.raises(TransferError, match="403"):
-        client.download_file("/etc/passwd", tmp_path / "x")
+        download_to(client, "/etc/passwd", tmp_path / "x")
     Path(env.state.data_root, "adir").mkdir()
     with pytest.raises(
         ApiUnavailable, match="500"
     ):  # a directory: 200 for the URL, 500 on download
-        client.download_file(env.state.data_root + "/adir", tmp_path / "x")
+        download_to(client, env.state.data_root + "/adir", tmp_path / "x")
     r = requests.get(
         f"{env.mock.url}/files/{env.state.data_root}/../x/url",
         headers={"Authorization": f"Bearer {TOKEN}"},
@@ -251,9 +251,9 @@ def test_upload_lands_at_type_dir_base_path_filename_and_overwrites(
     jid = next(iter(client.claim_jobs(offer()).jobs))
     f = tmp_path / "model.pt"
     f.write_bytes(b"v1")
-    client.upload_file(jid, f, UploadType.artifact, "ckpt/1")
+    upload_from(client, jid, f, UploadType.artifact, "ckpt/1")
     f.write_bytes(b"v2")
-    client.upload_file(jid, f, UploadType.artifact, "ckpt/1")
+    upload_from(client, jid, f, UploadType.artifact, "ckpt/1")
     landed = Path(job.paths_upload["artifact"], "ckpt/1/model.pt")
     assert landed.read_bytes() == b"v2"
 

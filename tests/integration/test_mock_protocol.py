@@ -22,7 +22,16 @@ from fetcher.api.client import WorkerApi
 from fetcher.api.http import Http
 from fetcher.errors import JobGone
 from fetcher.models import ClaimOffer, JobStatus, UploadType
-from tests.helpers import API_KEY, TOKEN, Env, decode_job, statuses, wait_for
+from tests.helpers import (
+    API_KEY,
+    TOKEN,
+    Env,
+    decode_job,
+    download_to,
+    statuses,
+    upload_from,
+    wait_for,
+)
 
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
 
@@ -116,8 +125,8 @@ def test_the_fetchers_client_downloads_and_uploads_through_the_echoed_requests(
     job = env.submit(["true"])
     client = api(env)
     jid = next(iter(client.claim_jobs(offer()).jobs))
-    assert client.download_file(fid, tmp_path / "a.bin") == 3
-    client.upload_file(jid, tmp_path / "a.bin", UploadType.log, "log")
+    assert download_to(client, fid, tmp_path / "a.bin") == 3
+    upload_from(client, jid, tmp_path / "a.bin", UploadType.log, "log")
     assert Path(job.paths_upload["log"], "log", "a.bin").read_bytes() == b"abc"
 
 
@@ -247,7 +256,7 @@ def test_s3_upload_is_a_presigned_post_and_lands_under_the_s3_directory(
     # When the fetcher's client uploads model/ckpt/last.pt
     f = tmp_path / "last.pt"
     f.write_bytes(b"weights")
-    client.upload_file(jid, f, UploadType.artifact, "model/ckpt")
+    upload_from(client, jid, f, UploadType.artifact, "model/ckpt")
     # Then it lands at <paths_upload[artifact]>/<base_path>/<name> in the fake S3
     landed = Path(env.state.data_root, "_s3/bucket/user1/out/artifact/model/ckpt/last.pt")
     assert landed.read_bytes() == b"weights"
@@ -306,7 +315,10 @@ def test_upload_url_refusals_follow_the_real_server(env: Env) -> None:
     assert (r.status_code, r.text) == (500, "Internal Server Error")
     # an absolute base_path leaves the upload directory: 403
     r = requests.post(
-        url, params={"type": "output", "base_path": "/etc"}, headers=BEARER, timeout=5
+        url,
+        params={"type": "output", "base_path": str(env.root / "abs")},
+        headers=BEARER,
+        timeout=5,
     )
     assert r.status_code == 403
 

@@ -10,7 +10,7 @@ import pytest
 
 from fetcher.daemon import build_daemon
 from fetcher.models import HardwareSpecs
-from tests.helpers import SESSION, Env, statuses
+from tests.helpers import SESSION, Env, fetcher_id, sequence, statuses
 
 pytestmark = pytest.mark.docker
 
@@ -46,18 +46,26 @@ def test_job_reads_inputs_runs_shell_and_uploads_nested_outputs(env: Env, engine
     run_until_idle(env, engine)
     # Then the job is finished and every output is in the store at the right place
     assert job.status.value == "finished", job.history
-    assert statuses(job)[:5] == ["queued", "pulled", "preprocessing", "running", "postprocessing"]
-    out = Path(job.paths_upload["output"])
+    assert sequence(job) == [
+        "queued",
+        "pulled",
+        "preprocessing",
+        "running",
+        "postprocessing",
+        "finished",
+    ]
+    # (the upstream fetcher's layout: base_path starts with the files_up directory itself)
+    out = Path(job.paths_upload["output"], "output")
     assert (out / "a/b/param-copy.yaml").read_bytes() == b"lr: 0.1\n"
     assert (out / "a/seed.txt").read_text() == "seed=42\n"
     assert (out / "size.txt").read_text().strip() == "25600"
-    logs = Path(job.paths_upload["log"], "container.log").read_text()
+    logs = Path(job.paths_upload["log"], "log", "container.log").read_text()
     assert "done-ok" in logs
-    assert {(u["type"], u["base_path"], u["filename"]) for u in job.uploads} >= {
-        ("output", "a/b", "param-copy.yaml"),
-        ("output", "a", "seed.txt"),
-        ("output", "", "size.txt"),
-        ("log", "", "container.log"),
+    assert {(u["type"], u["base_path"], u["filename"]) for u in job.uploads} == {
+        ("output", "output/a/b", "param-copy.yaml"),
+        ("output", "output/a", "seed.txt"),
+        ("output", "output", "size.txt"),
+        ("log", "log", "container.log"),
     }
     assert list(env.base.iterdir()) == [env.base / ".fetcher"], "job directory left behind"
 
@@ -154,19 +162,28 @@ def test_pull_from_local_registry_then_run(env: Env, engine: Any) -> None:
     engine.images.get(REGISTRY_IMAGE)
 
 
-def test_gpu_request_on_a_host_without_gpu_runtime_is_an_error_and_leaves_no_container(
-    env: Env, engine: Any
+@pytest.mark.parametrize("on_failure", ["hand-back", "error"])
+def test_gpu_request_on_a_host_without_gpu_runtime_is_the_workers_trouble(
+    env: Env, engine: Any, on_failure: str
 ) -> None:
     from tests.helpers import FakeNvml
 
     # Given NVML (faked) shows one GPU, but this engine has no NVIDIA runtime
     nvml = FakeNvml([("GPU-11111111-2222-3333-4444-555555555555", "NVIDIA T4", 15360, 6)])
     job = env.submit(["true"], hardware=HardwareSpecs(gpu_mem=1000, memory=64))
-    daemon = build_daemon(env.settings(), exit_when_idle=True, docker_client=engine, nvml=nvml)
+    daemon = build_daemon(
+        env.settings(on_worker_failure=on_failure),
+        exit_when_idle=True,
+        docker_client=engine,
+        nvml=nvml,
+    )
     assert daemon.run() == 0
-    # Then the job is an error with docker's reason, and the `created` container is removed
-    assert job.status.value == "error"
-    assert "could not select device driver" in job.history[-1]["runtime_details"]
+    # Then the engine's own refusal of the device request is the reason; the box, not the job, is
+    # at fault: the job is handed back (or, if so configured, `error`); no `created` container stays
+    expected = "queued" if on_failure == "hand-back" else "error"
+    assert job.status.value == expected, statuses(job)
+    assert 'could not select device driver "nvidia"' in job.history[-1]["runtime_details"]
+    assert "running" not in statuses(job)
     assert job.claims[0]["gpu_mem"] == 15360 and job.claims[0]["gpu_model"] == "NVIDIA T4"
 
 
@@ -231,49 +248,48 @@ def test_stage_functions_are_usable_on_their_own(env: Env, engine: Any, tmp_path
 
     from fetcher.api.client import WorkerApi
     from fetcher.job.container import ContainerOptions, JobContainer, Limits
+    from fetcher.job.keepalive import Cancel
     from fetcher.job.transfer import download_inputs, upload_outputs
-    from fetcher.job.workspace import Workspace
+    from fetcher.job.workspace import Workspace, plan_layout
     from fetcher.models import ClaimOffer
 
     fid = env.input_file("user1/in/in.txt", b"42")
-    job = env.submit(
-        ["cat /files/in.txt > /files/output/out.txt"],
-        files_down={"in.txt": fid, "output/.keep": fid},
-    )
+    job = env.submit(["cat /files/in.txt > /files/output/out.txt"], files_down={"in.txt": fid})
     api = WorkerApi.from_settings(env.settings())
     jid, spec = next(iter(api.claim_jobs(ClaimOffer(memory=1000, cpu_cores=1)).jobs.items()))
-    ws = Workspace.for_job(jid, tmp_path, tmp_path)
-    ws.create()
+    layout = plan_layout(jid, spec)
+    ws = Workspace(jid, tmp_path, tmp_path)
+    ws.create(layout)
     stop = threading.Event()
-    download_inputs(api, jid, spec, ws, cancel=stop)
-    box = JobContainer(engine, jid, "standalone", ContainerOptions(shm_size="64m"))
+    download_inputs(api, jid, layout, ws, cancel=stop)
+    box = JobContainer(engine, jid, fetcher_id("standalone"), ContainerOptions(shm_size="64m"))
     try:
         box.start(spec, ws, [], Limits())
-        assert box.wait(stop) == 0
+        assert box.wait(Cancel()).exit_code == 0
     finally:
         box.remove()
-    upload_outputs(api, jid, spec, ws, cancel=stop)
-    assert Path(job.paths_upload["output"], "out.txt").read_text() == "42"
+    upload_outputs(api, jid, layout, ws, container_log=None, cancel=stop)
+    assert Path(job.paths_upload["output"], "output", "out.txt").read_text() == "42"
+    assert ws.remove() and not ws.path.exists()
 
 
 def test_files_the_fetcher_may_not_delete_are_removed_with_a_container(
     env: Env, engine: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import shutil as real_shutil
+    from fetcher.job.workspace import Workspace
 
     # Given a fetcher that cannot delete what the job wrote (as a plain user facing root's files)
     seen_at_retry: list[list[str]] = []
-    real_rmtree = real_shutil.rmtree
+    real_remove = Workspace.remove
 
-    def rmtree(path: Any, *a: Any, **kw: Any) -> None:
-        if not seen_at_retry and Path(path).name.isdigit() and any(Path(path).rglob("*")):
+    def remove(self: Workspace) -> bool:
+        if not seen_at_retry:
             seen_at_retry.append([])
-            raise PermissionError(13, "Permission denied", str(path))
-        if seen_at_retry:
-            seen_at_retry.append(sorted(p.name for p in Path(path).iterdir()))
-        real_rmtree(path, *a, **kw)
+            return False  # permission denied
+        seen_at_retry.append(sorted(p.name for p in self.path.iterdir()))
+        return real_remove(self)
 
-    monkeypatch.setattr(real_shutil, "rmtree", rmtree)
+    monkeypatch.setattr(Workspace, "remove", remove)
     job = env.submit(["mkdir -p /files/output/deep", "&&", "echo x > /files/output/deep/.hidden"])
     run_until_idle(env, engine)
     # Then a container emptied the directory as root, and it is gone
@@ -292,4 +308,18 @@ def test_an_upload_failure_after_the_container_ended_keeps_the_exit_code(
         job.paths_upload["output"] = "/proc/no-such-place"  # the store refuses the upload (403)
     run_until_idle(env, engine)
     details = job.history[-1]["runtime_details"]
-    assert job.status.value == "error" and "upload" in details and "exit_code: 4" in details
+    assert job.status.value == "error" and details.startswith("exit_code: 4\n"), details
+    assert "output output/a.txt" in details.splitlines()[1]
+
+
+def test_a_job_past_the_local_time_limit_is_stopped_and_reported(env: Env, engine: Any) -> None:
+    import time
+
+    job = env.submit(["echo working", "&&", "sleep 300"])
+    started = time.monotonic()
+    run_until_idle(env, engine, job_time_limit_s=2, stop_grace_s=1)
+    assert time.monotonic() - started < 20
+    assert job.status.value == "error", statuses(job)
+    first, *rest = job.history[-1]["runtime_details"].splitlines()
+    assert first.startswith("exit_code: ") and "local time limit of 2 s" in first, first
+    assert "working" in rest

@@ -28,6 +28,7 @@ from fetcher.errors import (
 )
 from fetcher.logs import RedactingFilter
 from fetcher.models import ClaimOffer, JobStatus, UploadType
+from tests.helpers import download_to, upload_from
 
 API = "http://api.test"
 TOKEN = "fixed-token-0123456789"
@@ -245,10 +246,9 @@ def test_download_follows_the_api_url_with_bearer_streamed(
         },
     )
     rsps.get(f"{API}/files/data/u/a.yaml/download", body=b"x" * 3_000_000)
-    size = make_api().download_file("data/u/a.yaml", tmp_path / "a.yaml")
+    size = download_to(make_api(), "data/u/a.yaml", tmp_path / "a.yaml")
     assert size == 3_000_000 and (tmp_path / "a.yaml").stat().st_size == 3_000_000
     assert rsps.calls[1].request.headers["Authorization"] == f"Bearer {TOKEN}"
-    assert not list(tmp_path.glob("*.part"))
 
 
 def test_download_of_presigned_s3_url_sends_no_bearer(
@@ -260,7 +260,7 @@ def test_download_of_presigned_s3_url_sends_no_bearer(
         json={"method": "get", "url": s3, "headers": {"x-amz-meta": "1"}, "data": {}},
     )
     rsps.get(s3, body=b"calib")
-    make_api().download_file("s3://bucket/u/calib.bin", tmp_path / "c.bin")
+    download_to(make_api(), "s3://bucket/u/calib.bin", tmp_path / "c.bin")
     assert "Authorization" not in rsps.calls[1].request.headers
     assert rsps.calls[1].request.headers["x-amz-meta"] == "1"
     assert (tmp_path / "c.bin").read_bytes() == b"calib"
@@ -271,12 +271,12 @@ def test_download_of_missing_file_is_a_transfer_error(
 ) -> None:
     rsps.get(f"{API}/files/data/nope/url", status=404, json={"detail": "File not found"})
     with pytest.raises(TransferError, match="404"):
-        make_api().download_file("data/nope", tmp_path / "x")
+        download_to(make_api(), "data/nope", tmp_path / "x")
 
 
 def test_download_refuses_dotdot_file_ids(tmp_path: Path) -> None:
     with pytest.raises(TransferError, match=r"\.\."):
-        make_api().download_file("data/../../etc/passwd", tmp_path / "x")
+        download_to(make_api(), "data/../../etc/passwd", tmp_path / "x")
 
 
 def test_broken_download_starts_again(rsps: responses.RequestsMock, tmp_path: Path) -> None:
@@ -285,7 +285,7 @@ def test_broken_download_starts_again(rsps: responses.RequestsMock, tmp_path: Pa
     rsps.get(f"{API}/dl", body=requests.ConnectionError("reset"))
     rsps.get(f"{API}/files/f/url", json=url)
     rsps.get(f"{API}/dl", body=b"complete")
-    make_api().download_file("f", tmp_path / "f")
+    download_to(make_api(), "f", tmp_path / "f")
     assert (tmp_path / "f").read_bytes() == b"complete"
 
 
@@ -306,7 +306,7 @@ def test_upload_is_multipart_with_data_first_then_file_and_always_sends_base_pat
     rsps.post("https://s3.test/bucket", status=204)
     f = tmp_path / "result.h5"
     f.write_bytes(b"RESULT")
-    make_api().upload_file("17", f, UploadType.output, "")
+    upload_from(make_api(), "17", f, UploadType.output, "")
     body = rsps.calls[1].request.body
     raw = body.read() if hasattr(body, "read") else body  # type: ignore[union-attr]
     text = raw.decode() if isinstance(raw, bytes) else str(raw)
@@ -329,7 +329,7 @@ def test_upload_sends_sub_path_as_base_path(rsps: responses.RequestsMock, tmp_pa
     rsps.post(f"{API}/up", status=201, body="null")
     f = tmp_path / "x.log"
     f.write_text("log")
-    make_api().upload_file("17", f, UploadType.log, "a/b")
+    upload_from(make_api(), "17", f, UploadType.log, "a/b")
     assert rsps.calls[1].request.headers["Authorization"] == f"Bearer {TOKEN}"
 
 
@@ -338,7 +338,7 @@ def test_upload_refuses_unsafe_base_paths(tmp_path: Path, base_path: str) -> Non
     f = tmp_path / "x"
     f.write_text("x")
     with pytest.raises(ValueError, match="relative"):
-        make_api().upload_file("1", f, UploadType.output, base_path)
+        upload_from(make_api(), "1", f, UploadType.output, base_path)
 
 
 def test_upload_of_a_job_not_ours_gives_up_as_unavailable_500(
@@ -348,7 +348,7 @@ def test_upload_of_a_job_not_ours_gives_up_as_unavailable_500(
     f = tmp_path / "x"
     f.write_text("x")
     with pytest.raises(ApiUnavailable):
-        make_api(retry_s=0.3).upload_file("9", f, UploadType.output, "")
+        upload_from(make_api(retry_s=0.3), "9", f, UploadType.output, "")
 
 
 # --- Cognito login ----------------------------------------------------------------------------
@@ -499,5 +499,118 @@ def test_error_messages_do_not_carry_presigned_query_strings(
     rsps.get(f"{API}/files/k/url", json={"method": "get", "url": s3, "headers": {}, "data": {}})
     rsps.get(s3, body=requests.ConnectionError("boom"))
     with pytest.raises(ApiUnavailable) as info:
-        make_api(retry_s=0.2).download_file("k", tmp_path / "k")
+        download_to(make_api(retry_s=0.2), "k", tmp_path / "k")
     assert "topsecretsig" not in str(info.value)
+
+
+# --- what a hostile or odd server can send -------------------------------------------------------
+@pytest.mark.parametrize(
+    "queue_id", ["", ".", "..", "../x", ".fetcher", "a/b", "/etc", "007", "-1", "1 ", "٣", "1\n"]
+)
+def test_a_queue_id_that_is_not_a_small_integer_is_refused_at_the_boundary(
+    rsps: responses.RequestsMock, queue_id: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    rsps.get(f"{API}/jobs", json={queue_id: SPEC, "12": SPEC})
+    result = make_api().claim_jobs(ClaimOffer(memory=100, cpu_cores=1))
+    assert list(result.jobs) == ["12"] and result.invalid == []
+    assert len(result.refused) == 1
+    [line] = [r.getMessage() for r in caplog.records if "queue id" in r.getMessage()]
+    assert "not a small integer" in line and "\n" not in line
+
+
+@pytest.mark.parametrize(
+    ("body", "why"),
+    [
+        (b'{"7": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "nested too deep"),
+        (b"\xff\xfe not json", "not JSON"),
+        (b"{" + b'"k": 1, ' * 10 + b"}", "not JSON"),
+    ],
+)
+def test_an_answer_that_cannot_be_decoded_is_a_bad_response(
+    rsps: responses.RequestsMock, body: bytes, why: str
+) -> None:
+    rsps.get(f"{API}/jobs", body=body)
+    with pytest.raises(BadResponse, match=why):
+        make_api().claim_jobs(ClaimOffer(memory=100, cpu_cores=1))
+
+
+def test_an_answer_larger_than_the_limit_is_a_bad_response(
+    rsps: responses.RequestsMock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import fetcher.api.http as http_module
+
+    monkeypatch.setattr(http_module, "MAX_ANSWER_BYTES", 1000)
+    rsps.get(f"{API}/jobs", body=b'{"1": "' + b"x" * 5000 + b'"}')
+    with pytest.raises(BadResponse, match="larger than"):
+        make_api().claim_jobs(ClaimOffer(memory=100, cpu_cores=1))
+
+
+def test_an_invalid_spec_is_one_short_line_even_for_a_huge_key(
+    rsps: responses.RequestsMock,
+) -> None:
+    bad = json.loads(json.dumps(SPEC))
+    bad["handler"]["files_up"] = {"x" * 5000: "out"}
+    rsps.get(f"{API}/jobs", json={"5": bad})
+    [err] = make_api().claim_jobs(ClaimOffer(memory=100, cpu_cores=1)).invalid
+    line = f"invalid job spec: {err.field}: {err.problem}"
+    assert len(line) < 400 and "\n" not in line and "handler.files_up" in line
+
+
+def test_details_keep_their_first_line_when_the_log_is_long() -> None:
+    # Given a job that ended with exit code 1 after 500 long lines of training progress
+    log = "\n".join(f"epoch {i}: loss=0.{i:04d} " + "=" * 200 for i in range(500))
+    fitted = fit_details(f"exit_code: 1\n{log}")
+    assert fitted.startswith("exit_code: 1\n")
+    assert fitted.endswith("epoch 499: loss=0.0499 " + "=" * 200)
+    from urllib.parse import quote
+
+    assert len(quote(fitted)) <= 6000
+
+
+def test_details_with_a_huge_first_line_and_non_ascii_still_fit() -> None:
+    fitted = fit_details("exit_code: 2 " + "é" * 5000 + "\n" + "ü" * 9000)
+    from urllib.parse import quote
+
+    assert fitted.startswith("exit_code: 2 ") and len(quote(fitted)) <= 6000
+
+
+def test_a_gzip_encoded_download_is_stored_as_sent(
+    rsps: responses.RequestsMock, tmp_path: Path
+) -> None:
+    import gzip
+
+    payload = gzip.compress(b"calibration " * 1000)
+    rsps.get(
+        f"{API}/files/f.mat.gz/url",
+        json={"method": "get", "url": f"{API}/dl/f", "headers": {}, "data": {}},
+    )
+    rsps.get(
+        f"{API}/dl/f",
+        body=payload,
+        headers={"Content-Encoding": "gzip", "Content-Length": str(len(payload))},
+        auto_calculate_content_length=False,
+    )
+    size = download_to(make_api(), "f.mat.gz", tmp_path / "f.mat.gz")
+    assert size == len(payload) and (tmp_path / "f.mat.gz").read_bytes() == payload
+
+
+def test_a_short_download_is_started_again(rsps: responses.RequestsMock, tmp_path: Path) -> None:
+    url = {"method": "get", "url": f"{API}/dl", "headers": {}, "data": {}}
+    rsps.get(f"{API}/files/f/url", json=url)
+    rsps.get(
+        f"{API}/dl",
+        body=b"part",
+        headers={"Content-Length": "10"},
+        auto_calculate_content_length=False,
+    )
+    rsps.get(f"{API}/files/f/url", json=url)
+    rsps.get(f"{API}/dl", body=b"0123456789")
+    download_to(make_api(), "f", tmp_path / "f")
+    assert (tmp_path / "f").read_bytes() == b"0123456789"
+
+
+def test_a_single_try_is_made_with_retry_s_zero(rsps: responses.RequestsMock) -> None:
+    rsps.put(f"{API}/jobs/3/status", status=500, body="Internal Server Error")
+    with pytest.raises(ApiUnavailable):
+        make_api(retry_s=30).put_status("3", JobStatus.finished, retry_s=0)
+    assert len(rsps.calls) == 1

@@ -17,6 +17,7 @@ from fetcher.api.auth import FixedToken
 from fetcher.api.client import WorkerApi, origin
 from fetcher.api.http import Http
 from fetcher.models import FileHTTPRequest, UploadType
+from tests.helpers import download_to, upload_from
 
 TOKEN = "fixed-token-0123456789"
 BEARER = f"Bearer {TOKEN}"
@@ -63,7 +64,7 @@ def test_the_token_goes_to_the_apis_own_download_url_however_api_url_is_spelled(
     )
     rsps.get(download_url, body=b"data")
     # When the file is downloaded
-    make_api(api_url).download_file("f", tmp_path / "f")
+    download_to(make_api(api_url), "f", tmp_path / "f")
     # Then the download carried the bearer token
     assert authorizations(rsps.calls[1]) == [BEARER]
     assert (tmp_path / "f").read_bytes() == b"data"
@@ -88,7 +89,7 @@ def test_the_token_never_goes_to_another_origin(
         json={"method": "get", "url": download_url, "headers": {"x-amz-meta": "1"}, "data": {}},
     )
     rsps.get(download_url, body=b"data")
-    make_api("http://127.0.0.1:80/").download_file("f", tmp_path / "f")
+    download_to(make_api("http://127.0.0.1:80/"), "f", tmp_path / "f")
     assert authorizations(rsps.calls[1]) == []
     assert rsps.calls[1].request.headers["x-amz-meta"] == "1"
 
@@ -108,7 +109,7 @@ def test_an_echoed_authorization_is_replaced_by_ours_never_sent_twice(
         },
     )
     rsps.get("http://127.0.0.1/files/f/download", body=b"data")
-    make_api("http://127.0.0.1:80").download_file("f", tmp_path / "f")
+    download_to(make_api("http://127.0.0.1:80"), "f", tmp_path / "f")
     assert authorizations(rsps.calls[1]) == [BEARER]
     assert rsps.calls[1].request.headers["x-extra"] == "kept"
 
@@ -144,7 +145,7 @@ def test_the_upload_to_the_apis_own_route_carries_one_bearer(
     rsps.post(upload, status=201, body="null")
     f = tmp_path / "r.txt"
     f.write_text("r")
-    make_api("http://127.0.0.1:80").upload_file("17", f, UploadType.output, "out")
+    upload_from(make_api("http://127.0.0.1:80"), "17", f, UploadType.output, "out")
     assert authorizations(rsps.calls[1]) == [BEARER]
 
 

@@ -9,11 +9,11 @@ import time
 
 import pytest
 
-from fetcher.errors import ApiUnavailable, InvalidJobSpec
+from fetcher.errors import ApiUnavailable, Interrupted, InvalidJobSpec
 from fetcher.job.keepalive import Cancel
 from fetcher.models import ClaimOffer, ClaimResult, HandlerSpecs, HardwareSpecs, JobSpecs
 from fetcher.resources import Allocation, Host, ResourcePool
-from fetcher.worker import LoopOptions, Worker
+from fetcher.worker import Adoption, LoopOptions, Worker
 
 
 def spec(**hw: int) -> JobSpecs:
@@ -23,22 +23,34 @@ def spec(**hw: int) -> JobSpecs:
 class FakeSource:
     """A table-driven server: each claim pops the next answer (a dict of jobs or an exception)."""
 
-    def __init__(self, answers: list[object]) -> None:
+    def __init__(self, answers: list[object], adopted: list[Adoption] | None = None) -> None:
         self.answers = answers
+        self.adopted = adopted or []
         self.offers: list[ClaimOffer] = []
         self.handed_back: list[tuple[str, str]] = []
         self.rejected: list[str] = []
+        self.accepted: list[str] = []
         self.housekeeping_calls = 0
+        self.housekeeping_errors: list[Exception] = []
+        self.before_claim: object = None  # called (if callable) before each answer
 
-    def claim(self, offer: ClaimOffer) -> ClaimResult:
+    def recover(self, stop: threading.Event) -> list[Adoption]:
+        return self.adopted
+
+    def claim(self, offer: ClaimOffer, stop: threading.Event) -> ClaimResult:
         self.offers.append(offer)
+        if callable(self.before_claim):
+            self.before_claim()
         answer = self.answers.pop(0) if self.answers else {}
-        if isinstance(answer, Exception):
+        if isinstance(answer, BaseException):
             raise answer
         if isinstance(answer, ClaimResult):
             return answer
         assert isinstance(answer, dict)
         return ClaimResult(jobs=answer)
+
+    def accept(self, job_id: str, spec: JobSpecs, alloc: Allocation) -> None:
+        self.accepted.append(job_id)
 
     def reject(self, invalid: InvalidJobSpec) -> None:
         self.rejected.append(invalid.job_id)
@@ -46,8 +58,13 @@ class FakeSource:
     def hand_back(self, job_id: str, reason: str) -> None:
         self.handed_back.append((job_id, reason))
 
-    def housekeeping(self) -> None:
+    def housekeeping(self, running: int) -> None:
         self.housekeeping_calls += 1
+        if self.housekeeping_errors:
+            raise self.housekeeping_errors.pop(0)
+
+    def api_reachable(self) -> None:
+        pass
 
 
 class Jobs:
@@ -58,7 +75,9 @@ class Jobs:
         self.cancelled: list[tuple[str, str | None]] = []
         self.release = threading.Event()
 
-    def __call__(self, job_id: str, spec: JobSpecs, alloc: Allocation, cancel: Cancel) -> None:
+    def __call__(
+        self, job_id: str, spec: JobSpecs, alloc: Allocation, cancel: Cancel, resume: object = None
+    ) -> None:
         self.started.append(job_id)
         while not self.release.is_set():
             if cancel.event.wait(0.01):
@@ -187,7 +206,9 @@ def test_drain_timeout_forces_the_stop() -> None:
 
 
 def test_a_crashing_job_does_not_take_the_loop_down() -> None:
-    def explode(job_id: str, spec: JobSpecs, alloc: Allocation, cancel: Cancel) -> None:
+    def explode(
+        job_id: str, spec: JobSpecs, alloc: Allocation, cancel: Cancel, resume: object
+    ) -> None:
         raise RuntimeError("bug")
 
     source = FakeSource([{"1": spec()}, {"2": spec()}, {}])
@@ -195,3 +216,93 @@ def test_a_crashing_job_does_not_take_the_loop_down() -> None:
     w = Worker(source, pool, explode, LoopOptions(poll_interval_s=0.01, exit_when_idle=True))
     assert w.run() == 0
     assert pool.running == 0
+
+
+def test_an_oserror_in_the_loop_is_logged_and_the_loop_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Given a disk that fails under the heartbeat, and a claim that raises an unmapped error
+    jobs = Jobs()
+    jobs.release.set()
+    source = FakeSource([OSError(28, "No space left on device"), {"1": spec()}, {}])
+    source.housekeeping_errors = [OSError(5, "Input/output error")]
+    assert worker(source, jobs, exit_when_idle=True).run() == 0
+    # Then both are logged, and the job after them still ran
+    assert jobs.started == ["1"]
+    text = caplog.text
+    assert "No space left on device" in text and "Input/output error" in text
+
+
+def test_a_second_claim_of_a_running_queue_id_is_refused() -> None:
+    jobs = Jobs()
+    source = FakeSource([{"1": spec()}, {"1": spec()}, {}])
+    w = worker(source, jobs, slots=2, exit_when_idle=True)
+    t, out = run_in_thread(w)
+    deadline = time.monotonic() + 5
+    while len(source.offers) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert jobs.started == ["1"] and source.handed_back == [] and source.accepted == ["1"]
+    jobs.release.set()
+    t.join(5)
+    assert out == {"rc": 0}
+
+
+def test_a_job_claimed_while_a_stop_arrives_is_handed_back_unstarted() -> None:
+    jobs = Jobs()
+    source = FakeSource([{"1": spec()}])
+    w = worker(source, jobs)
+    source.before_claim = w.request_stop  # the signal arrives while the claim is on its way
+    assert w.run() == 0
+    assert jobs.started == [] and source.handed_back[0][0] == "1"
+    assert "not started" in source.handed_back[0][1]
+
+
+def test_an_interrupted_claim_ends_the_loop_promptly() -> None:
+    jobs = Jobs()
+    source = FakeSource([Interrupted("claim jobs: interrupted")])
+    w = worker(source, jobs)
+    w.request_stop()
+    assert w.run() == 0 and jobs.started == []
+
+
+def test_exit_when_idle_waits_for_several_empty_claims_in_a_row() -> None:
+    jobs = Jobs()
+    jobs.release.set()
+    source = FakeSource([{}, {}, {"1": spec()}, {}, {}, {}])
+    assert worker(source, jobs, exit_when_idle=True, exit_idle_polls=3).run() == 0
+    assert jobs.started == ["1"] and len(source.offers) == 6
+
+
+def test_after_exit_when_idle_the_first_signal_still_only_drains() -> None:
+    jobs = Jobs()
+    source = FakeSource([{"1": spec()}, {}])
+    w = worker(source, jobs, slots=2, exit_when_idle=True)
+    t, out = run_in_thread(w)
+    deadline = time.monotonic() + 5
+    while w.claiming and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not w.claiming and t.is_alive()
+    w.handle_signal(signal.SIGTERM)
+    time.sleep(0.2)
+    assert jobs.cancelled == [], "an operator's first signal drains, it does not stop the job"
+    jobs.release.set()
+    t.join(5)
+    assert out == {"rc": 0}
+
+
+def test_adopted_jobs_hold_their_share_and_run_first() -> None:
+    jobs = Jobs()
+    jobs.release.set()
+    adopted = Adoption("5", spec(), 2, 500, [], resume="container-abc")
+    source = FakeSource([{}], adopted=[adopted])
+    pool = ResourcePool(Host(8, 8000, ()), 1, 1, 100)
+    seen: list[object] = []
+
+    def execute(
+        job_id: str, spec: JobSpecs, alloc: Allocation, cancel: Cancel, resume: object
+    ) -> None:
+        seen.append((job_id, alloc.cpu_cores, alloc.memory_mb, resume))
+
+    w = Worker(source, pool, execute, LoopOptions(poll_interval_s=0.01, exit_when_idle=True))
+    assert w.run() == 0
+    assert seen == [("5", 2, 500, "container-abc")]

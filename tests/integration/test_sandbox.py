@@ -1,0 +1,189 @@
+"""Hostile jobs on a real engine: nothing a job does in its directory may reach the host outside it,
+hang a slot, or stop the daemon from running (and starting again)."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fetcher.daemon import build_daemon
+from fetcher.job.container import LABEL_ID
+from tests.helpers import Env, fetcher_id, statuses, wait_for
+
+pytestmark = pytest.mark.docker
+
+LOG_DIR = {"output": "output", "log": "log"}
+
+
+def run_bounded(env: Env, engine: Any, timeout_s: float = 90, **settings: Any) -> int:
+    """Run the daemon until idle; fail (instead of hanging the suite) if it does not end in time."""
+    daemon = build_daemon(env.settings(**settings), exit_when_idle=True, docker_client=engine)
+    out: dict[str, int] = {}
+    t = threading.Thread(target=lambda: out.setdefault("rc", daemon.run()), daemon=True)
+    t.start()
+    t.join(timeout_s)
+    if t.is_alive():
+        daemon.worker.request_force_stop()
+        t.join(30)
+        pytest.fail(f"the daemon hung for more than {timeout_s} s")
+    return out["rc"]
+
+
+def only_state_left(env: Env) -> None:
+    assert [p.name for p in env.base.iterdir()] == [".fetcher"], list(env.base.iterdir())
+
+
+@pytest.mark.parametrize("target_exists", [True, False])
+def test_a_symlinked_container_log_does_not_write_through_the_link(
+    env: Env, engine: Any, target_exists: bool
+) -> None:
+    # Given a host file (or a place for a new one) and a job that points its log file at it
+    target = env.root / "host-canary.txt"
+    if target_exists:
+        target.write_bytes(b"precious")
+    job = env.submit(
+        [f"mkdir -p /files/log && ln -sf {target} /files/log/container.log && echo hostile-bytes"],
+        files_up=LOG_DIR,
+    )
+    # When the job runs and ends
+    assert run_bounded(env, engine) == 0
+    # Then the host file is untouched (or still absent), and the job's real log was uploaded
+    if target_exists:
+        assert target.read_bytes() == b"precious"
+    else:
+        assert not target.exists() and not target.is_symlink()
+    assert job.status.value == "finished", job.history
+    log = Path(job.paths_upload["log"], "log", "container.log")
+    assert "hostile-bytes" in log.read_text()
+    only_state_left(env)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        "mkfifo /files/log/container.log",
+        "mknod /files/log/container.log c 1 3 || mkfifo /files/log/container.log",
+        "mkfifo /files/output/pipe",
+        "mknod /files/output/zero c 1 5 || mkfifo /files/output/zero",
+        "mkfifo /files/output/pipe.part",
+    ],
+)
+def test_fifos_and_device_nodes_left_by_a_job_do_not_hang_the_slot(
+    env: Env, engine: Any, make: str
+) -> None:
+    job = env.submit(["mkdir -p /files/log /files/output", "&&", make, "&&", "echo made"])
+    follower = env.submit(["echo next"])
+    assert run_bounded(env, engine, timeout_s=60) == 0
+    assert job.status.value == "finished", job.history
+    assert all(u["filename"] not in ("pipe", "zero", "pipe.part") for u in job.uploads)
+    assert follower.status.value == "finished"
+    only_state_left(env)
+
+
+# 3000 nested directories, built from the bottom (a shell's `cd` would hit PATH_MAX first)
+DEEP = (
+    "mkdir -p /files/output && cd /files/output && echo bottom > f && mkdir d && mv f d/ && i=0; "
+    "while [ $i -lt 3000 ]; do mkdir n && mv d n/ && mv n d || exit 9; i=$((i+1)); done; "
+    "echo shallow > /files/output/top.txt"
+)
+
+
+def test_an_output_tree_3000_levels_deep_ends_with_a_status_and_is_removed(
+    env: Env, engine: Any
+) -> None:
+    job = env.submit([DEEP])
+    assert run_bounded(env, engine, timeout_s=180) == 0
+    assert job.status.value == "finished", job.history
+    assert ("output", "output", "top.txt") in {
+        (u["type"], u["base_path"], u["filename"]) for u in job.uploads
+    }
+    only_state_left(env)
+    # and the daemon starts again on the same PATH_BASE
+    again = env.submit(["true"])
+    assert run_bounded(env, engine) == 0
+    assert again.status.value == "finished"
+
+
+def test_a_deep_tree_left_by_a_killed_fetcher_does_not_stop_the_next_start(
+    env: Env, engine: Any
+) -> None:
+    from tests.integration.test_daemon import fetcher_process
+
+    job = env.submit([DEEP, "&&", "touch /files/tree-done", "&&", "sleep 2"])
+    fid = fetcher_id("deep")
+    proc = fetcher_process(env, fid)
+    try:
+        wait_for(lambda: (env.base / str(job.id) / "tree-done").exists(), 120, "the deep tree")
+    finally:
+        proc.kill()
+        proc.wait(10)
+    # When the fetcher starts again (same FETCHER_ID, so it finds its own leftovers)
+    assert run_bounded(env, engine, timeout_s=180, fetcher_id=fid) == 0
+    assert job.status.value in ("finished", "queued"), statuses(job)
+    only_state_left(env)
+
+
+def test_a_symlink_at_the_job_directory_is_never_followed(env: Env, engine: Any) -> None:
+    # Given PATH_BASE/<queue id> already exists as a link to a directory elsewhere on the host
+    victim = env.root / "victim"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("precious")
+    job = env.submit(["echo ok > /files/output/o.txt"])
+    (env.base / str(job.id)).symlink_to(victim)
+    # When the job runs (and its directory is cleaned up, also by the purge container)
+    assert run_bounded(env, engine) == 0
+    # Then the link's target is untouched, and the job ran in a real directory of its own
+    assert (victim / "keep.txt").read_text() == "precious"
+    assert sorted(p.name for p in victim.iterdir()) == ["keep.txt"]
+    assert job.status.value == "finished", job.history
+    only_state_left(env)
+
+
+def test_job_containers_have_a_process_limit_and_bounded_engine_logs(env: Env, engine: Any) -> None:
+    env.submit(["sleep 2"])
+    fid = fetcher_id("limits")
+    seen: dict[str, Any] = {}
+
+    def inspect() -> bool:
+        for c in engine.containers.list(all=True, filters={"label": f"{LABEL_ID}={fid}"}):
+            seen.update(c.attrs["HostConfig"])
+            return True
+        return False
+
+    t = threading.Thread(
+        target=lambda: run_bounded(env, engine, job_pids_limit=256, fetcher_id=fid), daemon=True
+    )
+    t.start()
+    wait_for(inspect, 30, "the job's container")
+    t.join(60)
+    assert seen["PidsLimit"] == 256
+    assert seen["LogConfig"]["Type"] == "json-file"
+    assert "max-size" in seen["LogConfig"]["Config"]
+    assert "MKNOD" in (seen.get("CapDrop") or [])
+    assert seen["Privileged"] is False
+
+
+def test_a_fork_bomb_is_held_by_the_process_limit(env: Env, engine: Any) -> None:
+    # Given a job that forks without end for a while, and a process limit of 64
+    job = env.submit(
+        ["bomb() { bomb | bomb & }; bomb; sleep 6; echo survived"], files_up={"log": "log"}
+    )
+    fid = fetcher_id("bomb")
+    started = time.monotonic()
+    rc = run_bounded(env, engine, timeout_s=120, job_pids_limit=64, fetcher_id=fid)
+    # Then the job's forks hit the limit, the box stays usable (this test process can still fork),
+    # and the job's own shell went on to its end
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    assert os.waitpid(pid, 0)[1] == 0
+    assert rc == 0 and time.monotonic() - started < 60
+    assert job.status.value == "finished", job.history
+    log = Path(job.paths_upload["log"], "log", "container.log").read_text()
+    assert "can't fork" in log and "survived" in log
+    only_state_left(env)
