@@ -105,7 +105,7 @@ class FakeEngine:
     container_images: list[str] = field(default_factory=list)
     refuse: dict[str, docker.errors.APIError] = field(default_factory=dict)
     down: bool = False
-    removed: list[str] = field(default_factory=list)
+    attempted: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.images = self
@@ -132,6 +132,7 @@ class FakeEngine:
 
     def remove(self, ref: str, noprune: bool = False) -> None:
         assert noprune is False
+        self.attempted.append(ref)
         if ref in self.refuse:
             raise self.refuse[ref]
         image = self.get(ref)
@@ -141,7 +142,6 @@ class FakeEngine:
             raise api_error(409, f"conflict: unable to remove repository reference {ref!r}")
         else:
             del self.images_by_id[image.id]
-        self.removed.append(ref)
 
 
 def test_prune_removes_old_images_and_keeps_those_in_use_or_starting() -> None:
@@ -165,8 +165,9 @@ def test_prune_removes_old_images_and_keeps_those_in_use_or_starting() -> None:
         metrics=metrics,
     )
 
-    # Then only the two unused ones are removed, the user's image untouched
+    # Then only the two unused ones are removed (the others not even tried), the user's untouched
     assert sorted(gone) == ["old2:1", "old:1"]
+    assert sorted(engine.attempted) == ["old2:1", "old:1"]
     assert sorted(engine.images_by_id) == ["sha256:inuse", "sha256:starting", "sha256:users"]
     assert metrics.registry.get_sample_value("fetcher_images_pruned_total") == 2
     assert metrics.registry.get_sample_value("fetcher_image_pruned_bytes_total") == 200 * MB
