@@ -1,10 +1,16 @@
-"""Logging set-up, and a filter that keeps secrets out of every log line."""
+"""Logging set-up (readable text, or one JSON object per line), and a filter that keeps secrets
+out of every log line."""
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import threading
+from datetime import UTC, datetime
+from typing import Literal
+
+LogFormat = Literal["text", "json"]
 
 _lock = threading.Lock()
 _secrets: set[str] = set()
@@ -35,12 +41,53 @@ class RedactingFilter(logging.Filter):
         if record.exc_info and record.exc_info[1] is not None:
             record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
             record.exc_info = None
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
         return True
 
 
-def setup_logging(level: str = "INFO") -> None:
+_JOB_SUBJECT = re.compile(r"job ([A-Za-z0-9_.-]{1,100}):")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: `time` (ISO 8601 UTC, milliseconds), `level`, `logger`,
+    `message`; `job` when the message starts with `job <id>:`; `exc` (the traceback as one
+    string) and `stack` when the record has them. Text is redacted here too (defence in depth:
+    RedactingFilter already cleaned the record)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = redact(record.getMessage())
+        created = datetime.fromtimestamp(record.created, UTC)
+        entry: dict[str, str] = {
+            "time": created.strftime("%Y-%m-%dT%H:%M:%S.") + f"{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": message,
+        }
+        job = _JOB_SUBJECT.match(message)
+        if job:
+            entry["job"] = job.group(1)
+        exc = record.exc_text
+        if not exc and record.exc_info:
+            exc = self.formatException(record.exc_info)
+        if exc:
+            entry["exc"] = redact(exc)
+        if record.stack_info:
+            entry["stack"] = redact(self.formatStack(record.stack_info))
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def make_formatter(fmt: LogFormat = "text") -> logging.Formatter:
+    if fmt == "json":
+        return JsonFormatter()
+    return logging.Formatter("%(asctime)s %(levelname)-7s %(message)s")
+
+
+def setup_logging(level: str = "INFO", fmt: LogFormat = "text") -> None:
+    """Log to stderr at `level`, as readable text or (`fmt="json"`) one JSON object per line;
+    every record goes through RedactingFilter."""
     handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s"))
+    handler.setFormatter(make_formatter(fmt))
     handler.addFilter(RedactingFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

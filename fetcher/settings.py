@@ -138,6 +138,30 @@ class Settings(BaseSettings):
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
+    # --- running for weeks: metrics, log format, image pruning (issue 11) ----------------------
+    metrics_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="Serve Prometheus /metrics on this port; unset: off",
+    )
+    metrics_host: str = Field(default="0.0.0.0", description="Address /metrics listens on")
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="text: one readable line; json: one JSON object per line"
+    )
+    image_keep_days: float | None = Field(
+        default=None, gt=0, description="Remove job images not used for this many days; unset: off"
+    )
+    image_cache_max_gb: float | None = Field(
+        default=None,
+        gt=0,
+        description="Remove the least recently used job images while they take more (GB = 10^9"
+        " bytes); unset: off",
+    )
+    image_prune_interval_s: float = Field(
+        default=3600.0, gt=0, description="How often the image pruning policy runs"
+    )
+
     _ignored_username: str | None = PrivateAttr(default=None)
 
     @field_validator("api_url")

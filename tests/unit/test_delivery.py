@@ -121,7 +121,7 @@ def test_a_put_answering_500_for_ever_waits_longer_each_time_and_a_404_drops_it(
     d = deliverer(store, server, clock)
     d.submit("7", JobStatus.finished, "exit_code: 0")
     pauses = []
-    for _ in range(6):
+    for _ in range(8):
         d.deliver_due()
         nxt = store.next_due()
         assert nxt is not None
