@@ -46,6 +46,7 @@ class LoopOptions:
     poll_interval_s: float = 10.0
     groups: tuple[str, ...] = ()
     exit_when_idle: bool = False
+    exit_idle_polls: int = 1  # consecutive empty claims before exit_when_idle exits
     max_jobs: int | None = None
     drain_timeout_s: float | None = None
     max_backoff_s: float = 60.0
@@ -71,6 +72,7 @@ class Worker:
         self._lock = threading.Lock()
         self._api_problem: str | None = None
         self._backoff_s = options.poll_interval_s
+        self._empty_polls = 0
 
     # --- signals -----------------------------------------------------------------------------
     def install_signal_handlers(self) -> None:
@@ -138,10 +140,14 @@ class Worker:
             self.claimed += 1
             self.source.reject(bad)
         if not result.jobs and not result.invalid:
-            if self.options.exit_when_idle:
-                log.info("worker: no job available; exiting when idle")
+            self._empty_polls += 1
+            if self.options.exit_when_idle and self._empty_polls >= self.options.exit_idle_polls:
+                log.info(
+                    "worker: no job available in %d poll(s); exiting when idle", self._empty_polls
+                )
                 self.request_stop()
             return self.options.poll_interval_s
+        self._empty_polls = 0
         for job_id, spec in result.jobs.items():
             self._dispatch(job_id, spec)
         return None
