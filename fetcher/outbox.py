@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -33,6 +34,9 @@ class Outbox:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.send = send
         self._waiting_logged: set[str] = set()
+        # A job thread's report() and the loop's flush() may reach one entry at once: one delivers it.
+        self._lock = threading.Lock()
+        self._in_flight: set[str] = set()
 
     def report(self, job_id: str, status: JobStatus, details: str | None) -> bool:
         """Keep the final status on disk, then try to deliver it. True if delivered now."""
@@ -51,6 +55,17 @@ class Outbox:
             self._deliver(path)
 
     def _deliver(self, path: Path) -> bool:
+        with self._lock:
+            if path.name in self._in_flight:
+                return False  # the other caller is delivering it
+            self._in_flight.add(path.name)
+        try:
+            return self._deliver_once(path)
+        finally:
+            with self._lock:
+                self._in_flight.discard(path.name)
+
+    def _deliver_once(self, path: Path) -> bool:
         try:
             entry = json.loads(path.read_text())
             job_id, status, details = (
@@ -58,6 +73,8 @@ class Outbox:
                 JobStatus(entry["status"]),
                 entry.get("details"),
             )
+        except FileNotFoundError:
+            return True  # delivered by the other caller since flush() listed it
         except (OSError, ValueError, KeyError) as exc:
             log.error("outbox: dropping unreadable entry %s: %s", path.name, exc)
             path.unlink(missing_ok=True)

@@ -90,7 +90,12 @@ def test_an_array_of_three_fetchers_drains_twelve_jobs(
     env: Env, engine: Any, slurm: dict[str, str], tmp_path: Path
 ) -> None:
     # Given 12 jobs in the queue (CPU jobs: this machine has no GPU) ...
-    jobs = [env.submit([f"sleep 1 && echo job {i} > /files/output/result.txt"]) for i in range(12)]
+    jobs = [
+        env.submit(
+            [f"mkdir -p /files/output && sleep 1 && echo job {i} > /files/output/result.txt"]
+        )
+        for i in range(12)
+    ]
     # ... and the pilots' settings, exported to the array as a user would
     pilots, prefix = tmp_path / "pilots", fetcher_id("slurm")
     pilots.mkdir()
