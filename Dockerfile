@@ -1,13 +1,18 @@
 # The fetcher's image: a slim runtime with a virtual environment built from a local wheelhouse.
-# Build it with `poetry run docker-build` (makes ./wheelhouse, then runs `docker build`); the build
-# itself needs no network. PYTHON_IMAGE is any image with python3 (+venv); default python:3.11-slim.
+# Build it with `poetry run docker-build` (makes ./wheelhouse for the base's Python, then runs
+# `docker build`); the build itself needs no network. PYTHON_IMAGE is any image with python3 (+venv);
+# default python:3.11-slim. The image carries the mock API's dependencies too (`fetcher demo`).
 ARG PYTHON_IMAGE=python:3.11-slim
 
 FROM ${PYTHON_IMAGE} AS build
 COPY wheelhouse/ /wheelhouse/
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
+# Each step must succeed: no `|| true` here, a failed install fails the build.
 RUN python3 -m venv /opt/fetcher \
- && /opt/fetcher/bin/pip install --no-cache-dir --no-index --find-links /wheelhouse decode-fetcher \
- && /opt/fetcher/bin/pip uninstall -y pip setuptools >/dev/null 2>&1 || true
+ && /opt/fetcher/bin/pip install --no-index --find-links /wheelhouse -r /wheelhouse/requirements.txt \
+ && /opt/fetcher/bin/fetcher --version \
+ && /opt/fetcher/bin/python -c "import fastapi, uvicorn, python_multipart, mock_api.server" \
+ && /opt/fetcher/bin/pip uninstall -y -q pip setuptools
 
 FROM ${PYTHON_IMAGE}
 ARG VERSION=0.0.0

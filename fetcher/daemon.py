@@ -186,6 +186,7 @@ def build_daemon(
         poll_interval_s=settings.poll_interval_s,
         groups=tuple(settings.group_list),
         exit_when_idle=exit_when_idle,
+        exit_idle_polls=settings.exit_idle_polls,
         max_jobs=max_jobs,
         drain_timeout_s=settings.drain_timeout_s,
         max_backoff_s=settings.api_backoff_max_s,

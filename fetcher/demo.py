@@ -2,24 +2,40 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import io
 import logging
 import os
+import re
 import secrets
 import shutil
 import tarfile
-import tempfile
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import docker.errors
 
 from fetcher.errors import ConfigError
+from fetcher.models import (
+    AppSpecs,
+    HandlerSpecs,
+    HardwareSpecs,
+    JobSpecs,
+    PathsUploadSpecs,
+    SubmittedJob,
+)
 
 log = logging.getLogger(__name__)
 
 DEMO_IMAGE = "decode-fetcher-demo/busybox:1"
+DEMO_JOB_REPO = "decode-fetcher-demo/job"  # the job image made from the fetcher's own image
+# The same path on the host and in the fetcher's container (`-v /tmp/fetcher-demo:/tmp/fetcher-demo`).
+# A fixed name in /tmp: on a host, fresh_workdir refuses one that is a symlink or someone else's.
+DEMO_DIR = Path("/tmp/fetcher-demo")  # noqa: S108
 BUSYBOX = Path("/bin/busybox")
+_CONTAINER_ID = re.compile(r"/containers/([0-9a-f]{64})/")
 
 
 def busybox_image(client: Any, tag: str = DEMO_IMAGE) -> str:
@@ -68,33 +84,152 @@ def busybox_image(client: Any, tag: str = DEMO_IMAGE) -> str:
     return tag
 
 
-def run_demo(workdir: Path | None = None) -> int:
-    from fetcher.daemon import build_daemon, connect_docker
-    from fetcher.models import (
-        AppSpecs,
-        HandlerSpecs,
-        HardwareSpecs,
-        JobSpecs,
-        PathsUploadSpecs,
-        SubmittedJob,
+def own_container(client: Any) -> Any | None:
+    """The container this process runs in (found through the engine), or None on a host.
+
+    Docker bind-mounts /etc/hostname (and resolv.conf, hosts) from /var/lib/docker/containers/<id>/,
+    which shows in /proc/self/mountinfo even when --hostname was set; HOSTNAME is the fallback."""
+    candidates: list[str] = []
+    with contextlib.suppress(OSError):
+        candidates += _CONTAINER_ID.findall(Path("/proc/self/mountinfo").read_text())
+    if Path("/.dockerenv").exists() and os.environ.get("HOSTNAME"):
+        candidates.append(os.environ["HOSTNAME"])
+    for cid in dict.fromkeys(candidates):
+        try:
+            return client.containers.get(cid)
+        except docker.errors.DockerException:
+            continue
+    return None
+
+
+def host_path(container: Any, path: Path) -> Path:
+    """Where `path` (inside `container`) is on the Docker host: job containers are made by the host's
+    engine and mount host paths. Raises ConfigError when `path` is not on a mount from the host."""
+    best: tuple[Path, Path] | None = None
+    for mount in container.attrs.get("Mounts") or []:
+        dest, source = Path(mount.get("Destination", "")), mount.get("Source")
+        inside = source and (path == dest or dest in path.parents)
+        if inside and (best is None or len(dest.parts) > len(best[0].parts)):
+            best = (dest, Path(source))
+    if best is None:
+        raise ConfigError(
+            f"demo: {path} is not a host directory mounted into this container; run it as "
+            f"docker run --rm -v /var/run/docker.sock:/var/run/docker.sock -v {path}:{path} "
+            "decode-fetcher demo"
+        )
+    return best[1] / path.relative_to(best[0])
+
+
+def image_from_own(client: Any, container: Any) -> str:
+    """A job image made from the fetcher's own image, without a registry: the same files (a shell
+    and the usual tools), with the fetcher's ENTRYPOINT, HEALTHCHECK and daemon label taken off
+    (job images define no ENTRYPOINT)."""
+    base = container.attrs["Image"]  # sha256:...
+    tag = f"{DEMO_JOB_REPO}:{base.removeprefix('sha256:')[:12]}"
+    try:
+        client.images.get(tag)
+        return tag
+    except docker.errors.ImageNotFound:
+        log.info("demo: making the job image %s from the fetcher's own image", tag)
+    dockerfile = (
+        f"FROM {base}\n"
+        "ENTRYPOINT []\n"
+        'CMD ["/bin/sh"]\n'
+        "HEALTHCHECK NONE\n"
+        'LABEL org.decode-opencloud.fetcher.daemon=""\n'
+        "WORKDIR /\n"
     )
+    client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=tag, rm=True, pull=False)
+    return tag
+
+
+def demo_image(client: Any, container: Any | None) -> str:
+    """DEMO_IMAGE when set; in a container the fetcher's own image; on a host a busybox import."""
+    if os.environ.get("DEMO_IMAGE"):
+        return os.environ["DEMO_IMAGE"]
+    return image_from_own(client, container) if container is not None else busybox_image(client)
+
+
+def demo_fetcher_id(host_root: Path) -> str:
+    """One fetcher id per demo directory: a demo elsewhere on the engine is not this one's leftover."""
+    return "demo-" + hashlib.sha256(str(host_root).encode()).hexdigest()[:8]
+
+
+def fresh_workdir(root: Path, on_host: bool) -> IO[str]:
+    """Lock `root` for this demo (one at a time) and empty what an earlier demo left. `root` itself
+    stays: in the fetcher's container it is the mount point."""
+    root.mkdir(parents=True, exist_ok=True)
+    if on_host and (root.is_symlink() or root.stat().st_uid != os.getuid()):
+        raise ConfigError(f"demo: {root} is a symlink or another user's; choose --workdir")
+    lock = (root / ".demo.lock").open("w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise ConfigError(f"demo: another demo is running in {root}") from None
+    for name in ("jobs", "store"):
+        shutil.rmtree(root / name, ignore_errors=True)
+    return lock
+
+
+def run_demo(workdir: Path | None = None) -> int:
+    """One sample job, end to end, in `workdir` (default /tmp/fetcher-demo). Returns 0 if finished."""
+    from fetcher.daemon import build_daemon, connect_docker
     from fetcher.settings import Settings
     from mock_api.server import MockServer
     from mock_api.state import MockState
 
-    root = workdir or Path(tempfile.mkdtemp(prefix="fetcher-demo-"))
-    if workdir is not None and root.exists():
-        shutil.rmtree(root)
-    base, data = root / "jobs", root / "store"
-    base.mkdir(parents=True)
+    root = (workdir or DEMO_DIR).absolute()
     client = connect_docker()
-    image = os.environ.get("DEMO_IMAGE") or busybox_image(client)
-    token = secrets.token_urlsafe(16)
-    state = MockState(str(data), secrets.token_urlsafe(8), [token])
-    param = data / "user1/config/param.yaml"
-    param.parent.mkdir(parents=True)
-    param.write_text("emitter_density: 0.5\nepochs: 3\n")
-    spec = JobSpecs(
+    container = own_container(client)
+    host_root = host_path(container, root) if container is not None else root
+    image = demo_image(client, container)
+    with contextlib.closing(fresh_workdir(root, on_host=container is None)):
+        base, data = root / "jobs", root / "store"
+        base.mkdir()
+        token = secrets.token_urlsafe(16)
+        state = MockState(str(data), secrets.token_urlsafe(8), [token])
+        param = data / "user1/config/param.yaml"
+        param.parent.mkdir(parents=True)
+        param.write_text("emitter_density: 0.5\nepochs: 3\n")
+        out = data / "user1/results"
+        with MockServer(state) as server:
+            job = state.submit(
+                SubmittedJob(
+                    job=demo_job(image, param),
+                    paths_upload=PathsUploadSpecs(output=str(out / "output"), log=str(out / "log")),
+                )
+            )
+            log.info(
+                "demo: mock API on %s, job %d submitted with image %s", server.url, job.id, image
+            )
+            settings = Settings(
+                _env_file=None,
+                api_url=server.url,
+                access_token=token,
+                path_base=base,
+                path_host_base=host_root / "jobs",
+                poll_interval_s=1,
+                keepalive_interval_s=5,
+                exit_idle_polls=1,  # the job is in the queue before the fetcher starts
+                image_pull_policy="never",
+                shm_size="64m",
+                fetcher_id=demo_fetcher_id(host_root),
+            )
+            build_daemon(settings, exit_when_idle=True, docker_client=client).run()
+    print()
+    print(f"job {job.id}: {job.status.value} ({job.history[-1]['runtime_details']})")
+    print(f"statuses: {' -> '.join(h['status'] for h in job.history)}")
+    where = f" (on the host: {host_root / out.relative_to(root)})" if host_root != root else ""
+    print(f"outputs are in {out}{where}:")
+    for path in sorted(p for p in out.rglob("*") if p.is_file()):
+        print(f"  {path.relative_to(out)}  ({path.stat().st_size} bytes)")
+    return 0 if job.status.value == "finished" else 1
+
+
+def demo_job(image: str, param: Path) -> JobSpecs:
+    """A small DECODE-like job: reads its config from /files, writes outputs and a log."""
+    return JobSpecs(
         app=AppSpecs(
             cmd=[
                 "cd /files",
@@ -119,31 +254,3 @@ def run_demo(workdir: Path | None = None) -> int:
         ),
         hardware=HardwareSpecs(cpu_cores=1, memory=256),
     )
-    out = data / "user1/results"
-    with MockServer(state) as server:
-        job = state.submit(
-            SubmittedJob(
-                job=spec,
-                paths_upload=PathsUploadSpecs(output=str(out / "output"), log=str(out / "log")),
-            )
-        )
-        log.info("demo: mock API on %s, job %d submitted with image %s", server.url, job.id, image)
-        settings = Settings(
-            _env_file=None,
-            api_url=server.url,
-            access_token=token,
-            path_base=base,
-            poll_interval_s=1,
-            keepalive_interval_s=5,
-            image_pull_policy="never",
-            shm_size="64m",
-            fetcher_id="demo",
-        )
-        build_daemon(settings, exit_when_idle=True, docker_client=client).run()
-    print()
-    print(f"job {job.id}: {job.status.value} ({job.history[-1]['runtime_details']})")
-    print(f"statuses: {' -> '.join(h['status'] for h in job.history)}")
-    print(f"outputs are in {out}:")
-    for path in sorted(p for p in out.rglob("*") if p.is_file()):
-        print(f"  {path.relative_to(out)}  ({path.stat().st_size} bytes)")
-    return 0 if job.status.value == "finished" else 1

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,9 +84,72 @@ def detect_gpus(nvml: Any = None) -> list[Gpu]:
             log.debug("resources: nvmlShutdown failed", exc_info=True)
 
 
-def detect_host(docker_info: dict[str, Any], settings: Settings, gpus: list[Gpu]) -> Host:
+def slurm_gpu_selection(environ: Mapping[str, str]) -> list[str] | None:
+    """The GPUs Slurm gave this job, as Slurm names them: GPU UUIDs or global indices.
+
+    None outside a Slurm job (no SLURM_JOB_ID): then every GPU NVML shows is this fetcher's.
+    [] in a Slurm job that was given no GPU: the node's GPUs belong to other jobs.
+
+    What the variables mean (Slurm's sbatch(1)/srun(1) man pages, "OUTPUT ENVIRONMENT VARIABLES",
+    and the "GPU Management" section of https://slurm.schedmd.com/gres.html):
+    - SLURM_STEP_GPUS: the global GPU IDs of the GPUs allocated to this step (srun steps only).
+    - SLURM_JOB_GPUS: the global GPU IDs allocated to this job (batch and interactive jobs).
+      Both are "not relative to any device cgroup, even if devices are constrained with
+      task/cgroup". Global ids number the node's GPUs in PCI bus order (gres_common.c), which is
+      also NVML's order, so they are NVML indices of an unconstrained view.
+    - CUDA_VISIBLE_DEVICES: set by the gres/gpu plugin for each step. With ConstrainDevices it is
+      relative to the devices the job's cgroup lets through ("0" for a job given /dev/nvidia1);
+      with gres.conf's env_uuid flag (and for MIG) it holds UUIDs (GPU-..., MIG-...).
+      "NoDevFiles" means gres.conf names no device files: it says nothing about which GPU.
+    The order: UUIDs in CUDA_VISIBLE_DEVICES (exact), then the step's and the job's global ids,
+    then CUDA_VISIBLE_DEVICES' indices (possibly relative; `pick_slurm_gpus` copes with that).
+    """
+    if not environ.get("SLURM_JOB_ID"):
+        return None
+
+    def items(name: str) -> list[str]:
+        value = environ.get(name, "")
+        return [v.strip() for v in value.split(",") if v.strip() and v.strip() != "NoDevFiles"]
+
+    cuda = items("CUDA_VISIBLE_DEVICES")
+    if cuda and all(v.startswith(("GPU-", "MIG-")) for v in cuda):
+        return cuda
+    for name in ("SLURM_STEP_GPUS", "SLURM_JOB_GPUS"):
+        if items(name):
+            return items(name)
+    return cuda
+
+
+def pick_slurm_gpus(gpus: list[Gpu], selection: list[str]) -> list[Gpu]:
+    """The GPUs NVML shows (`gpus`) that are the job's (`selection`, from slurm_gpu_selection).
+
+    UUIDs match exactly. Indices need care: when the job's cgroup constrains devices, NVML itself
+    only shows the job's GPUs and numbers them from 0, so a global index such as "2" names no
+    visible GPU (or another of the job's own). A constrained view never shows more GPUs than the
+    job has, and an unconstrained one shows the whole node; hence: NVML shows no more GPUs than
+    the job was given -> every visible GPU is the job's; more -> the node's, matched by index.
+    Either way a GPU of another job is never picked.
+    """
+    uuids = [s for s in selection if s.startswith(("GPU-", "MIG-"))]
+    indices = [s for s in selection if s.isdigit()]
+    if uuids:
+        return [g for g in gpus if g.uuid in uuids]
+    if not indices:
+        return []
+    if len(gpus) <= len(indices):
+        return list(gpus)
+    return [g for g in gpus if str(g.index) in indices]
+
+
+def detect_host(
+    docker_info: dict[str, Any],
+    settings: Settings,
+    gpus: list[Gpu],
+    environ: Mapping[str, str] | None = None,
+) -> Host:
     """CPU and memory of the engine that runs the jobs (right even when the fetcher is in a container),
-    capped or overridden by the settings; GPUs restricted to GPUS when set."""
+    capped or overridden by the settings; GPUs restricted to GPUS when set, else, in a Slurm job,
+    to the job's GPUs."""
     cpu = settings.cpu_cores or int(docker_info.get("NCPU") or 1)
     mem = settings.memory_mb or int(docker_info.get("MemTotal") or 0) // (1024 * 1024)
     cpu = max(cpu - settings.reserve_cpu_cores, 0)
@@ -92,6 +157,16 @@ def detect_host(docker_info: dict[str, Any], settings: Settings, gpus: list[Gpu]
     chosen = settings.gpu_selection
     if chosen:
         gpus = [g for g in gpus if g.uuid in chosen or str(g.index) in chosen]
+    else:
+        slurm = slurm_gpu_selection(os.environ if environ is None else environ)
+        if slurm is not None:
+            picked = pick_slurm_gpus(gpus, slurm)
+            log.info(
+                "resources: Slurm job: GPUs %s -> %s",
+                ",".join(slurm) or "none",
+                ", ".join(f"{g.index}:{g.uuid}" for g in picked) or "none",
+            )
+            gpus = picked
     return Host(cpu, mem, tuple(gpus))
 
 

@@ -72,6 +72,11 @@ class Settings(BaseSettings):
     api_backoff_max_s: float = Field(
         default=60.0, gt=0, description="Longest wait between claims while the API is down"
     )
+    exit_idle_polls: int = Field(
+        default=3,
+        ge=1,
+        description="With --exit-when-idle: exit after this many empty polls in a row",
+    )
     drain_timeout_s: float | None = Field(
         default=None, ge=0, description="After the first stop signal, wait this long, then force"
     )

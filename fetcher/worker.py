@@ -75,7 +75,7 @@ class LoopOptions:
     poll_interval_s: float = 10.0
     groups: tuple[str, ...] = ()
     exit_when_idle: bool = False
-    exit_idle_polls: int = 1
+    exit_idle_polls: int = 1  # consecutive empty claims before exit_when_idle exits
     max_jobs: int | None = None
     drain_timeout_s: float | None = None
     max_backoff_s: float = 60.0

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import platform
 import shutil
 import subprocess
 import sys
 import tomllib
 from pathlib import Path
+
+from fetcher.demo import DEMO_JOB_REPO
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGE = "decode-fetcher"
@@ -30,24 +33,69 @@ def sh(*cmd: str, capture: bool = False) -> str:
     return result.stdout if capture else ""
 
 
-def main_requirements() -> list[str]:
-    """The pinned runtime dependencies from poetry.lock (the `main` group), with their markers."""
+# Poetry groups the image carries: the fetcher (`main`), and the mock API (`mock`) that `fetcher demo`
+# runs in-process, so that `docker run ... decode-fetcher demo` works on a box with no account yet.
+IMAGE_GROUPS = ("main", "mock")
+
+
+def image_requirements(groups: tuple[str, ...] = IMAGE_GROUPS) -> list[str]:
+    """The pinned dependencies of `groups` from poetry.lock, with their markers."""
     lock = tomllib.loads((ROOT / "poetry.lock").read_text())
     reqs = []
     for pkg in lock["package"]:
-        if "main" in pkg.get("groups", ["main"]):
+        if set(groups) & set(pkg.get("groups", ["main"])):
             marker = f" ; {pkg['markers']}" if isinstance(pkg.get("markers"), str) else ""
             reqs.append(f"{pkg['name']}=={pkg['version']}{marker}")
     return reqs
 
 
-def wheelhouse() -> Path:
+def image_python(base: str) -> tuple[int, int]:
+    """The Python version of the base image (its `python3`), to fetch wheels that fit it."""
+    out = sh(
+        docker_cli(),
+        "run",
+        "--rm",
+        "--entrypoint",
+        "python3",
+        base,
+        "-c",
+        "import sys; print(*sys.version_info[:2])",
+        capture=True,
+    )
+    major, minor = out.split()
+    return int(major), int(minor)
+
+
+def wheel_commands(out: Path, python: tuple[int, int], reqs_file: Path) -> list[list[str]]:
+    """pip commands that fill `out` with wheels for `python`: built by this interpreter when the
+    versions match, else downloaded as binary wheels for that version (pydantic-core is compiled)."""
+    pip = [sys.executable, "-m", "pip"]
+    common = ["--quiet", "--disable-pip-version-check", "--no-deps"]
+    project = [*pip, "wheel", *common, "--wheel-dir", str(out), str(ROOT)]
+    if python == sys.version_info[:2]:
+        return [[*pip, "wheel", *common, "--wheel-dir", str(out), "-r", str(reqs_file)], project]
+    tag = f"{python[0]}{python[1]}"
+    arch = platform.machine()
+    platforms = [f"manylinux_2_{v}_{arch}" for v in (17, 28, 34)] + [f"manylinux2014_{arch}"]
+    download = [*pip, "download", *common, "--dest", str(out), "--only-binary=:all:"]
+    download += ["--python-version", f"{python[0]}.{python[1]}", "--implementation", "cp"]
+    download += ["--abi", f"cp{tag}", "--abi", "abi3", "--abi", "none"]
+    for plat in platforms:
+        download += ["--platform", plat]
+    return [[*download, "-r", str(reqs_file)], project]
+
+
+def wheelhouse(python: tuple[int, int] | None = None) -> Path:
+    """./wheelhouse: every wheel the image installs, and requirements.txt naming them (pinned)."""
     out = ROOT / "wheelhouse"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir()
-    pip = [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(out)]
-    sh(*pip, *main_requirements())
-    sh(*pip, str(ROOT))
+    reqs = out / "requirements.txt"
+    reqs.write_text("\n".join(image_requirements()) + "\n")
+    for cmd in wheel_commands(out, python or sys.version_info[:2], reqs):
+        sh(*cmd)
+    with reqs.open("a") as fh:
+        fh.write(f"decode-fetcher=={version()}\n")
     return out
 
 
@@ -60,7 +108,7 @@ def build(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--tag", default=f"{IMAGE}:{version()}")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
-    wheelhouse()
+    wheelhouse(image_python(args.base))
     sh(
         docker_cli(),
         "build",
@@ -148,7 +196,9 @@ def cleanup(argv: list[str] | None = None) -> int:
     argparse.ArgumentParser(
         prog="docker-cleanup", description="Remove fetcher images and dangling images"
     ).parse_args(sys.argv[1:] if argv is None else argv)
-    images = sh(docker_cli(), "images", "-q", IMAGE, capture=True).split()
+    images = []
+    for repo in (IMAGE, DEMO_JOB_REPO):
+        images += sh(docker_cli(), "images", "-q", repo, capture=True).split()
     if images:
         sh(docker_cli(), "rmi", "-f", *sorted(set(images)))
     dangling = sh(docker_cli(), "images", "-q", "--filter", "dangling=true", capture=True).split()

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # THE test command (README, CI): installs and starts everything it needs, then lint, types and tests.
 #   scripts/test.sh [pytest args]      e.g. scripts/test.sh -k pipeline
-# Needs root or passwordless sudo on a machine without Docker (it installs docker.io and starts dockerd).
+# Needs root or passwordless sudo on a machine without Docker or Slurm (it installs docker.io, slurm-wlm and
+# munge, and starts dockerd, munged, slurmctld and slurmd itself: no systemd needed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 HERE=$PWD/scripts
@@ -16,6 +17,10 @@ echo "== docker engine, test images, local registry"
 "$HERE/registry.sh" up
 "$DOCKER" tag fetcher-test/busybox:1 127.0.0.1:5000/test/job:1
 "$DOCKER" push -q 127.0.0.1:5000/test/job:1 >/dev/null
+
+echo "== slurm: a single-node cluster with fake GPUs (tests/integration/test_slurm.py)"
+"$HERE/slurm-cluster.sh" up
+SLURM_CONF=$("$HERE/slurm-cluster.sh" conf); export SLURM_CONF
 
 echo "== lint and types"
 poetry run ruff check .

@@ -2,21 +2,39 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import shutil
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from fetcher.job.container import LABEL
+from fetcher.demo import DEMO_DIR, DEMO_JOB_REPO, demo_fetcher_id
+from fetcher.job.container import LABEL, LABEL_ID
 from scripts import docker_tasks
 from tests.helpers import IMAGE, TOKEN, Env, fetcher_id, wait_for
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 BASE = os.environ.get("FETCHER_TEST_PYTHON_IMAGE", "fetcher-test/pycopy:3.11")
 TAG = "decode-fetcher:test"
+DOCKER = "/usr/bin/docker" if os.path.exists("/usr/bin/docker") else "docker"
+# The README's demo command, exactly: the job directories are the same path on the host and inside.
+DEMO_COMMAND = [
+    DOCKER,
+    "run",
+    "--rm",
+    "-v",
+    "/var/run/docker.sock:/var/run/docker.sock",
+    "-v",
+    "/tmp/fetcher-demo:/tmp/fetcher-demo",
+    "decode-fetcher",
+    "demo",
+]
 
 
 @pytest.fixture(scope="module")
@@ -107,6 +125,80 @@ def test_docker_stop_of_the_fetcher_ends_cleanly_within_its_default_grace(
     assert not engine.containers.list(
         all=True, filters={"label": f"{LABEL}.id={fetcher_id('image')}"}
     )
+
+
+def empty_demo_dir(engine: Any, image: str) -> None:
+    """The demo's files belong to root (the fetcher's container wrote them): remove them from a
+    container, so that this works for a test user who is not root too."""
+    if DEMO_DIR.exists():
+        engine.containers.run(
+            image,
+            entrypoint=["sh", "-c", "rm -rf /x/jobs /x/store /x/.demo.lock"],
+            volumes={str(DEMO_DIR): {"bind": "/x", "mode": "rw"}},
+            remove=True,
+        )
+        shutil.rmtree(DEMO_DIR, ignore_errors=True)  # the directory itself, where we may
+
+
+def test_demo_command_runs_the_sample_job_on_the_hosts_engine(
+    engine: Any, fetcher_image: str
+) -> None:
+    # Given the image docker-build made (`decode-fetcher` is its :latest tag; another test run on the
+    # engine may have retagged it meanwhile) and no earlier demo
+    engine.images.get(fetcher_image).tag(docker_tasks.IMAGE, "latest")
+    empty_demo_dir(engine, fetcher_image)
+    before = {i.id for i in engine.images.list(name=DEMO_JOB_REPO)}
+    try:
+        # When a lab admin runs the README's command
+        started = time.monotonic()
+        run = subprocess.run(DEMO_COMMAND, capture_output=True, text=True, timeout=300)
+        elapsed = time.monotonic() - started
+        out = run.stdout + run.stderr
+        # Then the sample job ends finished, and the demo says where its outputs are
+        assert run.returncode == 0, out
+        assert "job 1: finished (exit_code: 0)" in run.stdout, out
+        results = DEMO_DIR / "store/user1/results"
+        assert f"outputs are in {results}:" in run.stdout, out
+        assert "Traceback" not in out
+        # And they are there on the host, at the same path
+        assert (results / "output/model/history.txt").read_text() == "epoch 1\nepoch 2\nepoch 3\n"
+        assert "seed 42" in (results / "log/container.log").read_text()
+        # And nothing of the job is left: no container, no job directory (only the fetcher's state)
+        left = engine.containers.list(
+            all=True, filters={"label": f"{LABEL_ID}={demo_fetcher_id(DEMO_DIR)}"}
+        )
+        assert not left, [c.name for c in left]
+        assert [p.name for p in (DEMO_DIR / "jobs").iterdir()] == [".fetcher"]
+        print(f"demo command: {elapsed:.1f} s")
+    finally:
+        empty_demo_dir(engine, fetcher_image)
+        for image in engine.images.list(name=DEMO_JOB_REPO):
+            if image.id not in before:
+                engine.images.remove(image.id, force=True)
+
+
+def test_a_failed_pip_install_fails_the_image_build(tmp_path: Path, engine: Any) -> None:
+    # Given the Dockerfile with a wheelhouse that lacks what it must install
+    context = tmp_path / "context"
+    (context / "wheelhouse").mkdir(parents=True)
+    shutil.copy(docker_tasks.ROOT / "Dockerfile", context)
+    (context / "wheelhouse/requirements.txt").write_text("decode-fetcher==0.0.0\n")
+    # When the image is built
+    command = [DOCKER, "build", "--force-rm", "--target", "build"]
+    build = subprocess.run(
+        [*command, "--build-arg", f"PYTHON_IMAGE={BASE}", str(context)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    # Then the build fails, with pip's reason
+    out = build.stdout + build.stderr
+    for step in re.findall(r"---> ([0-9a-f]{12})", out):  # the classic builder's untagged steps
+        with contextlib.suppress(Exception):
+            if not engine.images.get(step).tags:
+                engine.images.remove(step)
+    assert build.returncode != 0, out
+    assert "No matching distribution found for decode-fetcher==0.0.0" in out
 
 
 def test_docker_run_stop_and_cleanup_scripts(env: Env, engine: Any, fetcher_image: str) -> None:
