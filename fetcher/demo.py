@@ -197,7 +197,11 @@ def run_demo(workdir: Path | None = None) -> int:
             job = state.submit(
                 SubmittedJob(
                     job=demo_job(image, param),
-                    paths_upload=PathsUploadSpecs(output=str(out / "output"), log=str(out / "log")),
+                    paths_upload=PathsUploadSpecs(
+                        output=str(out / "output"),
+                        log=str(out / "log"),
+                        artifact=str(out / "artifact"),
+                    ),
                 )
             )
             log.info(
@@ -228,20 +232,17 @@ def run_demo(workdir: Path | None = None) -> int:
 
 
 def demo_job(image: str, param: Path) -> JobSpecs:
-    """A small DECODE-like job: reads its config from /files, writes outputs and a log."""
+    """A small job shaped like DECODE's training: it finds its config under /files, and writes into
+    /files/model and /files/output, which it does not create (the fetcher does, as upstream)."""
     return JobSpecs(
         app=AppSpecs(
             cmd=[
-                "cd /files",
-                "&&",
-                "mkdir -p output/model log",
-                "&&",
                 "echo \"training with $(cat $(find /files/config -name '*.yaml' | head -n 1) | wc -l) settings,"
                 ' seed $DECODE_SEED"',
                 "&&",
-                "for e in 1 2 3; do echo epoch $e; done > output/model/history.txt",
+                "for e in 1 2 3; do echo epoch $e; done > /files/model/history.txt",
                 "&&",
-                "date > output/finished_at.txt",
+                "date > /files/output/finished_at.txt",
                 "&&",
                 "echo demo job done",
             ],
@@ -250,7 +251,7 @@ def demo_job(image: str, param: Path) -> JobSpecs:
         handler=HandlerSpecs(
             image_url=image,
             files_down={"config/param.yaml": str(param)},
-            files_up={"output": "output", "log": "log"},
+            files_up={"output": "output", "log": "log", "artifact": "model"},
         ),
         hardware=HardwareSpecs(cpu_cores=1, memory=256),
     )

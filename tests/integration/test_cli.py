@@ -28,7 +28,7 @@ def test_demo_runs_a_job_to_finished(
 ) -> None:
     assert main(["demo", "--workdir", str(tmp_path / "demo")]) == 0
     out = capsys.readouterr().out
-    assert "finished (exit_code: 0)" in out and "output/model/history.txt" in out
+    assert "finished (exit_code: 0)" in out and "artifact/model/history.txt" in out
 
 
 @pytest.mark.docker
