@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 CHUNK = 1024 * 1024
 MAX_DETAILS_QUOTED = 6000  # runtime_details travels in the query string; keep the URL under 8 KB
 FIRST_LINE_MAX = 1000
+SERVED_500_LIMIT = 3  # 500s in a row from the API's own download URL make a file the job's error
 Progress = Callable[[int, int | None], None]
 
 
@@ -272,6 +273,9 @@ class WorkerApi:
         except (ValueError, ValidationError):
             raise BadResponse(f"{what}: the API's file request is malformed") from None
 
+    def _is_own(self, url: str) -> bool:
+        return self._origin is not None and origin(url) == self._origin
+
     def _headers_for(self, req: FileHTTPRequest) -> dict[str, str]:
         """The headers to perform `req` with: as the server gave them, plus our bearer token when the
         URL is the API's own origin however API_URL is spelled (see `origin`), and never for another
@@ -279,7 +283,7 @@ class WorkerApi:
         caller's `authorization` header: that one is replaced by ours (current, e.g. after a
         refresh), so that exactly one Authorization header is sent."""
         headers = dict(req.headers)
-        if self._origin is not None and origin(req.url) == self._origin:
+        if self._is_own(req.url):
             headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
             headers = self._authed(headers)
         return headers
@@ -301,15 +305,33 @@ class WorkerApi:
         if ".." in file_id.split("/"):
             raise TransferError(f"file id {file_id!r} contains '..'")
         what = f"download {file_id}"
+        refusals: list[str] = []  # the API answered, its own download URL then failed with 500
 
         def attempt() -> int:
             out.seek(0)
             out.truncate()
             resp = self._send_api("GET", f"/files/{quote(file_id, safe='/:')}/url", what=what)
             req = self._file_request(resp, what)
-            data = self.http.send(
-                req.method.upper(), req.url, what=what, headers=self._headers_for(req), stream=True
-            )
+            try:
+                data = self.http.send(
+                    req.method.upper(),
+                    req.url,
+                    what=what,
+                    headers=self._headers_for(req),
+                    stream=True,
+                )
+            except Transient as exc:
+                # The server's own download of a file id it cannot send (a directory, say) fails
+                # with 500 while the API itself answers: retrying never cures that.
+                if exc.status_code == 500 and self._is_own(req.url):
+                    refusals.append(str(exc))
+                    if len(refusals) >= SERVED_500_LIMIT:
+                        raise TransferError(
+                            f"the server fails to send this file ({exc}, {len(refusals)} times"
+                            " while the API answers)"
+                        ) from None
+                raise
+            refusals.clear()
             total = _content_length(data)
             done = 0
             try:

@@ -614,3 +614,31 @@ def test_a_single_try_is_made_with_retry_s_zero(rsps: responses.RequestsMock) ->
     with pytest.raises(ApiUnavailable):
         make_api(retry_s=30).put_status("3", JobStatus.finished, retry_s=0)
     assert len(rsps.calls) == 1
+
+
+def test_a_file_the_api_fails_to_send_is_a_transfer_error_after_a_few_tries(
+    rsps: responses.RequestsMock, tmp_path: Path
+) -> None:
+    # Given a file id the server lists but cannot send (a directory: 200 on /url, 500 on download)
+    url = {"method": "get", "url": f"{API}/files/d/download", "headers": {}, "data": {}}
+    for _ in range(3):
+        rsps.get(f"{API}/files/d/url", json=url)
+        rsps.get(f"{API}/files/d/download", status=500, body="Internal Server Error")
+    # Then it is the input's problem after three tries, not an outage to ride out for 15 minutes
+    with pytest.raises(TransferError, match="fails to send this file"):
+        download_to(make_api(retry_s=60), "d", tmp_path / "d")
+    assert len(rsps.calls) == 6
+
+
+def test_an_s3_500_is_retried_as_a_transient_failure(
+    rsps: responses.RequestsMock, tmp_path: Path
+) -> None:
+    s3 = "https://bucket.s3.test/k?X-Amz-Signature=sig"
+    url = {"method": "get", "url": s3, "headers": {}, "data": {}}
+    for _ in range(4):
+        rsps.get(f"{API}/files/k/url", json=url)
+        rsps.get(s3, status=500, body="InternalError")
+    rsps.get(f"{API}/files/k/url", json=url)
+    rsps.get(s3, body=b"finally")
+    download_to(make_api(retry_s=60), "k", tmp_path / "k")
+    assert (tmp_path / "k").read_bytes() == b"finally"
