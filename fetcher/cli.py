@@ -1,4 +1,4 @@
-"""The commands: `run` (the daemon), `check` (doctor), `info` (resources), `demo`, `health`."""
+"""The commands: `run` (the daemon), `check` (doctor), `info` (resources), `status`, `health`, `demo`."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from fetcher.daemon import build_daemon
 
     settings = _settings(args)
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format)
     daemon = build_daemon(settings, exit_when_idle=args.exit_when_idle, max_jobs=args.max_jobs)
     daemon.install_signal_handlers()  # before run: crash recovery can be interrupted too
     return daemon.run()
@@ -81,6 +81,17 @@ def cmd_health(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    from fetcher.status import main, path_base_from_environment
+
+    path_base = (
+        Path(args.path_base) if args.path_base else path_base_from_environment(args.env_file)
+    )
+    if path_base is None:
+        raise ConfigError("PATH_BASE: missing (set it, or pass --path-base)")
+    return main(path_base, args.json)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from fetcher.demo import run_demo
 
@@ -111,6 +122,13 @@ def parser() -> argparse.ArgumentParser:
         sp.add_argument(
             "--env-file", default=None, help="read settings from this file instead of ./.env"
         )
+    status = sub.add_parser(
+        "status", help="what the fetcher runs now, free resources, pending statuses, errors"
+    )
+    status.add_argument("--json", action="store_true", help="print one JSON object")
+    status.add_argument("--path-base", default=None, help="default: PATH_BASE (environment, .env)")
+    status.add_argument("--env-file", default=None, help="read PATH_BASE from this file")
+    status.set_defaults(fn=cmd_status)
     demo = sub.add_parser(
         "demo", help="run one sample job end to end against an in-process mock API"
     )

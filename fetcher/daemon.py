@@ -4,21 +4,28 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import os
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 import docker
 
+from fetcher import __version__
 from fetcher.api.client import WorkerApi
 from fetcher.delivery import Deliverer
-from fetcher.errors import ConfigError, InvalidJobSpec
+from fetcher.errors import ApiError, ConfigError, InvalidJobSpec
+from fetcher.image_ledger import LEDGER_FILE, ImageLedger
+from fetcher.images import gb_to_bytes, prune_images
 from fetcher.job.container import Limits
 from fetcher.job.keepalive import Cancel
 from fetcher.job.pipeline import JobDeps, Resume, process_job
+from fetcher.logs import RecentErrors
+from fetcher.metrics import Metrics, api_outcome, settings_for_info
 from fetcher.models import ClaimOffer, ClaimResult, JobSpecs, JobStatus
 from fetcher.recovery import recover
 from fetcher.resources import Allocation, Host, ResourcePool, detect_gpus, detect_host
@@ -36,17 +43,32 @@ CLAIM_RETRY_S = 5.0  # the loop has its own backoff between claims
 class ApiJobSource:
     """The worker-facing API and the fetcher's durable state, as the loop needs them."""
 
-    def __init__(self, deps: JobDeps, heartbeat: Path) -> None:
+    def __init__(
+        self, deps: JobDeps, pool: ResourcePool, heartbeat: Path, errors: RecentErrors
+    ) -> None:
         self.deps = deps
+        self.pool = pool
         self.heartbeat = heartbeat
+        self.errors = errors
+        self.api_problem: str | None = None
+        self.last_claim: float | None = None
 
     def recover(self, stop: threading.Event) -> list[Adoption]:
         return recover(self.deps, stop)
 
     def claim(self, offer: ClaimOffer, stop: threading.Event) -> ClaimResult:
-        return self.deps.api.claim_jobs(offer, retry_s=CLAIM_RETRY_S, interrupt=stop)
+        try:
+            result = self.deps.api.claim_jobs(offer, retry_s=CLAIM_RETRY_S, interrupt=stop)
+        except ApiError as exc:
+            self.api_problem = str(exc)
+            raise
+        self.api_problem = None
+        self.last_claim = time.time()
+        self.deps.metrics.claim_succeeded()
+        return result
 
     def accept(self, job_id: str, spec: JobSpecs, alloc: Allocation) -> None:
+        self.deps.metrics.job_claimed()
         replaced = self.deps.store.claimed(
             job_id,
             spec.model_dump(mode="json"),
@@ -65,15 +87,45 @@ class ApiJobSource:
 
     def reject(self, invalid: InvalidJobSpec) -> None:
         log.error("%s", invalid)
+        self.deps.metrics.job_claimed()
+        self.deps.metrics.job_ended("error", "invalid_spec")
         self.deps.deliverer.submit(
             invalid.job_id, JobStatus.error, f"invalid job spec: {invalid.field}: {invalid.problem}"
         )
 
     def hand_back(self, job_id: str, reason: str) -> None:
+        self.deps.metrics.job_claimed()
+        self.deps.metrics.job_ended("handed_back", "worker")
         self.deps.deliverer.submit(job_id, JobStatus.queued, f"handed back by the worker: {reason}")
 
     def housekeeping(self, running: int) -> None:
         self.heartbeat.touch()
+        snap = self.pool.snapshot()
+        pending = self.deps.deliverer.pending()
+        m = self.deps.metrics
+        m.set_slots(snap.busy, snap.slots)
+        m.set_gpus(len(snap.gpus) - len(snap.free_gpus), len(snap.gpus))
+        m.set_outbox(len(pending))
+        self.deps.store.set_meta(
+            "daemon",
+            {
+                "pid": os.getpid(),
+                "fetcher_id": self.deps.fetcher_id,
+                "version": __version__,
+                "updated": time.time(),
+                "slots": {"busy": snap.busy, "total": snap.slots},
+                "free": {
+                    "cpu_cores": snap.free_cpu_cores,
+                    "memory_mb": snap.free_memory_mb,
+                    "gpus": snap.free_gpus,
+                },
+                "gpus": snap.gpus,
+                "reports_pending": pending,
+                "api_problem": self.api_problem,
+                "last_claim": self.last_claim,
+                "errors": self.errors.lines(),
+            },
+        )
 
     def api_reachable(self) -> None:
         self.deps.deliverer.retry_now()
@@ -110,6 +162,7 @@ class Daemon:
     deps: JobDeps
     host: Host
     lock: IO[str]
+    errors: RecentErrors
 
     def install_signal_handlers(self) -> SignalRelay:
         """From the main thread, before `run` (so that recovery can be interrupted too)."""
@@ -119,13 +172,74 @@ class Daemon:
         return self.deps.deliverer.pending()
 
     def run(self) -> int:
+        s = self.deps.settings
+        logging.getLogger().addHandler(self.errors)
+        if s.metrics_port is not None:
+            port = self.deps.metrics.serve(s.metrics_port, s.metrics_host)
+            log.info("worker: metrics on http://%s:%d/metrics", s.metrics_host, port)
         self.deps.deliverer.start()
+        pruner = ImagePruner(self.deps, self.worker.stop_event).start()
         try:
             return self.worker.run()
         finally:
+            pruner.stop()
             self.deps.deliverer.stop(flush_s=10.0)
+            self.deps.metrics.close()
             self.deps.store.close()
+            logging.getLogger().removeHandler(self.errors)
             self.lock.close()
+
+
+class ImagePruner:
+    """Every IMAGE_PRUNE_INTERVAL_S, in a thread of its own: remove the job images the policy
+    (IMAGE_KEEP_DAYS, IMAGE_CACHE_MAX_GB) lets go, never one in use or about to be."""
+
+    def __init__(self, deps: JobDeps, stop: threading.Event) -> None:
+        self.deps = deps
+        self.stop_event = stop
+        self._halt = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="pruner", daemon=True)
+
+    def start(self) -> ImagePruner:
+        s = self.deps.settings
+        if self.deps.images is not None and (s.image_keep_days or s.image_cache_max_gb):
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._halt.set()
+        if self._thread.is_alive():
+            self._thread.join(30)
+
+    def prune_once(self) -> list[str]:
+        s, ledger = self.deps.settings, self.deps.images
+        if ledger is None:
+            return []
+        starting = [
+            str((r.spec or {}).get("handler", {}).get("image_url", ""))
+            for r in self.deps.store.jobs()
+            if r.phase == "claimed"
+        ]
+        gone = prune_images(
+            self.deps.docker,
+            ledger.snapshot(),
+            keep_days=s.image_keep_days,
+            max_total_bytes=gb_to_bytes(s.image_cache_max_gb),
+            keep_refs=[ref for ref in starting if ref],
+            metrics=self.deps.metrics,
+        )
+        ledger.forget(gone)
+        return gone
+
+    def _run(self) -> None:
+        interval = self.deps.settings.image_prune_interval_s
+        while not self._halt.is_set() and not self.stop_event.is_set():
+            try:
+                self.prune_once()
+            except Exception:
+                log.exception("images: pruning failed; trying again later")
+            if self._halt.wait(interval):
+                return
 
 
 def connect_docker() -> Any:
@@ -150,14 +264,27 @@ def build_daemon(
     if not settings.path_base.is_dir():
         raise ConfigError(f"PATH_BASE: {settings.path_base} is not a directory")
     lock = state_lock(settings.state_dir)
+    stop, force = threading.Event(), threading.Event()
     try:
         client = docker_client or connect_docker()
-        api = WorkerApi.from_settings(settings)
+        api = WorkerApi.from_settings(settings, stop=force)
         store = JobStore(settings.state_dir / STORE)
     except BaseException:
         lock.close()
         raise
-    deps = JobDeps(settings, api, client, store, Deliverer(store, api), fetcher_identity(settings))
+    metrics = Metrics()
+    metrics.set_info(__version__, settings_for_info(settings))
+    api.http.observe = observer(metrics)
+    deps = JobDeps(
+        settings,
+        api,
+        client,
+        store,
+        Deliverer(store, api),
+        fetcher_identity(settings),
+        metrics=metrics,
+        images=ImageLedger(settings.state_dir / LEDGER_FILE),
+    )
     host = detect_host(client.info(), settings, detect_gpus(nvml))
     pool = ResourcePool.from_settings(host, settings)
     log.info(
@@ -181,7 +308,8 @@ def build_daemon(
             resume=resume if isinstance(resume, Resume) else None,
         )
 
-    source = ApiJobSource(deps, settings.state_dir / HEARTBEAT)
+    errors = RecentErrors()
+    source = ApiJobSource(deps, pool, settings.state_dir / HEARTBEAT, errors)
     options = LoopOptions(
         poll_interval_s=settings.poll_interval_s,
         groups=tuple(settings.group_list),
@@ -192,7 +320,19 @@ def build_daemon(
         max_backoff_s=settings.api_backoff_max_s,
         force_grace_s=settings.stop_grace_s + 30,
     )
-    return Daemon(Worker(source, pool, execute, options), deps, host, lock)
+    worker = Worker(source, pool, execute, options, stop_event=stop, force_event=force)
+    return Daemon(worker, deps, host, lock, errors)
+
+
+def observer(metrics: Metrics) -> Callable[[str, BaseException | None, int], None]:
+    """What the HTTP helper tells of each named call, as metrics."""
+
+    def observe(name: str, failure: BaseException | None, retries: int) -> None:
+        metrics.api_call(name, api_outcome(failure))
+        for _ in range(retries):
+            metrics.api_retry(name)
+
+    return observe
 
 
 def heartbeat_age_s(settings: Settings) -> float | None:

@@ -94,3 +94,23 @@ def setup_logging(level: str = "INFO", fmt: LogFormat = "text") -> None:
     root.setLevel(level)
     for noisy in ("urllib3", "docker", "uvicorn.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+class RecentErrors(logging.Handler):
+    """The last few ERROR lines of this process (redacted), for `fetcher status`."""
+
+    def __init__(self, keep: int = 10) -> None:
+        super().__init__(logging.ERROR)
+        self.keep = keep
+        self._lines: list[tuple[float, str]] = []
+        self._guard = threading.Lock()
+        self.addFilter(RedactingFilter())
+
+    def emit(self, record: logging.LogRecord) -> None:
+        line = record.getMessage().splitlines()[0] if record.getMessage() else ""
+        with self._guard:
+            self._lines = [*self._lines, (record.created, line[:300])][-self.keep :]
+
+    def lines(self) -> list[tuple[float, str]]:
+        with self._guard:
+            return list(self._lines)

@@ -178,6 +178,18 @@ class Allocation:
     gpus: list[Gpu] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class PoolSnapshot:
+    """What is held and what is free, at one moment (for metrics and `fetcher status`)."""
+
+    slots: int
+    busy: int
+    free_cpu_cores: int
+    free_memory_mb: int
+    gpus: list[str]  # "index:model:uuid" of every GPU this fetcher uses
+    free_gpus: list[str]
+
+
 class ResourcePool:
     """Slots and shares: each running job holds its cores, memory and GPU until released."""
 
@@ -267,6 +279,23 @@ class ResourcePool:
             alloc = Allocation(job_id, cpu_cores, memory_mb, gpus)
             self.held[job_id] = alloc
             return alloc
+
+    def snapshot(self) -> PoolSnapshot:
+        with self._lock:
+            cpu, mem, free = self._free()
+            held = len(self.held)
+
+        def name(g: Gpu) -> str:
+            return f"{g.index}:{g.model}:{g.uuid}"
+
+        return PoolSnapshot(
+            self.max_jobs,
+            held,
+            cpu,
+            mem,
+            [name(g) for g in self.host.gpus],
+            [name(g) for g in free],
+        )
 
     def release(self, job_id: str) -> None:
         with self._lock:

@@ -140,13 +140,16 @@ class Worker:
         pool: ResourcePool,
         execute: Execute,
         options: LoopOptions,
+        *,
+        stop_event: threading.Event | None = None,
+        force_event: threading.Event | None = None,
     ) -> None:
         self.source = source
         self.pool = pool
         self.execute = execute
         self.options = options
-        self.stop_event = threading.Event()  # an operator asked to stop (or a test)
-        self.force_event = threading.Event()  # running jobs are being stopped
+        self.stop_event = stop_event or threading.Event()  # an operator asked to stop
+        self.force_event = force_event or threading.Event()  # running jobs are being stopped
         self.signals = 0
         self.claimed = 0
         self.claiming = True  # False once --exit-when-idle or --max-jobs ends claiming

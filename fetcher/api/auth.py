@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from fetcher.api.http import Http
-from fetcher.errors import ApiRejected, AuthError, BadResponse
+from fetcher.errors import ApiRejected, AuthError, BadResponse, Interrupted
 from fetcher.logs import register_secret
 
 log = logging.getLogger(__name__)
@@ -57,8 +57,10 @@ class CognitoLogin:
         endpoint: str | None = None,
         refresh_margin_s: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
+        stop: threading.Event | None = None,
     ) -> None:
         register_secret(password)
+        self._stop = stop or threading.Event()  # ends a login's waits (the daemon stops jobs)
         self._http = http
         self._api_url = api_url
         self._username = username
@@ -73,21 +75,29 @@ class CognitoLogin:
         self._refresh_at = 0.0
 
     def token(self) -> str:
-        with self._lock:
-            now = self._clock()
-            if self._id_token is None or now >= self._refresh_at:
-                if self._id_token is not None and self._refresh_token is not None:
-                    try:
-                        self._initiate("REFRESH_TOKEN_AUTH", {"REFRESH_TOKEN": self._refresh_token})
-                    except AuthError:
-                        log.info(
-                            "auth: token refresh refused, logging in again as %s", self._username
-                        )
-                        self._login()
-                else:
+        """The current token, logging in or refreshing first when due. One login at a time; a
+        thread waiting for another's login, and the login's own retries, stop at `stop`.
+        Raises AuthError, ApiUnavailable, BadResponse, Interrupted."""
+        while not self._lock.acquire(timeout=0.2):
+            if self._stop.is_set():
+                raise Interrupted("auth: the fetcher is stopping")
+        try:
+            return self._current()
+        finally:
+            self._lock.release()
+
+    def _current(self) -> str:
+        if self._id_token is None or self._clock() >= self._refresh_at:
+            if self._id_token is not None and self._refresh_token is not None:
+                try:
+                    self._initiate("REFRESH_TOKEN_AUTH", {"REFRESH_TOKEN": self._refresh_token})
+                except AuthError:
+                    log.info("auth: token refresh refused, logging in again as %s", self._username)
                     self._login()
-            assert self._id_token is not None
-            return self._id_token
+            else:
+                self._login()
+        assert self._id_token is not None
+        return self._id_token
 
     def renew(self) -> bool:
         with self._lock:
@@ -106,6 +116,8 @@ class CognitoLogin:
             resp = self._http.call(
                 lambda: self._http.send("GET", f"{self._api_url}/access_info", what="access_info"),
                 "access_info",
+                name="access_info",
+                interrupt=self._stop,
             )
             try:
                 cognito = resp.json()["cognito"]
@@ -127,6 +139,8 @@ class CognitoLogin:
                     "POST", endpoint, what="cognito login", headers=headers, data=_json(body)
                 ),
                 "cognito login",
+                name="login",
+                interrupt=self._stop,
             )
         except ApiRejected as exc:
             # Cognito answers 400 {"__type": "NotAuthorizedException", "message": ...} for bad credentials

@@ -108,7 +108,8 @@ class WorkerApi:
         self.http = http
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> WorkerApi:
+    def from_settings(cls, settings: Settings, *, stop: threading.Event | None = None) -> WorkerApi:
+        """The client the settings describe; `stop` ends a login's waits (see CognitoLogin)."""
         http = Http(
             connect_timeout_s=settings.http_connect_timeout_s,
             read_timeout_s=settings.http_read_timeout_s,
@@ -130,6 +131,7 @@ class WorkerApi:
                 settings.username,
                 settings.password.get_secret_value(),
                 endpoint=settings.cognito_endpoint,
+                stop=stop,
             )
         return cls(settings.api_url, tokens, http)
 
@@ -161,6 +163,7 @@ class WorkerApi:
         what: str,
         interrupt: threading.Event | None = None,
         retry_s: float | None = None,
+        name: str | None = None,
         **kw: Any,
     ) -> requests.Response:
         """An authenticated call of the API: retries transient failures, logs in again once on 401."""
@@ -170,6 +173,7 @@ class WorkerApi:
                 what,
                 retry_s=retry_s,
                 interrupt=interrupt,
+                name=name,
             ),
             what,
         )
@@ -193,6 +197,7 @@ class WorkerApi:
             "GET",
             "/jobs",
             what="claim jobs",
+            name="claim",
             params=offer.to_query(),
             interrupt=interrupt,
             retry_s=retry_s,
@@ -236,6 +241,7 @@ class WorkerApi:
             "PUT",
             f"/jobs/{quote(job_id, safe='')}/status",
             what=f"status {status.value}",
+            name="status",
             expected=(204, 200),
             params=params,
             job_id=job_id,
@@ -255,6 +261,7 @@ class WorkerApi:
             "GET",
             f"/jobs/{quote(job_id, safe='')}/status",
             what="get status",
+            name="status",
             job_id=job_id,
             retry_s=retry_s,
             interrupt=interrupt,
@@ -356,7 +363,7 @@ class WorkerApi:
             out.flush()
             return done
 
-        return self._retry_transfer(attempt, what, interrupt, retry_s)
+        return self._retry_transfer(attempt, what, interrupt, retry_s, "download")
 
     def upload_file(
         self,
@@ -409,7 +416,7 @@ class WorkerApi:
             ).close()
             return size
 
-        return self._retry_transfer(attempt, what, interrupt, retry_s)
+        return self._retry_transfer(attempt, what, interrupt, retry_s, "upload")
 
     def _retry_transfer(
         self,
@@ -417,11 +424,15 @@ class WorkerApi:
         what: str,
         interrupt: threading.Event | None,
         retry_s: float | None,
+        name: str,
     ) -> int:
         """Retry a whole transfer; a refusal (missing, forbidden, malformed) becomes TransferError."""
         try:
             return self._relogin_once(  # type: ignore[no-any-return]
-                lambda: self.http.call(attempt, what, interrupt=interrupt, retry_s=retry_s), what
+                lambda: self.http.call(
+                    attempt, what, interrupt=interrupt, retry_s=retry_s, name=name
+                ),
+                what,
             )
         except (ApiRejected, BadResponse) as exc:
             raise TransferError(str(exc)) from None

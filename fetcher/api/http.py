@@ -135,6 +135,8 @@ class Http:
             session.mount("https://", adapter)
         self.session = session
         self.session.headers["User-Agent"] = f"decode-fetcher/{__version__}"
+        # told of each named call's end: (name, the exception it ended with or None, retries)
+        self.observe: Callable[[str, BaseException | None, int], None] | None = None
 
     def retrying(
         self, what: str, *, retry_s: float | None = None, interrupt: threading.Event | None = None
@@ -175,24 +177,34 @@ class Http:
         *,
         retry_s: float | None = None,
         interrupt: threading.Event | None = None,
+        name: str | None = None,
     ) -> Any:
         """Run `op` under the retry policy; Transient failures that outlive it become ApiUnavailable.
-        `retry_s=0` makes exactly one try."""
+        `retry_s=0` makes exactly one try. `name` (a short fixed call name) is what `observe`
+        reports the call's outcome and retries under."""
         started = time.monotonic()
         attempts = 0
+        failure: BaseException | None = None
         try:
             for attempt in self.retrying(what, retry_s=retry_s, interrupt=interrupt):
                 with attempt:
                     attempts += 1
                     if interrupt is not None and interrupt.is_set():
-                        raise Interrupted(f"{what}: interrupted")
+                        raise Interrupted(f"{what}: interrupted")  # noqa: TRY301
                     return op()
         except Transient as exc:
-            raise ApiUnavailable(
+            failure = ApiUnavailable(
                 f"{what}: {exc} (gave up after {attempts} tries in {time.monotonic() - started:.0f} s)",
                 exc.status_code,
-            ) from None
-        raise AssertionError("unreachable")  # pragma: no cover
+            )
+        except BaseException as exc:
+            failure = exc
+            raise
+        finally:
+            if self.observe is not None and name is not None:
+                self.observe(name, failure, max(attempts - 1, 0))
+        assert failure is not None  # only a Transient that outlived the retries gets here
+        raise failure from None
 
     def send(
         self,

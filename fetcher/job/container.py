@@ -242,13 +242,10 @@ class JobContainer:
         cancel: Cancel | None = None,
         created: Callable[[str], None] | None = None,
     ) -> None:
-        """Pull (per policy), create and start the container; `created` is told its id before it
-        starts. Raises ContainerError (the job's: image, command), WorkerTrouble (this box's:
-        engine, GPU runtime, mount), Interrupted."""
+        """Create and start the container (its image present: see `pull`); `created` is told its
+        id before it starts. Raises ContainerError (the job's: image, command), WorkerTrouble
+        (this box's: engine, GPU runtime, mount), Interrupted."""
         cancel = cancel or Cancel()
-        ensure_image(
-            self.client, spec.handler.image_url, self.options.pull_policy, self.job_id, cancel
-        )
         if cancel.is_set():
             raise Interrupted(cancel.reason or "cancelled")
         try:
@@ -277,6 +274,10 @@ class JobContainer:
             self.container.short_id,
             f"GPUs {','.join(gpu_uuids)}" if gpu_uuids else "no GPU",
         )
+
+    def pull(self, image: str, cancel: Cancel | None = None) -> None:
+        """The job's image, per the pull policy. Raises ContainerError, WorkerTrouble, Interrupted."""
+        ensure_image(self.client, image, self.options.pull_policy, self.job_id, cancel)
 
     def _start_error(self, verb: str, exc: docker.errors.APIError) -> Exception:
         message = f"container could not be {verb}: {docker_message(exc)}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,10 +24,12 @@ from fetcher.errors import (
     JobGone,
     WorkerTrouble,
 )
+from fetcher.image_ledger import ImageLedger
 from fetcher.job.container import ContainerOptions, JobContainer, Limits, RunResult
 from fetcher.job.keepalive import GONE, SHUTDOWN, Cancel, KeepAlive
 from fetcher.job.transfer import download_inputs, upload_outputs
 from fetcher.job.workspace import Layout, Workspace, plan_layout
+from fetcher.metrics import Metrics, failure_reason
 from fetcher.models import JobSpecs, JobStatus
 from fetcher.settings import Settings
 from fetcher.store import JobStore, StoreError
@@ -44,6 +47,7 @@ STATUS_OF = {FINISHED: JobStatus.finished, ERROR: JobStatus.error, HANDED_BACK: 
 class Outcome:
     kind: str  # finished | error | handed_back | gone
     details: str
+    reason: str = ""  # for an error: its class (metrics.FAILURE_REASONS)
 
     @property
     def status(self) -> JobStatus | None:
@@ -61,6 +65,8 @@ class JobDeps:
     store: JobStore
     deliverer: Deliverer
     fetcher_id: str
+    metrics: Metrics = field(default_factory=Metrics)
+    images: ImageLedger | None = None  # the job images used, for pruning
     container_options: ContainerOptions = field(init=False)
 
     def __post_init__(self) -> None:
@@ -112,6 +118,7 @@ class JobRun:
         self.log_file = s.state_dir / "logs" / f"{job_id}.log"
         self.layout: Layout | None = None
         self.result: RunResult | None = None
+        self.metric_stage: str | None = None  # download, pull, run, upload: the one under way
 
     def stage(self, name: str) -> None:
         try:
@@ -125,6 +132,17 @@ class JobRun:
             self.deps.store.started(self.job_id, container_id)
         except StoreError as exc:
             log.warning("job %s: could not note its container: %s", self.job_id, exc)
+
+    @contextlib.contextmanager
+    def timed(self, stage: str) -> Iterator[None]:
+        """A stage timed in the metrics (fetcher_stage_seconds) and named for failure reasons."""
+        self.metric_stage = stage
+        with self.deps.metrics.stage(stage):
+            yield
+        self.metric_stage = None
+
+    def counted(self, direction: str) -> Callable[[int], None]:
+        return lambda nbytes: self.deps.metrics.transferred(direction, nbytes)
 
     def check_cancel(self) -> None:
         if self.cancel.is_set():
@@ -162,15 +180,22 @@ def run_steps(run: JobRun, resume: Resume | None) -> Outcome:
         run.stage("preparing")
         run.ws.create(run.layout)
         run.stage("downloading")
-        download_inputs(
-            run.deps.api,
-            run.job_id,
-            run.layout,
-            run.ws,
-            cancel=run.cancel.event,
-            workers=s.download_workers,
-        )
+        with run.timed("download"):
+            download_inputs(
+                run.deps.api,
+                run.job_id,
+                run.layout,
+                run.ws,
+                cancel=run.cancel.event,
+                workers=s.download_workers,
+                counted=run.counted("down"),
+            )
         run.check_cancel()
+        run.stage("pulling")
+        with run.timed("pull"):
+            run.container.pull(run.spec.handler.image_url, run.cancel)
+        if run.deps.images is not None:
+            run.deps.images.used(run.spec.handler.image_url)
         run.stage("starting")
         run.container.start(
             run.spec,
@@ -185,26 +210,30 @@ def run_steps(run: JobRun, resume: Resume | None) -> Outcome:
     run.stage("running")
     run.keepalive.set_status(JobStatus.running)
     run.container.follow_logs(run.log_file)
-    run.result = run.container.wait(run.cancel, s.job_time_limit_s)
+    with run.timed("run"):
+        run.result = run.container.wait(run.cancel, s.job_time_limit_s)
     run.check_cancel()
     run.stage("uploading")
     run.keepalive.set_status(JobStatus.postprocessing)
-    upload_outputs(
-        run.deps.api,
-        run.job_id,
-        run.layout,
-        run.ws,
-        container_log=run.log_file,
-        cancel=run.cancel.event,
-        workers=s.download_workers,
-    )
+    with run.timed("upload"):
+        upload_outputs(
+            run.deps.api,
+            run.job_id,
+            run.layout,
+            run.ws,
+            container_log=run.log_file,
+            cancel=run.cancel.event,
+            workers=s.download_workers,
+            counted=run.counted("up"),
+        )
     return outcome_of(run.result)
 
 
 def outcome_of(result: RunResult) -> Outcome:
     if result.exit_code == 0 and not result.ended_by:
         return Outcome(FINISHED, "exit_code: 0")
-    return Outcome(ERROR, result.describe())
+    reason = "oom" if result.oom_killed else "time_limit" if result.ended_by else "exit_code"
+    return Outcome(ERROR, result.describe(), reason)
 
 
 def classify(exc: Exception, run: JobRun) -> Outcome:
@@ -213,14 +242,15 @@ def classify(exc: Exception, run: JobRun) -> Outcome:
     cancel = run.cancel
     if cancel.kind == GONE or isinstance(exc, JobGone):
         return Outcome(GONE_OUTCOME, cancel.reason or str(exc))
+    reason = failure_reason(exc, run.metric_stage)
     if isinstance(exc, InvalidJobSpec):
         log.error("%s", exc)
-        return failed(f"invalid job spec: {exc.field}: {exc.problem}", run.result)
+        return failed(f"invalid job spec: {exc.field}: {exc.problem}", run.result, reason)
     if cancel.kind == SHUTDOWN and isinstance(exc, Interrupted | ApiError | JobError):
         return worker_trouble(run, f"the worker stopped: {cancel.reason}")
     if isinstance(exc, JobError):
         log.error("job %s: %s", run.job_id, exc)
-        return failed(str(exc).removeprefix(f"job {run.job_id}: "), run.result)
+        return failed(str(exc).removeprefix(f"job {run.job_id}: "), run.result, reason)
     if isinstance(exc, WorkerTrouble | ApiError | OSError | StoreError | Interrupted):
         return worker_trouble(run, str(exc).removeprefix(f"job {run.job_id}: "))
     log.exception("job %s: unexpected failure", run.job_id)
@@ -231,21 +261,22 @@ def worker_trouble(run: JobRun, reason: str) -> Outcome:
     """The worker, not the job, failed: hand the job back (or `error`, by ON_WORKER_FAILURE)."""
     log.error("job %s: %s", run.job_id, reason)
     if run.deps.settings.on_worker_failure == "error":
-        return failed(f"worker failure: {reason}", run.result)
-    return Outcome(HANDED_BACK, f"handed back by the worker: {reason}")
+        return failed(f"worker failure: {reason}", run.result, "worker")
+    return Outcome(HANDED_BACK, f"handed back by the worker: {reason}", "worker")
 
 
-def failed(reason: str, result: RunResult | None) -> Outcome:
+def failed(reason: str, result: RunResult | None, kind: str = "other") -> Outcome:
     """An error after the container ended still starts with how it ended (then the reason)."""
     if result is None:
-        return Outcome(ERROR, reason)
+        return Outcome(ERROR, reason, kind)
     tail = f"\n{result.log_tail}" if result.log_tail else ""
-    return Outcome(ERROR, f"{result.first_line()}\n{reason}{tail}")
+    return Outcome(ERROR, f"{result.first_line()}\n{reason}{tail}", kind)
 
 
 def report(deps: JobDeps, job_id: str, outcome: Outcome) -> None:
     """Hand the outcome to the deliverer (kept on disk until it is delivered, exactly once)."""
     first_line = outcome.details.splitlines()[0] if outcome.details else ""
+    deps.metrics.job_ended(outcome.kind, outcome.reason)
     status = outcome.status
     if status is None:
         log.info("job %s: dropped: %s", job_id, first_line)

@@ -88,6 +88,27 @@ def test_image_has_no_build_tools_and_shows_its_version(engine: Any, fetcher_ima
     assert "fetcher" in listing and "poetry" not in listing and "gcc" not in listing
 
 
+def test_fetcher_status_in_the_image_shows_the_running_job(
+    env: Env, fetcher_container: Any
+) -> None:
+    import json
+
+    job = env.submit(["sleep 6"], files_up={})
+    wait_for(lambda: job.status.value == "running", 60, "the job running")
+    time.sleep(1.5)
+    # When a lab admin asks the fetcher's container what it is doing
+    code, out = fetcher_container.exec_run(["fetcher", "status", "--json"])
+    assert code == 0, out.decode()
+    info = json.loads(out)
+    # Then it names the job, its stage and container, and the daemon is alive
+    [running] = info["running"]
+    assert running["job_id"] == str(job.id) and running["stage"] == "running"
+    assert running["container"] and info["daemon_running"] is True
+    code, text = fetcher_container.exec_run(["fetcher", "status"])
+    assert code == 0 and f'job {job.id} "test": running' in text.decode(), text.decode()
+    assert fetcher_container.wait(timeout=120)["StatusCode"] == 0
+
+
 def test_image_processes_a_job_with_path_host_base(env: Env, fetcher_container: Any) -> None:
     fid = env.input_file("user1/in/data.txt", b"hello from the store\n")
     job = env.submit(

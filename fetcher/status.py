@@ -1,0 +1,174 @@
+"""`fetcher status`: what the fetcher of a PATH_BASE is doing, read from its state directory.
+
+It reads, never writes: the job store (read-only; sqlite's WAL lets it read while the daemon
+writes), the daemon's last snapshot in it (free resources, slots, recent errors), the heartbeat,
+and /proc/locks to tell whether a daemon holds the state lock. It works on the host and inside
+the fetcher's container (`docker exec decode-fetcher fetcher status`), needing only PATH_BASE.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from fetcher.store import JobStore, StoreError
+
+STORE = "jobs.sqlite"
+HEARTBEAT = "heartbeat"
+
+
+def lock_held(lock: Path) -> bool | None:
+    """Whether some process holds the flock on `lock` (from /proc/locks: no lock is taken here,
+    so a daemon starting this very moment is never refused). None where it cannot be told."""
+    try:
+        inode = lock.stat().st_ino
+        text = Path("/proc/locks").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        fields = line.split()
+        # "1: FLOCK  ADVISORY  WRITE 1234 00:2f:123456 0 EOF"
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5].rsplit(":", 1)[-1] == str(inode):
+            return True
+    return False
+
+
+def gather(path_base: Path) -> dict[str, Any]:
+    """Everything `status` shows, as one JSON-ready object."""
+    state = path_base / ".fetcher"
+    now = time.time()
+    out: dict[str, Any] = {"path_base": str(path_base), "state_dir": str(state)}
+    try:
+        beat = now - (state / HEARTBEAT).stat().st_mtime
+    except OSError:
+        beat = None
+    out["heartbeat_age_s"] = None if beat is None else round(beat, 1)
+    out["daemon_running"] = lock_held(state / "lock")
+    if not (state / STORE).exists():
+        out["error"] = f"no fetcher state under {path_base} (is PATH_BASE right?)"
+        return out
+    try:
+        store = JobStore(state / STORE, read_only=True)
+    except StoreError as exc:
+        out["error"] = str(exc)
+        return out
+    try:
+        snapshot = store.get_meta("daemon") or {}
+        jobs = store.jobs()
+        history = store.history(10)
+    finally:
+        store.close()
+    out["daemon"] = snapshot
+    out["running"] = [
+        {
+            "job_id": r.job_id,
+            "name": r.name,
+            "stage": r.stage,
+            "elapsed_s": round(now - r.claimed_at),
+            "gpus": r.gpus,
+            "container": (r.container_id or "")[:12] or None,
+        }
+        for r in jobs
+        if r.report is None
+    ]
+    out["reports_pending"] = [
+        {
+            "job_id": r.job_id,
+            "status": r.report.status.value,
+            "held_s": round(now - r.report.since),
+            "tries": r.report.tries,
+        }
+        for r in jobs
+        if r.report is not None
+    ]
+    out["recent"] = [
+        {"job_id": h["job_id"], "at": h["at"], "outcome": h["outcome"]} for h in history
+    ]
+    return out
+
+
+def _ago(seconds: float | None) -> str:
+    if seconds is None:
+        return "never"
+    seconds = max(seconds, 0)
+    if seconds < 120:
+        return f"{seconds:.0f} s ago"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min ago"
+    return f"{seconds / 3600:.1f} h ago"
+
+
+def _duration(seconds: float) -> str:
+    minutes, s = divmod(int(seconds), 60)
+    hours, m = divmod(minutes, 60)
+    return f"{hours}h{m:02d}m" if hours else f"{m}m{s:02d}s"
+
+
+def render(info: dict[str, Any]) -> str:
+    lines: list[str] = []
+    d = info.get("daemon") or {}
+    alive = info.get("daemon_running")
+    state = {True: "running", False: "not running", None: "unknown"}[alive]
+    lines.append(
+        f"fetcher {d.get('fetcher_id', '?')} (version {d.get('version', '?')}) on"
+        f" {info['path_base']}: {state}, heartbeat {_ago(info.get('heartbeat_age_s'))}"
+    )
+    if "error" in info:
+        lines.append(info["error"])
+        return "\n".join(lines)
+    slots, free = d.get("slots") or {}, d.get("free") or {}
+    if slots:
+        gpus = ", ".join(free.get("gpus") or []) or "none"
+        lines.append(
+            f"slots: {slots.get('busy')} of {slots.get('total')} busy; free: "
+            f"{free.get('cpu_cores')} CPU cores, {free.get('memory_mb')} MB, GPUs: {gpus}"
+        )
+    last_claim = d.get("last_claim")
+    api = d.get("api_problem") or "answers"
+    lines.append(
+        f"API: {api}; last claim {_ago(None if last_claim is None else time.time() - last_claim)}"
+    )
+    lines.append(f"running: {len(info['running'])}")
+    for job in info["running"]:
+        name = f' "{job["name"]}"' if job.get("name") else ""
+        gpus = ",".join(job["gpus"]) or "no GPU"
+        lines.append(
+            f"  job {job['job_id']}{name}: {job['stage'] or '?'}, {_duration(job['elapsed_s'])},"
+            f" {gpus}, container {job['container'] or '-'}"
+        )
+    pending = info["reports_pending"]
+    lines.append(f"statuses waiting for delivery: {len(pending)}")
+    for r in pending:
+        lines.append(
+            f"  job {r['job_id']}: {r['status']}, held {_duration(r['held_s'])}, {r['tries']} tries"
+        )
+    errors = d.get("errors") or []
+    if errors:
+        lines.append("recent errors:")
+        for at, text in errors[-5:]:
+            lines.append(f"  {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(at))} {text}")
+    if info["recent"]:
+        lines.append("recent outcomes:")
+        for h in info["recent"][:5]:
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(h["at"]))
+            lines.append(f"  {stamp} job {h['job_id']}: {h['outcome']}")
+    return "\n".join(lines)
+
+
+def path_base_from_environment(env_file: str | None = None) -> Path | None:
+    """PATH_BASE from the environment, else from the .env file (the only setting status needs)."""
+    if os.environ.get("PATH_BASE"):
+        return Path(os.environ["PATH_BASE"])
+    from dotenv import dotenv_values
+
+    value = dotenv_values(env_file or ".env").get("PATH_BASE")
+    return Path(value) if value else None
+
+
+def main(path_base: Path, as_json: bool) -> int:
+    info = gather(path_base)
+    print(json.dumps(info, sort_keys=True) if as_json else render(info))
+    return 1 if "error" in info else 0
