@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -100,6 +101,7 @@ def main() -> int:
     finally:
         server.terminate()
         server.wait(10)
+        shutil.rmtree(work, ignore_errors=True)  # nothing left in the temporary directory
     mib = size / 1024 / 1024
     print(f"file: {mib:.0f} MiB")
     print(f"download: {t_down:.1f} s ({mib / t_down:.0f} MiB/s), peak RSS {after_down:.1f} MiB")
@@ -108,8 +110,6 @@ def main() -> int:
         f"client peak RSS {peak:.1f} MiB (budget {args.budget_mib:.0f} MiB); before the transfers "
         f"{baseline:.1f} MiB, so the transfers added {peak - baseline:.1f} MiB"
     )
-    for f in (work / "down.bin", landed, src):
-        f.unlink(missing_ok=True)
     return 0 if peak < args.budget_mib else 1
 
 

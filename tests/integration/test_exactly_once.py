@@ -194,7 +194,8 @@ def outage_from_download(env: Env, monkeypatch: pytest.MonkeyPatch, seconds: flo
     monkeypatch.setattr(env.state, "check_in_store", check_in_store)
 
 
-@pytest.mark.slow
+@pytest.mark.outage
+@pytest.mark.timeout(1200)
 def test_a_download_survives_a_10_minute_outage(
     env: Env, engine: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
