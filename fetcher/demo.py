@@ -223,7 +223,9 @@ def run_demo(workdir: Path | None = None) -> int:
             build_daemon(settings, exit_when_idle=True, docker_client=client).run()
     print()
     print(f"job {job.id}: {job.status.value} ({job.history[-1]['runtime_details']})")
-    print(f"statuses: {' -> '.join(h['status'] for h in job.history)}")
+    seen = [h["status"] for h in job.history]
+    changes = [st for i, st in enumerate(seen) if i == 0 or st != seen[i - 1]]
+    print(f"statuses: {' -> '.join(changes)} ({len(seen) - 1} updates, keep-alives included)")
     where = f" (on the host: {host_root / out.relative_to(root)})" if host_root != root else ""
     print(f"outputs are in {out}{where}:")
     for path in sorted(p for p in out.rglob("*") if p.is_file()):

@@ -123,10 +123,16 @@ class KeepAlive:
 
     def _run(self) -> None:
         failing: str | None = None
+        ping_due = False  # the interval passed since the last PUT
         while not self._halt.is_set():
             status, change = self._next()
-            if self._closing.is_set() and not change:
-                return
+            if not change and not ping_due:
+                if self._closing.is_set():
+                    return
+                woke = self._wake.wait(self.interval_s)  # a change, a stop, or the interval
+                self._wake.clear()
+                ping_due = not woke
+                continue
             try:
                 self.api.put_status(
                     self.job_id, status, interrupt=self._halt, retry_s=min(self.interval_s, 30.0)
@@ -143,26 +149,21 @@ class KeepAlive:
             except Exception as exc:  # noqa: BLE001 - anything else: log once, try again later
                 text = f"{type(exc).__name__}: {exc}"
                 if text != failing:
-                    log.warning(
-                        "job %s: keep-alive failed, will keep trying: %s", self.job_id, text
-                    )
+                    log.warning("job %s: keep-alive failed, will keep trying: %s", self.job_id, text)
                     failing = text
                 if self._closing.is_set():
                     return
                 self._wake.wait(self.interval_s)
                 self._wake.clear()
+                ping_due = True
                 continue
             if failing is not None:
                 log.info("job %s: keep-alive delivered again", self.job_id)
                 failing = None
             self.pings += 1
+            ping_due = False
             if change:
                 with self._lock:
                     if self._changes and self._changes[0] == status:
                         self._changes.popleft()
                 self.sent.append(status)
-                continue  # the next change, if any, at once
-            if self._closing.is_set():
-                return
-            self._wake.wait(self.interval_s)
-            self._wake.clear()

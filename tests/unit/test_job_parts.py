@@ -68,6 +68,17 @@ def test_keepalive_sends_every_change_in_order_even_for_a_short_job() -> None:
     assert ka.sent == [JobStatus.preprocessing, JobStatus.running, JobStatus.postprocessing]
 
 
+def test_keepalive_sends_a_change_once_then_waits_the_interval() -> None:
+    sink = Sink()
+    ka = KeepAlive(sink, "1", 3600, Cancel()).start(JobStatus.preprocessing)
+    time.sleep(0.2)
+    ka.set_status(JobStatus.running)
+    time.sleep(0.3)
+    sent = [s for _, s in sink.sent]
+    ka.stop()
+    assert sent == ["preprocessing", "running"], "no extra PUT right after a change"
+
+
 def test_keepalive_404_cancels_the_job_as_gone() -> None:
     cancel = Cancel()
     ka = KeepAlive(Sink([None, JobGone("gone", 404)]), "1", 0.05, cancel).start(JobStatus.running)
