@@ -16,6 +16,7 @@ import pytest
 from fetcher.daemon import build_daemon
 from fetcher.job.container import LABEL_ID
 from fetcher.models import JobStatus
+from fetcher.settings import Settings
 from mock_api.state import ApiFailure, Faults, MockJob
 from tests.helpers import Env, fetcher_id, statuses, wait_for
 from tests.integration.test_daemon import (
@@ -179,6 +180,34 @@ def test_an_api_outage_longer_than_the_retry_budget_during_a_download_hands_the_
     assert "input" in last_details(job), last_details(job)
 
 
+def test_a_refused_login_during_a_download_hands_the_job_back(
+    env: Env, engine: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a server that stops accepting the worker's token when the download starts (for 3 s)
+    fid_in = env.input_file("user1/in/x.bin", b"x" * 1000)
+    job = env.submit(["true"], files_down={"in/x.bin": fid_in})
+    real = env.state.check_in_store
+    saved: dict[str, Any] = {}
+
+    def check_in_store(path: str, what: str) -> Path:
+        if what == "file id" and not saved:
+            with env.state.lock:
+                saved.update(env.state.tokens)
+                env.state.tokens.clear()
+            threading.Timer(3, lambda: env.state.tokens.update(saved)).start()
+            raise ApiFailure(401, "Not verified")
+        return real(path, what)
+
+    monkeypatch.setattr(env.state, "check_in_store", check_in_store)
+    daemon = build_daemon(env.settings(), exit_when_idle=True, docker_client=engine)
+    assert daemon.run() == 0
+    # Then the job is handed back (the worker's login is at fault, not the job), once the API
+    # takes the worker's token again
+    wait_for(lambda: job.status.value == "queued" and len(job.history) > 3, 30, "handed back")
+    assert finals(job) == [], statuses(job)
+    assert "input in/x.bin" in last_details(job) and "401" in last_details(job)
+
+
 def outage_from_download(env: Env, monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
     """The API goes down (every request dropped) the moment the first download is asked for."""
     real = env.state.check_in_store
@@ -206,7 +235,12 @@ def test_a_download_survives_a_10_minute_outage(
     env.state.config.failure_timeout_s = 3600
     outage_from_download(env, monkeypatch, 600)
     daemon = build_daemon(
-        env.settings(api_backoff_max_s=30), exit_when_idle=True, docker_client=engine
+        # the default retry budget (the tests' settings shorten it), the default backoff cap
+        env.settings(
+            api_retry_s=Settings.model_fields["api_retry_s"].default, api_backoff_max_s=60
+        ),
+        exit_when_idle=True,
+        docker_client=engine,
     )
     started = time.monotonic()
     assert daemon.run() == 0

@@ -323,3 +323,16 @@ def test_a_job_past_the_local_time_limit_is_stopped_and_reported(env: Env, engin
     first, *rest = job.history[-1]["runtime_details"].splitlines()
     assert first.startswith("exit_code: ") and "local time limit of 2 s" in first, first
     assert "working" in rest
+
+
+def test_a_short_job_still_shows_every_status(env: Env, engine: Any) -> None:
+    job = env.submit(["true"], files_up={})
+    run_until_idle(env, engine, keepalive_interval_s=60)
+    assert sequence(job) == [
+        "queued",
+        "pulled",
+        "preprocessing",
+        "running",
+        "postprocessing",
+        "finished",
+    ]
