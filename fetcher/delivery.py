@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from fetcher.errors import ApiError, Interrupted, JobGone
+from fetcher.job.keepalive import StatusSink
 from fetcher.models import JobStatus
 from fetcher.store import JobStore, Report, StoreError
 
@@ -29,16 +30,8 @@ MAX_AGE_S = 7 * 24 * 3600
 MAX_PAUSE_S = 300.0
 
 
-class StatusApi(Protocol):
-    def put_status(
-        self,
-        job_id: str,
-        status: JobStatus,
-        runtime_details: str | None = None,
-        *,
-        interrupt: threading.Event | None = None,
-        retry_s: float | None = None,
-    ) -> None: ...
+class StatusApi(StatusSink, Protocol):
+    """The status calls the deliverer makes: the keep-alive's PUT, and the GET that checks."""
 
     def get_status(
         self, job_id: str, *, retry_s: float | None = None, interrupt: threading.Event | None = None

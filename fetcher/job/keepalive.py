@@ -149,7 +149,9 @@ class KeepAlive:
             except Exception as exc:  # noqa: BLE001 - anything else: log once, try again later
                 text = f"{type(exc).__name__}: {exc}"
                 if text != failing:
-                    log.warning("job %s: keep-alive failed, will keep trying: %s", self.job_id, text)
+                    log.warning(
+                        "job %s: keep-alive failed, will keep trying: %s", self.job_id, text
+                    )
                     failing = text
                 if self._closing.is_set():
                     return

@@ -13,6 +13,7 @@ from fetcher.models import HardwareSpecs
 from tests.helpers import SESSION, Env, fetcher_id, sequence, statuses
 
 pytestmark = pytest.mark.docker
+EVERY_STATUS = ["queued", "pulled", "preprocessing", "running", "postprocessing", "finished"]
 
 
 def run_until_idle(env: Env, engine: Any, **settings: Any) -> None:
@@ -46,14 +47,7 @@ def test_job_reads_inputs_runs_shell_and_uploads_nested_outputs(env: Env, engine
     run_until_idle(env, engine)
     # Then the job is finished and every output is in the store at the right place
     assert job.status.value == "finished", job.history
-    assert sequence(job) == [
-        "queued",
-        "pulled",
-        "preprocessing",
-        "running",
-        "postprocessing",
-        "finished",
-    ]
+    assert sequence(job) == EVERY_STATUS
     # (the upstream fetcher's layout: base_path starts with the files_up directory itself)
     out = Path(job.paths_upload["output"], "output")
     assert (out / "a/b/param-copy.yaml").read_bytes() == b"lr: 0.1\n"
@@ -328,11 +322,4 @@ def test_a_job_past_the_local_time_limit_is_stopped_and_reported(env: Env, engin
 def test_a_short_job_still_shows_every_status(env: Env, engine: Any) -> None:
     job = env.submit(["true"], files_up={})
     run_until_idle(env, engine, keepalive_interval_s=60)
-    assert sequence(job) == [
-        "queued",
-        "pulled",
-        "preprocessing",
-        "running",
-        "postprocessing",
-        "finished",
-    ]
+    assert sequence(job) == EVERY_STATUS
