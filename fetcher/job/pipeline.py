@@ -247,7 +247,7 @@ def classify(exc: Exception, run: JobRun) -> Outcome:
         log.error("%s", exc)
         return failed(f"invalid job spec: {exc.field}: {exc.problem}", run.result, reason)
     if cancel.kind == SHUTDOWN and isinstance(exc, Interrupted | ApiError | JobError):
-        return worker_trouble(run, f"the worker stopped: {cancel.reason}")
+        return worker_trouble(run, cancel.reason or "the worker stopped")
     if isinstance(exc, JobError):
         log.error("job %s: %s", run.job_id, exc)
         return failed(str(exc).removeprefix(f"job {run.job_id}: "), run.result, reason)
