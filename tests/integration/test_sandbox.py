@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import docker.errors
 import pytest
 
 from fetcher.daemon import build_daemon
@@ -145,12 +146,16 @@ def test_a_symlink_at_the_job_directory_is_never_followed(env: Env, engine: Any)
 
 
 def test_job_containers_have_a_process_limit_and_bounded_engine_logs(env: Env, engine: Any) -> None:
-    env.submit(["sleep 2"])
+    env.submit(["sleep 4"])
     fid = fetcher_id("limits")
     seen: dict[str, Any] = {}
 
     def inspect() -> bool:
-        for c in engine.containers.list(all=True, filters={"label": f"{LABEL_ID}={fid}"}):
+        try:  # the container may end and be removed while it is listed
+            found = engine.containers.list(all=True, filters={"label": f"{LABEL_ID}={fid}"})
+        except docker.errors.NotFound:
+            return False
+        for c in found:
             seen.update(c.attrs["HostConfig"])
             return True
         return False
