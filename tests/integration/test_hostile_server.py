@@ -88,6 +88,14 @@ def test_a_claim_with_a_queue_id_that_is_not_a_small_integer_touches_no_path(
     assert sorted(p.name for p in base.iterdir()) == [".fetcher", "base-canary.txt"]
     refused = [r.getMessage() for r in caplog.records if "queue id" in r.getMessage()]
     assert len(refused) == 1 and "Traceback" not in refused[0], refused
+    starts_again(base, engine)
+
+
+def starts_again(base: Path, engine: Any) -> None:
+    """A new daemon on the same PATH_BASE starts, and runs a job to its end."""
+    with HostileServer([json.dumps({"99": job()}).encode()]) as server:
+        assert run(server.url, base, engine) == 0
+        assert server.statuses_of("99")[-1] == "finished"
 
 
 def test_a_claim_answer_nested_100000_deep_is_a_bad_answer_and_the_loop_goes_on(
@@ -99,6 +107,7 @@ def test_a_claim_answer_nested_100000_deep_is_a_bad_answer_and_the_loop_goes_on(
         assert run(server.url, base, engine) == 0
         assert server.statuses_of("8")[-1] == "finished"
         assert server.claims_served >= 4
+    starts_again(base, engine)
 
 
 def test_a_claim_of_10_mb_is_handled_and_the_loop_goes_on(tmp_path: Path, engine: Any) -> None:

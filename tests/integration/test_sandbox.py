@@ -39,6 +39,14 @@ def only_state_left(env: Env) -> None:
     assert [p.name for p in env.base.iterdir()] == [".fetcher"], list(env.base.iterdir())
 
 
+def starts_again(env: Env, engine: Any) -> None:
+    """After the attack, a new daemon on the same PATH_BASE starts and runs a job to its end."""
+    after = env.submit(["echo still-fine"], files_up={})
+    assert run_bounded(env, engine) == 0
+    assert after.status.value == "finished", after.history
+    only_state_left(env)
+
+
 @pytest.mark.parametrize("target_exists", [True, False])
 def test_a_symlinked_container_log_does_not_write_through_the_link(
     env: Env, engine: Any, target_exists: bool
@@ -62,6 +70,7 @@ def test_a_symlinked_container_log_does_not_write_through_the_link(
     log = Path(job.paths_upload["log"], "log", "container.log")
     assert "hostile-bytes" in log.read_text()
     only_state_left(env)
+    starts_again(env, engine)
 
 
 @pytest.mark.parametrize(
@@ -84,6 +93,7 @@ def test_fifos_and_device_nodes_left_by_a_job_do_not_hang_the_slot(
     assert all(u["filename"] not in ("pipe", "zero", "pipe.part") for u in job.uploads)
     assert follower.status.value == "finished"
     only_state_left(env)
+    starts_again(env, engine)
 
 
 # 3000 nested directories, built from the bottom (a shell's `cd` would hit PATH_MAX first)
@@ -104,6 +114,7 @@ def test_an_output_tree_3000_levels_deep_ends_with_a_status_and_is_removed(
         (u["type"], u["base_path"], u["filename"]) for u in job.uploads
     }
     only_state_left(env)
+    starts_again(env, engine)
     # and the daemon starts again on the same PATH_BASE
     again = env.submit(["true"])
     assert run_bounded(env, engine) == 0
@@ -127,6 +138,7 @@ def test_a_deep_tree_left_by_a_killed_fetcher_does_not_stop_the_next_start(
     assert run_bounded(env, engine, timeout_s=180, fetcher_id=fid) == 0
     assert job.status.value in ("finished", "queued"), statuses(job)
     only_state_left(env)
+    starts_again(env, engine)
 
 
 def test_a_symlink_at_the_job_directory_is_never_followed(env: Env, engine: Any) -> None:
@@ -143,6 +155,7 @@ def test_a_symlink_at_the_job_directory_is_never_followed(env: Env, engine: Any)
     assert sorted(p.name for p in victim.iterdir()) == ["keep.txt"]
     assert job.status.value == "finished", job.history
     only_state_left(env)
+    starts_again(env, engine)
 
 
 def test_job_containers_have_a_process_limit_and_bounded_engine_logs(env: Env, engine: Any) -> None:
@@ -192,3 +205,4 @@ def test_a_fork_bomb_is_held_by_the_process_limit(env: Env, engine: Any) -> None
     log = Path(job.paths_upload["log"], "log", "container.log").read_text()
     assert "can't fork" in log and "survived" in log
     only_state_left(env)
+    starts_again(env, engine)
