@@ -89,6 +89,12 @@ def settle(
         deps.store.forget(job_id)
         return None
     spec = _spec(rec)
+    if container is not None and container.status == "created":
+        # made but never started (the fetcher died in between): docker's wait would return at
+        # once, as if it had run and ended with 0; it is a job that never started
+        log.info("job %s: its container %s never started", job_id, container.short_id)
+        _remove_container(container)
+        container = None
     if container is not None and spec is not None and rec is not None:
         log.info(
             "job %s: its container %s outlived the fetcher; adopting it", job_id, container.short_id

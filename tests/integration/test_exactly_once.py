@@ -429,3 +429,42 @@ def test_a_keepalive_auth_error_does_not_cancel_the_job(env: Env, engine: Any) -
     t.join(60)
     assert out.get("rc") == 0
     assert finals(job) == ["finished"], statuses(job)
+
+
+def test_a_container_made_but_never_started_is_not_taken_for_a_finished_job(
+    env: Env, engine: Any
+) -> None:
+    # Given a fetcher that died between creating the job's container and starting it
+    from fetcher.job.container import LABEL, LABEL_JOB
+    from fetcher.store import JobStore
+
+    job = env.submit(["echo ran"], files_up={})
+    fid = fetcher_id("created")
+    [(jid, raw)] = env.state.claim(
+        "worker",
+        memory=64,
+        cpu_cores=1,
+        gpu_mem=0,
+        gpu_model=None,
+        gpu_archi=None,
+        groups=[],
+        limit=1,
+        older_than=0,
+    ).items()
+    container = engine.containers.create(
+        "fetcher-test/busybox:1",
+        ["true"],
+        labels={LABEL: "1", LABEL_ID: fid, LABEL_JOB: str(jid)},
+    )
+    (env.base / ".fetcher").mkdir(exist_ok=True)
+    store = JobStore(env.base / ".fetcher" / "jobs.sqlite")
+    store.claimed(str(jid), raw, name=None, cpu_cores=1, memory_mb=64, gpus=[])
+    store.started(str(jid), container.id)
+    store.close()
+    # When it starts again
+    daemon = build_daemon(env.settings(fetcher_id=fid), exit_when_idle=True, docker_client=engine)
+    assert daemon.run() == 0
+    # Then the job is handed back (it never ran), not reported finished
+    assert job.status.value == "queued" and finals(job) == [], statuses(job)
+    assert "before the job's container started" in last_details(job)
+    nothing_left(env, engine, fid)
