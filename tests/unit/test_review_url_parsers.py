@@ -9,6 +9,7 @@ Real sockets on loopback (not `responses`, which never opens a connection).
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import json
 import threading
@@ -29,7 +30,7 @@ class Recorder(http.server.BaseHTTPRequestHandler):
     seen: list[tuple[str, str | None]]
     answer: dict[str, object] | None = None
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         self.seen.append((self.path, self.headers.get("Authorization")))
         body = json.dumps(self.answer).encode() if self.answer is not None else b"data"
         self.send_response(200)
@@ -41,7 +42,9 @@ class Recorder(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def serve(answer: dict[str, object] | None) -> tuple[http.server.HTTPServer, list[tuple[str, str | None]]]:
+def serve(
+    answer: dict[str, object] | None,
+) -> tuple[http.server.HTTPServer, list[tuple[str, str | None]]]:
     seen: list[tuple[str, str | None]] = []
     handler = type("H", (Recorder,), {"seen": seen, "answer": answer})
     server = http.server.HTTPServer(("127.0.0.1", 0), handler)
@@ -77,11 +80,8 @@ def test_a_backslash_url_never_carries_the_token_to_another_host(
             f"http://127.0.0.1:{api_port}", FixedToken(TOKEN), Http(retry_s=0.5, max_backoff_s=0.05)
         )
         # When the file is downloaded (whether that works is beside the point)
-        with (tmp_path / "f").open("w+b") as fh:
-            try:
-                api.download_file("f", fh, retry_s=0.5)
-            except FetcherError:
-                pass
+        with (tmp_path / "f").open("w+b") as fh, contextlib.suppress(FetcherError):
+            api.download_file("f", fh, retry_s=0.5)
     finally:
         api_server.shutdown()
         api_server.server_close()
@@ -95,7 +95,6 @@ def test_a_backslash_url_never_carries_the_token_to_another_host(
     [
         "http://evil.example\\@api.test:8001/x",
         "http://evil.example:80\\@api.test:8001/x",
-        "http://evil.example\t@api.test:8001/x",
     ],
 )
 def test_origin_is_not_the_apis_when_urllib3_would_connect_elsewhere(url: str) -> None:
