@@ -69,14 +69,15 @@ class ApiJobSource:
 
     def accept(self, job_id: str, spec: JobSpecs, alloc: Allocation) -> None:
         self.deps.metrics.job_claimed()
-        replaced = self.deps.store.claimed(
-            job_id,
-            spec.model_dump(mode="json"),
-            name=spec.meta.job_name if isinstance(spec.meta.job_name, str) else None,
-            cpu_cores=alloc.cpu_cores,
-            memory_mb=alloc.memory_mb,
-            gpus=[g.uuid for g in alloc.gpus],
-        )
+        with self.deps.deliverer.claiming(job_id):  # a report of an earlier job of this id stops
+            replaced = self.deps.store.claimed(
+                job_id,
+                spec.model_dump(mode="json"),
+                name=spec.meta.job_name if isinstance(spec.meta.job_name, str) else None,
+                cpu_cores=alloc.cpu_cores,
+                memory_mb=alloc.memory_mb,
+                gpus=[g.uuid for g in alloc.gpus],
+            )
         if replaced is not None:
             log.warning(
                 "job %s: claimed anew; the %s status still waiting for its earlier run is dropped"
