@@ -336,6 +336,8 @@ class JobContainer:
             raise WorkerTrouble(f"container {container_id[:12]} is gone") from None
         except ENGINE_ERRORS as exc:
             raise WorkerTrouble(f"docker engine: {exc}") from None
+        if self.container.status == "created":  # never started: its wait would answer exit 0
+            raise WorkerTrouble(f"container {container_id[:12]} was never started")
 
     def follow_logs(self, dest: Path | None) -> None:
         self.follower = LogFollower(
