@@ -55,7 +55,7 @@ def trickler() -> Iterator[str]:
 
 def test_a_trickling_answer_is_given_up_within_a_deadline(trickler: str) -> None:
     http = Http(connect_timeout_s=1.0, read_timeout_s=1.0, retry_s=0)
-    http.answer_deadline_s = 2.0  # type: ignore[attr-defined]  # (ignored before the fix)
+    http.answer_deadline_s = 2.0
     outcome: dict[str, object] = {}
 
     def call() -> None:
