@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from docker.models.containers import ContainerCollection
 
+from fetcher.job import container as container_module
 from fetcher.job.container import LABEL_ID, ContainerOptions, JobContainer
 from fetcher.job.workspace import Layout, Workspace
 from tests.helpers import IMAGE, fetcher_id
@@ -41,8 +42,9 @@ def hanging_image(engine: Any) -> Iterator[str]:
 
 
 def test_the_purge_container_ends_within_a_bound(
-    engine: Any, hanging_image: str, tmp_path: Path
+    engine: Any, hanging_image: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(container_module, "PURGE_TIMEOUT_S", 5, raising=False)
     # Given a job directory, and the job's image whose /bin/sh hangs
     base = tmp_path / "base"
     base.mkdir()
@@ -53,10 +55,10 @@ def test_the_purge_container_ends_within_a_bound(
     # When the fetcher purges the directory with that image
     t = threading.Thread(target=job.purge, args=(ws, hanging_image), daemon=True)
     t.start()
-    t.join(90)
+    t.join(60)
     try:
         # Then it gives up in bounded time, and leaves no container
-        assert not t.is_alive(), "purge still waiting after 90 s (its container sleeps 3600 s)"
+        assert not t.is_alive(), "purge still waiting after 60 s (its container sleeps 3600 s)"
         left = engine.containers.list(all=True, filters={"label": f"{LABEL_ID}={fid}"})
         assert not left
     finally:
