@@ -38,6 +38,9 @@ LABEL_JOB = LABEL + ".job"  # the queue id
 LABEL_GPUS = LABEL + ".gpus"  # the GPU UUIDs given to it
 # start failures that are this box's trouble, not the job's: the job is handed back
 WORKER_FAULTS = ("could not select device driver", "nvidia-container", "error mounting", "cgroup")
+# ... unless the image is what the mount failed on: /files is a file in it (the job directory,
+# checked a real directory, cannot be the odd one out). Checked first: the job's error.
+JOB_FAULTS = ("mount a directory onto a file", 'to rootfs at "/files": not a directory')
 ENGINE_ERRORS = (docker.errors.APIError, requests.RequestException)
 PURGE_TIMEOUT_S = 60  # how long the container that empties a job directory may take
 
@@ -282,6 +285,10 @@ class JobContainer:
 
     def _start_error(self, verb: str, exc: docker.errors.APIError) -> Exception:
         message = f"container could not be {verb}: {docker_message(exc)}"
+        if any(marker in message for marker in JOB_FAULTS) or (
+            'to rootfs at "/files"' in message and "not a directory" in message
+        ):
+            return ContainerError(message)
         if any(marker in message for marker in WORKER_FAULTS):
             return WorkerTrouble(message)
         return ContainerError(message)
