@@ -69,9 +69,10 @@ class Deliverer:
         self._stop = threading.Event()
         self._memory: dict[str, Report] = {}  # reports the store could not keep (disk full)
         self._memory_lock = threading.Lock()
-        # held from the last look at a report to the end of its PUT, and while a job is claimed
-        # anew under a queue id: a report of an earlier job of that id is then never sent
-        self._sending = threading.Lock()
+        # per queue id, held from the last look at a report to the end of its PUT, and while a job
+        # is claimed anew under that id: a report of an earlier job of the id is then never sent
+        self._sending: dict[str, threading.Lock] = {}
+        self._sending_lock = threading.Lock()
         self._waiting_logged: set[str] = set()
         self._thread = threading.Thread(target=self._run, name="deliverer", daemon=True)
 
@@ -98,7 +99,7 @@ class Deliverer:
         """Around noting a job claimed anew under `job_id` (which replaces, in the store, a report
         still waiting for an earlier job of that id): no such report is being sent meanwhile, and
         one kept in memory is dropped (the server has moved on from that job)."""
-        with self._sending:
+        with self._sending_for(job_id):
             with self._memory_lock:
                 stale = self._memory.pop(job_id, None)
             if stale is not None:
@@ -108,6 +109,10 @@ class Deliverer:
                     stale.status.value,
                 )
             yield
+
+    def _sending_for(self, job_id: str) -> threading.Lock:
+        with self._sending_lock:
+            return self._sending.setdefault(job_id, threading.Lock())
 
     def pending(self) -> list[str]:
         with self._memory_lock:
@@ -230,7 +235,7 @@ class Deliverer:
                     )
                     self._finish(r, f"dropped: the server has {current.value}", in_memory)
                     return
-            with self._sending:
+            with self._sending_for(r.job_id):
                 if not self._is_current(r, in_memory):
                     log.info(
                         "job %s: its %s status is no longer wanted (the id was claimed anew)",
