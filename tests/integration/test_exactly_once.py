@@ -206,7 +206,9 @@ def test_a_download_survives_a_10_minute_outage(
     env.state.config.failure_timeout_s = 3600
     outage_from_download(env, monkeypatch, 600)
     daemon = build_daemon(
-        env.settings(api_backoff_max_s=30), exit_when_idle=True, docker_client=engine
+        env.settings(api_backoff_max_s=30, api_retry_s=900),  # the default budget (Env has 3 s)
+        exit_when_idle=True,
+        docker_client=engine,
     )
     started = time.monotonic()
     assert daemon.run() == 0
