@@ -6,6 +6,7 @@ import fcntl
 import logging
 import os
 import secrets
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -69,14 +70,15 @@ class ApiJobSource:
 
     def accept(self, job_id: str, spec: JobSpecs, alloc: Allocation) -> None:
         self.deps.metrics.job_claimed()
-        replaced = self.deps.store.claimed(
-            job_id,
-            spec.model_dump(mode="json"),
-            name=spec.meta.job_name if isinstance(spec.meta.job_name, str) else None,
-            cpu_cores=alloc.cpu_cores,
-            memory_mb=alloc.memory_mb,
-            gpus=[g.uuid for g in alloc.gpus],
-        )
+        with self.deps.deliverer.claiming(job_id):  # a report of an earlier job of this id stops
+            replaced = self.deps.store.claimed(
+                job_id,
+                spec.model_dump(mode="json"),
+                name=spec.meta.job_name if isinstance(spec.meta.job_name, str) else None,
+                cpu_cores=alloc.cpu_cores,
+                memory_mb=alloc.memory_mb,
+                gpus=[g.uuid for g in alloc.gpus],
+            )
         if replaced is not None:
             log.warning(
                 "job %s: claimed anew; the %s status still waiting for its earlier run is dropped"
@@ -144,6 +146,25 @@ def state_lock(state_dir: Path) -> IO[str]:
             f"PATH_BASE: another fetcher is already using {state_dir.parent}"
         ) from None
     return fh
+
+
+def keep_to_ourselves(path_base: Path) -> None:
+    """PATH_BASE grants group and others nothing. Jobs run as root and write into their
+    directories (0777, for whatever user the image runs as): a setuid-root program, or a file
+    another job reads, must be out of every local user's reach. Containers do not need it: their
+    bind mount starts at the job directory. Raises ConfigError if it cannot be done."""
+    try:
+        mode = stat.S_IMODE(path_base.stat().st_mode)
+        if mode & 0o077:
+            path_base.chmod(mode & ~0o077)
+            log.warning(
+                "worker: PATH_BASE %s was open to other users (%o); now %o",
+                path_base,
+                mode,
+                mode & ~0o077,
+            )
+    except OSError as exc:
+        raise ConfigError(f"PATH_BASE: cannot restrict {path_base} to this user: {exc}") from None
 
 
 def fetcher_identity(settings: Settings) -> str:
@@ -263,6 +284,7 @@ def build_daemon(
 ) -> Daemon:
     if not settings.path_base.is_dir():
         raise ConfigError(f"PATH_BASE: {settings.path_base} is not a directory")
+    keep_to_ourselves(settings.path_base)
     lock = state_lock(settings.state_dir)
     stop, force = threading.Event(), threading.Event()
     try:

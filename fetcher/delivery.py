@@ -16,7 +16,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Protocol
 
 from fetcher.errors import ApiError, Interrupted, JobGone
@@ -62,6 +62,10 @@ class Deliverer:
         self._stop = threading.Event()
         self._memory: dict[str, Report] = {}  # reports the store could not keep (disk full)
         self._memory_lock = threading.Lock()
+        # per queue id, held from the last look at a report to the end of its PUT, and while a job
+        # is claimed anew under that id: a report of an earlier job of the id is then never sent
+        self._sending: dict[str, threading.Lock] = {}
+        self._sending_lock = threading.Lock()
         self._waiting_logged: set[str] = set()
         self._thread = threading.Thread(target=self._run, name="deliverer", daemon=True)
 
@@ -82,6 +86,26 @@ class Deliverer:
             with self._memory_lock:
                 self._memory[job_id] = Report(job_id, status, details, self.clock(), 0, verify)
         self._wake.set()
+
+    @contextlib.contextmanager
+    def claiming(self, job_id: str) -> Iterator[None]:
+        """Around noting a job claimed anew under `job_id` (which replaces, in the store, a report
+        still waiting for an earlier job of that id): no such report is being sent meanwhile, and
+        one kept in memory is dropped (the server has moved on from that job)."""
+        with self._sending_for(job_id):
+            with self._memory_lock:
+                stale = self._memory.pop(job_id, None)
+            if stale is not None:
+                log.warning(
+                    "job %s: claimed anew; its earlier %s status (kept in memory) is dropped",
+                    job_id,
+                    stale.status.value,
+                )
+            yield
+
+    def _sending_for(self, job_id: str) -> threading.Lock:
+        with self._sending_lock:
+            return self._sending.setdefault(job_id, threading.Lock())
 
     def pending(self) -> list[str]:
         with self._memory_lock:
@@ -136,7 +160,10 @@ class Deliverer:
             self._wake.clear()
 
     def _pause(self) -> float:
-        due = self.store.next_due()
+        try:
+            due = self.store.next_due()
+        except StoreError:
+            due = self.clock() + 5.0  # look again soon: the store may come back
         with self._memory_lock:
             mem = [r.next_try_at for r in self._memory.values()]
         times = [t for t in [due, *mem] if t is not None]
@@ -146,10 +173,18 @@ class Deliverer:
 
     def deliver_due(self) -> None:
         now = self.clock()
-        for report in self.store.reports(due_by=now):
+        try:
+            stored = self.store.reports(due_by=now)
+        except StoreError as exc:  # the reports kept in memory are delivered all the same
+            log.error("deliverer: cannot read the job store: %s", exc)
+            stored = []
+        for report in stored:
             if self._stop.is_set():
                 return
-            self._deliver(report, in_memory=False)
+            try:
+                self._deliver(report, in_memory=False)
+            except StoreError as exc:
+                log.error("job %s: job store failed while delivering: %s", report.job_id, exc)
         with self._memory_lock:
             due = [r for r in self._memory.values() if r.next_try_at <= now]
         for report in due:
@@ -170,9 +205,11 @@ class Deliverer:
             return
         if in_memory:
             with self._memory_lock:
+                if (kept := self._memory.get(r.job_id)) is None or kept.since != r.since:
+                    return  # dropped meanwhile (the id was claimed anew)
                 self._memory[r.job_id] = _with(r, tries=r.tries + 1)
         else:
-            self.store.trying(r.job_id)
+            self.store.trying(r.job_id, r.since)
         try:
             if r.tries > 0 or r.verify:
                 current = self.api.get_status(r.job_id, retry_s=0, interrupt=self._stop)
@@ -191,7 +228,15 @@ class Deliverer:
                     )
                     self._finish(r, f"dropped: the server has {current.value}", in_memory)
                     return
-            self.api.put_status(r.job_id, r.status, r.details, retry_s=0, interrupt=self._stop)
+            with self._sending_for(r.job_id):
+                if not self._is_current(r, in_memory):
+                    log.info(
+                        "job %s: its %s status is no longer wanted (the id was claimed anew)",
+                        r.job_id,
+                        r.status.value,
+                    )
+                    return
+                self.api.put_status(r.job_id, r.status, r.details, retry_s=0, interrupt=self._stop)
         except JobGone:
             log.warning(
                 "job %s: status %s not delivered: the job is no longer ours",
@@ -211,6 +256,17 @@ class Deliverer:
             )
             self._finish(r, "delivered", in_memory)
 
+    def _is_current(self, r: Report, in_memory: bool) -> bool:
+        """Is `r` still the report kept for its job (not replaced by a job claimed anew)?"""
+        if in_memory:
+            with self._memory_lock:
+                kept = self._memory.get(r.job_id)
+            return kept is not None and kept.since == r.since
+        try:
+            return self.store.is_current(r.job_id, r.since)
+        except StoreError:
+            return True  # cannot tell; the report was current when it was read
+
     def _later(self, r: Report, exc: Exception, in_memory: bool) -> None:
         pause = min(self.max_pause_s, 2.0 ** min(r.tries + 1, 20)) * random.uniform(0.5, 1.0)
         if r.job_id not in self._waiting_logged:
@@ -224,15 +280,16 @@ class Deliverer:
                 if r.job_id in self._memory:
                     self._memory[r.job_id] = _with(self._memory[r.job_id], next_try_at=when)
         else:
-            self.store.retry_at(r.job_id, when)
+            self.store.retry_at(r.job_id, when, r.since)
 
     def _finish(self, r: Report, outcome: str, in_memory: bool) -> None:
         self._waiting_logged.discard(r.job_id)
         if in_memory:
             with self._memory_lock:
-                self._memory.pop(r.job_id, None)
+                if (kept := self._memory.get(r.job_id)) is not None and kept.since == r.since:
+                    del self._memory[r.job_id]
         else:
-            self.store.done(r.job_id, f"{r.status.value} {outcome}", r.details)
+            self.store.done(r.job_id, f"{r.status.value} {outcome}", r.details, r.since)
         if self.on_done is not None:
             self.on_done(r, outcome)
 

@@ -89,10 +89,10 @@ def settle(
         deps.store.forget(job_id)
         return None
     spec = _spec(rec)
-    if container is not None and container.status == "created":
-        # made but never started (the fetcher died in between): docker's wait would return at
-        # once, as if it had run and ended with 0; it is a job that never started
-        log.info("job %s: its container %s never started", job_id, container.short_id)
+    if container is not None and _never_started(container):
+        # created, never started (the fetcher died between create and start): the engine's wait
+        # on it would answer exit code 0 at once, as if the job had run and succeeded
+        log.info("job %s: its container %s was never started", job_id, container.short_id)
         _remove_container(container)
         container = None
     if container is not None and spec is not None and rec is not None:
@@ -132,6 +132,10 @@ def _spec(rec: JobRecord | None) -> JobSpecs | None:
         return JobSpecs.model_validate(rec.spec)
     except ValidationError:
         return None
+
+
+def _never_started(c: Any) -> bool:
+    return str(getattr(c, "status", "")) == "created"
 
 
 def _remove_container(c: Any) -> None:

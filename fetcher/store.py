@@ -237,25 +237,50 @@ class JobStore:
         rows = self._read("SELECT MIN(next_try_at) AS t FROM jobs WHERE phase = ?", (REPORTING,))
         return None if not rows or rows[0]["t"] is None else float(rows[0]["t"])
 
-    def trying(self, job_id: str) -> None:
+    # A report is named by its job id and `since`: the job id alone may already name a newer job
+    # (the id claimed anew), whose row a stale report must never change or delete. With `since`
+    # None, the job id alone is meant.
+    def is_current(self, job_id: str, since: float) -> bool:
+        """Is this report (job id and `since`) still the one kept for the job?"""
+        return bool(
+            self._read(
+                "SELECT 1 FROM jobs WHERE job_id = ? AND phase = 'reporting' AND report_since = ?",
+                (job_id, since),
+            )
+        )
+
+    def trying(self, job_id: str, since: float | None = None) -> None:
         """Count a try before it is made: after a crash, the next try asks the server first."""
         with self._tx() as db:
             db.execute(
-                "UPDATE jobs SET report_tries = report_tries + 1 WHERE job_id = ?", (job_id,)
+                "UPDATE jobs SET report_tries = report_tries + 1 WHERE job_id = ? AND (? IS NULL OR"
+                " (phase = 'reporting' AND report_since = ?))",
+                (job_id, since, since),
             )
 
-    def retry_at(self, job_id: str, when: float) -> None:
+    def retry_at(self, job_id: str, when: float, since: float | None = None) -> None:
         with self._tx() as db:
-            db.execute("UPDATE jobs SET next_try_at = ? WHERE job_id = ?", (when, job_id))
+            db.execute(
+                "UPDATE jobs SET next_try_at = ? WHERE job_id = ? AND (? IS NULL OR"
+                " (phase = 'reporting' AND report_since = ?))",
+                (when, job_id, since, since),
+            )
 
     def retry_all_now(self) -> None:
         with self._tx() as db:
             db.execute("UPDATE jobs SET next_try_at = 0 WHERE phase = ?", (REPORTING,))
 
-    def done(self, job_id: str, outcome: str, details: str | None) -> None:
-        """The report was delivered (or dropped, `outcome` says which): forget the job."""
+    def done(
+        self, job_id: str, outcome: str, details: str | None, since: float | None = None
+    ) -> None:
+        """The report was delivered (or dropped, `outcome` says which): forget the job (only if
+        the row is still this report, when `since` names it)."""
         with self._tx() as db:
-            db.execute("DELETE FROM jobs WHERE job_id = ?", (job_id,))
+            db.execute(
+                "DELETE FROM jobs WHERE job_id = ? AND (? IS NULL OR"
+                " (phase = 'reporting' AND report_since = ?))",
+                (job_id, since, since),
+            )
             db.execute(
                 "INSERT INTO history (job_id, at, outcome, details) VALUES (?, ?, ?, ?)",
                 (job_id, time.time(), outcome, (details or "")[:2000]),

@@ -242,6 +242,8 @@ class Worker:
             return self._api_failed(exc)
         self._api_ok()
         for bad in result.invalid:
+            if self._running_here(bad.job_id):
+                continue
             self.claimed += 1
             self.source.reject(bad)
         if not result.jobs and not result.invalid:
@@ -261,7 +263,9 @@ class Worker:
             self._dispatch(job_id, spec)
         return 0  # got something: if a slot is still free, ask again at once
 
-    def _dispatch(self, job_id: str, spec: JobSpecs) -> None:
+    def _running_here(self, job_id: str) -> bool:
+        """A claim of a job that runs here (the server re-queued it) is refused, spec valid or not:
+        the run in progress goes on and is the one reported."""
         with self._lock:
             running_here = job_id in self._running
         if running_here:
@@ -270,6 +274,10 @@ class Worker:
                 " run in progress goes on",
                 job_id,
             )
+        return running_here
+
+    def _dispatch(self, job_id: str, spec: JobSpecs) -> None:
+        if self._running_here(job_id):
             return
         self.claimed += 1
         if self.stop_event.is_set():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -14,6 +15,10 @@ from fetcher.errors import ApiRejected, AuthError, BadResponse, Interrupted
 from fetcher.logs import register_secret
 
 log = logging.getLogger(__name__)
+
+# an AWS region name (eu-central-1, us-gov-west-1, ...): it becomes part of the host the password
+# is sent to, and it comes from the API's unauthenticated /access_info
+AWS_REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-[0-9]{1,2}")
 
 
 class TokenSource(Protocol):
@@ -126,6 +131,8 @@ class CognitoLogin:
             except (ValueError, KeyError, TypeError) as exc:
                 raise BadResponse(f"access_info: unexpected answer ({exc!r})") from None
             if self._endpoint is None:
+                if not AWS_REGION.fullmatch(region):
+                    raise BadResponse(f"access_info: {region[:40]!r} is not an AWS region name")
                 self._endpoint = f"https://cognito-idp.{region}.amazonaws.com/"
         return self._endpoint, self._client_id
 

@@ -19,6 +19,8 @@ import requests
 import urllib3.exceptions
 from pydantic import ValidationError
 from requests_toolbelt import MultipartEncoder
+from urllib3.exceptions import LocationParseError
+from urllib3.util import parse_url
 
 from fetcher.api.auth import CognitoLogin, FixedToken, TokenSource
 from fetcher.api.http import Http, Transient, read_json
@@ -92,12 +94,29 @@ def origin(url: str) -> tuple[str, str, int] | None:
     except ValueError:  # a port that is not a number, or out of range
         return None
     scheme = parts.scheme.lower()
-    host = (parts.hostname or "").rstrip(".")
+    host = _norm_host(parts.hostname or "")
     if scheme not in DEFAULT_PORTS or not host:
         return None
+    found = scheme, host, DEFAULT_PORTS[scheme] if port is None else port
+    # The connection is made where urllib3 (under requests) parses the host, and the two parsers
+    # disagree on some spellings (`http://other\@api/`: urlsplit reads `api`, urllib3 `other`).
+    # Only a URL both read the same way is an origin at all.
+    try:
+        u3 = parse_url(url.strip())
+    except LocationParseError:
+        return None
+    u3_scheme = (u3.scheme or "").lower()
+    u3_port = u3.port if u3.port is not None else DEFAULT_PORTS.get(u3_scheme)
+    if (u3_scheme, _norm_host(u3.host or ""), u3_port) != found:
+        return None
+    return found
+
+
+def _norm_host(host: str) -> str:
+    host = host.strip("[]").rstrip(".").lower()
     with contextlib.suppress(ValueError):  # a name, not an address
         host = ipaddress.ip_address(host).compressed
-    return scheme, host, DEFAULT_PORTS[scheme] if port is None else port
+    return host
 
 
 class WorkerApi:

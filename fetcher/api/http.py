@@ -52,15 +52,29 @@ def read_json(resp: requests.Response, what: str) -> Any:
         raise BadResponse(f"{what}: the answer is not JSON ({type(exc).__name__})") from None
 
 
-def _read_bounded(resp: requests.Response, what: str) -> None:
-    """Read the whole body now, at most MAX_ANSWER_BYTES (a server may send gigabytes), so that
-    `resp.content` and `resp.json()` work as usual. A body cut off raises the connection errors
-    `send` treats as transient; one too large is a BadResponse."""
+def _read_bounded(resp: requests.Response, what: str, deadline_s: float) -> None:
+    """Read the whole body now, at most MAX_ANSWER_BYTES (a server may send gigabytes) and within
+    `deadline_s` (the read timeout bounds each recv, and a server may send a byte now and then for
+    ever), so that `resp.content` and `resp.json()` work as usual. A body cut off raises the
+    connection errors `send` treats as transient, so does one too slow; one too large is a
+    BadResponse."""
+    deadline = time.monotonic() + deadline_s
+    parts: list[bytes] = []
+    size = 0
     with resp:
-        data = resp.raw.read(MAX_ANSWER_BYTES + 1, decode_content=True)
-    if len(data) > MAX_ANSWER_BYTES:
-        raise BadResponse(f"{what}: the answer is larger than {MAX_ANSWER_BYTES // 2**20} MB")
-    resp._content = data
+        while True:
+            if time.monotonic() > deadline:
+                raise Transient(f"{what}: the answer took longer than {deadline_s:.0f} s")
+            piece = resp.raw.read1(64 * 1024, decode_content=True)  # one recv at most
+            if not piece:
+                break
+            parts.append(piece)
+            size += len(piece)
+            if size > MAX_ANSWER_BYTES:
+                raise BadResponse(
+                    f"{what}: the answer is larger than {MAX_ANSWER_BYTES // 2**20} MB"
+                )
+    resp._content = b"".join(parts)
     resp._content_consumed = True  # type: ignore[attr-defined]
 
 
@@ -122,9 +136,11 @@ class Http:
         read_timeout_s: float = 60.0,
         retry_s: float = 120.0,
         max_backoff_s: float = 30.0,
+        answer_deadline_s: float = 300.0,
         session: requests.Session | None = None,
     ) -> None:
         self.timeout = (connect_timeout_s, read_timeout_s)
+        self.answer_deadline_s = answer_deadline_s  # a whole (non-streamed) answer's body
         self.retry_s = retry_s
         self.max_backoff_s = max_backoff_s
         if session is None:
@@ -233,7 +249,7 @@ class Http:
                 timeout=self.timeout,
             )
             if not stream:
-                _read_bounded(resp, what)
+                _read_bounded(resp, what, self.answer_deadline_s)
         except (
             requests.ConnectionError,
             requests.Timeout,

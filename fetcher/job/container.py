@@ -38,7 +38,11 @@ LABEL_JOB = LABEL + ".job"  # the queue id
 LABEL_GPUS = LABEL + ".gpus"  # the GPU UUIDs given to it
 # start failures that are this box's trouble, not the job's: the job is handed back
 WORKER_FAULTS = ("could not select device driver", "nvidia-container", "error mounting", "cgroup")
+# ... unless the image is what the mount failed on: /files is a file in it (the job directory,
+# checked a real directory, cannot be the odd one out). Checked first: the job's error.
+JOB_FAULTS = ("mount a directory onto a file", 'to rootfs at "/files": not a directory')
 ENGINE_ERRORS = (docker.errors.APIError, requests.RequestException)
+PURGE_TIMEOUT_S = 60  # how long the container that empties a job directory may take
 
 
 @dataclass(frozen=True)
@@ -281,6 +285,10 @@ class JobContainer:
 
     def _start_error(self, verb: str, exc: docker.errors.APIError) -> Exception:
         message = f"container could not be {verb}: {docker_message(exc)}"
+        if any(marker in message for marker in JOB_FAULTS) or (
+            'to rootfs at "/files"' in message and "not a directory" in message
+        ):
+            return ContainerError(message)
         if any(marker in message for marker in WORKER_FAULTS):
             return WorkerTrouble(message)
         return ContainerError(message)
@@ -336,6 +344,8 @@ class JobContainer:
             raise WorkerTrouble(f"container {container_id[:12]} is gone") from None
         except ENGINE_ERRORS as exc:
             raise WorkerTrouble(f"docker engine: {exc}") from None
+        if self.container.status == "created":  # never started: its wait would answer exit 0
+            raise WorkerTrouble(f"container {container_id[:12]} was never started")
 
     def follow_logs(self, dest: Path | None) -> None:
         self.follower = LogFollower(
@@ -449,21 +459,33 @@ class JobContainer:
             "job %s: removing the job's files with a container (permission denied to the fetcher)",
             self.job_id,
         )
+        o = self.options
+        kwargs: dict[str, Any] = {
+            "entrypoint": purge_command()[:2],
+            "network_disabled": True,
+            "security_opt": ["no-new-privileges"],
+            "cap_drop": list(o.cap_drop),
+            "log_config": LogConfig(type="json-file", config={"max-size": "1m", "max-file": "1"}),
+            "volumes": {str(ws.host_path): {"bind": CONTAINER_MOUNT, "mode": "rw"}},
+            "labels": {LABEL: "1", LABEL_ID: self.fetcher_id, LABEL_JOB: self.job_id},
+        }
+        if o.pids_limit > 0:
+            kwargs["pids_limit"] = o.pids_limit
+        # the job's own image, so the stranger's code: bounded like the job, waited for a while,
+        # then removed whatever it does; its output is never read
+        purger = None
         try:
-            self.client.containers.run(
-                image,
-                purge_command()[2:],
-                entrypoint=purge_command()[:2],
-                remove=True,
-                network_disabled=True,
-                security_opt=["no-new-privileges"],
-                volumes={str(ws.host_path): {"bind": CONTAINER_MOUNT, "mode": "rw"}},
-                labels={LABEL: "1", LABEL_ID: self.fetcher_id, LABEL_JOB: self.job_id},
-            )
+            purger = self.client.containers.create(image, purge_command()[2:], **kwargs)
+            purger.start()
+            purger.wait(timeout=PURGE_TIMEOUT_S)
         except (docker.errors.DockerException, requests.RequestException) as exc:
             log.error(
                 "job %s: could not empty the job directory with a container: %s", self.job_id, exc
             )
+        finally:
+            if purger is not None:
+                with contextlib.suppress(*ENGINE_ERRORS):
+                    purger.remove(force=True)
 
     def remove(self) -> None:
         """Remove the container in any state (also `created` after a failed start). Never raises."""

@@ -36,6 +36,10 @@ class StatusSink(Protocol):
         retry_s: float | None = None,
     ) -> None: ...
 
+    def get_status(
+        self, job_id: str, *, retry_s: float | None = None, interrupt: threading.Event | None = None
+    ) -> JobStatus: ...
+
 
 class Cancel:
     """Why a job must stop: set once, by the keep-alive (gone) or the worker (shutdown)."""
@@ -75,8 +79,19 @@ class Cancel:
 
 
 class KeepAlive:
-    def __init__(self, api: StatusSink, job_id: str, interval_s: float, cancel: Cancel) -> None:
+    def __init__(
+        self,
+        api: StatusSink,
+        job_id: str,
+        interval_s: float,
+        cancel: Cancel,
+        *,
+        verify_first: bool = False,
+    ) -> None:
         self.api = api
+        # an adopted job: ask the server before the first PUT, which would silently take back a
+        # job the server re-queued while the fetcher was away
+        self.verify_first = verify_first
         self.job_id = job_id
         self.interval_s = interval_s
         self.cancel = cancel
@@ -121,7 +136,43 @@ class KeepAlive:
                 return self._changes[0], True
             return self._current, False
 
+    def _still_ours(self) -> bool:
+        """Before the first PUT of an adopted job: does the server still have it running for us?
+        Sets the cancel (gone) when it does not. Retries at each interval until it can tell."""
+        failing: str | None = None
+        while not self._halt.is_set() and not self._closing.is_set():
+            try:
+                status = self.api.get_status(
+                    self.job_id, retry_s=min(self.interval_s, 30.0), interrupt=self._halt
+                )
+            except JobGone:
+                self.cancel.set("the job is gone (deleted by its user, or re-queued)", GONE)
+                return False
+            except Interrupted:
+                return False
+            except Exception as exc:  # noqa: BLE001 - log once, try again later
+                text = f"{type(exc).__name__}: {exc}"
+                if text != failing:
+                    log.warning("job %s: cannot ask the server about it yet: %s", self.job_id, text)
+                    failing = text
+                self._wake.wait(self.interval_s)
+                self._wake.clear()
+                continue
+            if status == JobStatus.queued or status.is_final:
+                log.warning(
+                    "job %s: the server has it as %s (re-queued while the fetcher was away):"
+                    " stopping it here",
+                    self.job_id,
+                    status.value,
+                )
+                self.cancel.set(f"the server has the job as {status.value}", GONE)
+                return False
+            return True
+        return False
+
     def _run(self) -> None:
+        if self.verify_first and not self._still_ours():
+            return
         failing: str | None = None
         ping_due = False  # the interval passed since the last PUT
         while not self._halt.is_set():

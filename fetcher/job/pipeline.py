@@ -104,6 +104,8 @@ class JobRun:
         cancel: Cancel,
         gpu_uuids: list[str],
         limits: Limits,
+        *,
+        adopted: bool = False,
     ) -> None:
         s = deps.settings
         self.job_id = job_id
@@ -114,7 +116,10 @@ class JobRun:
         self.limits = limits
         self.ws = Workspace(job_id, s.path_base, s.host_base)
         self.container = JobContainer(deps.docker, job_id, deps.fetcher_id, deps.container_options)
-        self.keepalive = KeepAlive(deps.api, job_id, s.keepalive_interval_s, cancel)
+        self.keepalive = KeepAlive(
+            deps.api, job_id, s.keepalive_interval_s, cancel, verify_first=adopted
+        )
+        self.adopted = adopted
         self.log_file = s.state_dir / "logs" / f"{job_id}.log"
         self.layout: Layout | None = None
         self.result: RunResult | None = None
@@ -160,7 +165,15 @@ def process_job(
     resume: Resume | None = None,
 ) -> Outcome:
     """Run one claimed job to its end and report it. Never raises: every failure is an Outcome."""
-    run = JobRun(job_id, spec, deps, cancel or Cancel(), gpu_uuids or [], limits or Limits())
+    run = JobRun(
+        job_id,
+        spec,
+        deps,
+        cancel or Cancel(),
+        gpu_uuids or [],
+        limits or Limits(),
+        adopted=resume is not None,
+    )
     log.info("job %s: %s (%s)", job_id, "adopted" if resume else "started", spec.handler.image_url)
     run.keepalive.start(JobStatus.running if resume else JobStatus.preprocessing)
     try:
@@ -168,7 +181,9 @@ def process_job(
     except Exception as exc:  # noqa: BLE001 - every failure becomes an outcome
         outcome = classify(exc, run)
     run.keepalive.stop()
-    report(deps, job_id, outcome)
+    # an adopted job's status on the server is asked before its report is sent (it may have been
+    # re-queued while the fetcher was away, and the keep-alive may never have reached the server)
+    report(deps, job_id, outcome, verify=run.adopted)
     cleanup(run, outcome)
     return outcome
 
@@ -273,7 +288,7 @@ def failed(reason: str, result: RunResult | None, kind: str = "other") -> Outcom
     return Outcome(ERROR, f"{result.first_line()}\n{reason}{tail}", kind)
 
 
-def report(deps: JobDeps, job_id: str, outcome: Outcome) -> None:
+def report(deps: JobDeps, job_id: str, outcome: Outcome, *, verify: bool = False) -> None:
     """Hand the outcome to the deliverer (kept on disk until it is delivered, exactly once)."""
     first_line = outcome.details.splitlines()[0] if outcome.details else ""
     deps.metrics.job_ended(outcome.kind, outcome.reason)
@@ -286,7 +301,7 @@ def report(deps: JobDeps, job_id: str, outcome: Outcome) -> None:
             log.warning("job %s: could not forget it in the store: %s", job_id, exc)
         return
     log.info("job %s: %s (%s)", job_id, outcome.kind.replace("_", " "), first_line)
-    deps.deliverer.submit(job_id, status, outcome.details)
+    deps.deliverer.submit(job_id, status, outcome.details, verify=verify)
 
 
 def cleanup(run: JobRun, outcome: Outcome) -> None:

@@ -1,0 +1,55 @@
+"""Review finding: a job's directory is open to every local user of the GPU box.
+
+Job containers run as root (no user namespace) and the job directory is bind-mounted at /files,
+so a job can leave a setuid-root program (or file capabilities) in it: docker's
+`no-new-privileges` only holds inside the container, and bind mounts cannot be nosuid. The job
+directory is 0777 and PATH_BASE keeps whatever mode it was created with (0755 by `mkdir` or by
+docker for `-v /srv/decode-fetcher:/data`), so any local user can walk to PATH_BASE/<id>/..., run
+that program as root, or write into another job's inputs and outputs while it runs.
+The container does not need PATH_BASE to be searchable (the mount starts at the job directory):
+the fetcher can keep PATH_BASE to itself.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from typing import Any
+
+import pytest
+
+from fetcher.daemon import build_daemon
+from tests.helpers import Env, fetcher_id, wait_for
+from tests.integration.test_daemon import in_thread
+
+pytestmark = pytest.mark.docker
+
+
+def test_a_setuid_root_file_a_job_leaves_is_out_of_other_users_reach(env: Env, engine: Any) -> None:
+    # Given PATH_BASE as mkdir or docker makes it
+    env.base.chmod(0o755)
+    job = env.submit(
+        [
+            "cp /bin/busybox /files/output/rootsh",
+            "&&",
+            "chmod 4755 /files/output/rootsh",
+            "&&",
+            "sleep 3",
+        ]
+    )
+    daemon = build_daemon(
+        env.settings(fetcher_id=fetcher_id("suid")), exit_when_idle=True, docker_client=engine
+    )
+    t, out = in_thread(daemon.run)
+    try:
+        # When the job has made its file (what it can do today: a setuid-root program on the host)
+        found = wait_for(
+            lambda: next(env.base.glob("*/output/rootsh"), None), 60, "the job's setuid file"
+        )
+        st = os.lstat(found)
+        assert st.st_uid == 0 and st.st_mode & stat.S_ISUID, "premise: the job made it setuid root"
+        # Then no other local user can reach it: PATH_BASE grants group and others nothing
+        assert env.base.stat().st_mode & 0o077 == 0, oct(env.base.stat().st_mode)
+    finally:
+        t.join(60)
+    assert out.get("rc") == 0 and job.status.value == "finished"

@@ -1,0 +1,99 @@
+"""Review finding: the purge container (a fetcher that cannot delete what a job wrote as root
+empties the job directory with the job's own image) runs the stranger's image with none of the
+job container's bounds: no time limit (docker-py's `containers.run` waits for ever, then reads
+the whole output into the fetcher's memory), no process limit, no bounded engine log, MKNOD kept.
+An image whose /bin/sh never ends holds the job thread, and with it the job's slot and GPU
+share, for ever. For a fetcher that is not root (the Slurm pilots) every job that writes as root
+reaches this path.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from docker.models.containers import ContainerCollection
+
+from fetcher.job import container as container_module
+from fetcher.job.container import LABEL_ID, ContainerOptions, JobContainer
+from fetcher.job.workspace import Layout, Workspace
+from tests.helpers import IMAGE, fetcher_id
+
+pytestmark = pytest.mark.docker
+
+HANGING = "review-test/hanging-sh:1"
+
+
+@pytest.fixture
+def hanging_image(engine: Any) -> Iterator[str]:
+    """An image whose /bin/sh sleeps for an hour instead of running its command."""
+    dockerfile = (
+        f"FROM {IMAGE}\n"
+        "RUN rm /bin/sh && printf '#!/bin/busybox sh\\nexec /bin/busybox sleep 3600\\n' > /bin/sh"
+        " && chmod 755 /bin/sh\n"
+    )
+    engine.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=HANGING, rm=True)
+    yield HANGING
+    engine.images.remove(HANGING, force=True)
+
+
+def test_the_purge_container_ends_within_a_bound(
+    engine: Any, hanging_image: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(container_module, "PURGE_TIMEOUT_S", 5, raising=False)
+    # Given a job directory, and the job's image whose /bin/sh hangs
+    base = tmp_path / "base"
+    base.mkdir()
+    ws = Workspace("5", base, base)
+    ws.create(Layout((), ()))
+    fid = fetcher_id("purge")
+    job = JobContainer(engine, "5", fid, ContainerOptions(stop_grace_s=1))
+    # When the fetcher purges the directory with that image
+    t = threading.Thread(target=job.purge, args=(ws, hanging_image), daemon=True)
+    t.start()
+    t.join(60)
+    try:
+        # Then it gives up in bounded time, and leaves no container
+        assert not t.is_alive(), "purge still waiting after 60 s (its container sleeps 3600 s)"
+        left = engine.containers.list(all=True, filters={"label": f"{LABEL_ID}={fid}"})
+        assert not left
+    finally:
+        for c in engine.containers.list(all=True, filters={"label": f"{LABEL_ID}={fid}"}):
+            c.remove(force=True)
+        t.join(10)
+
+
+def test_the_purge_container_is_bounded_like_the_job(
+    engine: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a fetcher whose purge container we can look at
+    base = tmp_path / "base"
+    base.mkdir()
+    ws = Workspace("6", base, base)
+    ws.create(Layout((), ()))
+    fid = fetcher_id("purgecfg")
+    opts = ContainerOptions(pids_limit=256, engine_log_max_mb=5)
+    seen: dict[str, Any] = {}
+    real_run = ContainerCollection.run
+    real_create = ContainerCollection.create
+
+    def run(self: Any, image: str, *args: Any, **kwargs: Any) -> Any:
+        seen.update(kwargs)
+        return real_run(self, image, *args, **kwargs)
+
+    def create(self: Any, image: str, *args: Any, **kwargs: Any) -> Any:
+        seen.update(kwargs)
+        return real_create(self, image, *args, **kwargs)
+
+    monkeypatch.setattr(ContainerCollection, "run", run)
+    monkeypatch.setattr(ContainerCollection, "create", create)
+    # When it purges a job directory
+    JobContainer(engine, "6", fid, opts).purge(ws, IMAGE)
+    # Then the stranger's image runs with the job's bounds
+    assert seen.get("pids_limit") == 256, seen
+    assert "MKNOD" in (seen.get("cap_drop") or []), seen
+    assert seen.get("log_config") is not None, seen
