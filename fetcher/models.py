@@ -75,6 +75,8 @@ class HandlerSpecs(BaseModel):
     def _image_named(cls, value: str) -> str:
         if not value.strip():
             raise ValueError("must name an image")
+        if any(ord(c) < 32 or ord(c) == 127 for c in value) or " " in value:
+            raise ValueError("must be an image reference, without spaces or control characters")
         return value
 
 

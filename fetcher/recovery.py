@@ -160,6 +160,8 @@ def clean(deps: JobDeps, job_id: str, container: Any) -> None:
 def remove_stray_dirs(deps: JobDeps, keep: set[str]) -> None:
     """Entries of PATH_BASE named like a queue id that no job owns: leftovers of an earlier life."""
     base = deps.settings.path_base
+    if deps.settings.keep_failed_job_dirs:
+        return  # what is there may be a failed job's directory kept for inspection
     try:
         names = [p.name for p in base.iterdir() if valid_queue_id(p.name) and p.name not in keep]
     except OSError as exc:

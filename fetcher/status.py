@@ -90,6 +90,11 @@ def gather(path_base: Path) -> dict[str, Any]:
     return out
 
 
+def _printable(value: object) -> str:
+    """A job's name or an error line, without control characters (no terminal escapes)."""
+    return "".join(c if c.isprintable() else "?" for c in str(value))
+
+
 def _ago(seconds: float | None) -> str:
     if seconds is None:
         return "never"
@@ -133,7 +138,7 @@ def render(info: dict[str, Any]) -> str:
     )
     lines.append(f"running: {len(info['running'])}")
     for job in info["running"]:
-        name = f' "{job["name"]}"' if job.get("name") else ""
+        name = f' "{_printable(job["name"])}"' if job.get("name") else ""
         gpus = ",".join(job["gpus"]) or "no GPU"
         lines.append(
             f"  job {job['job_id']}{name}: {job['stage'] or '?'}, {_duration(job['elapsed_s'])},"
@@ -149,7 +154,8 @@ def render(info: dict[str, Any]) -> str:
     if errors:
         lines.append("recent errors:")
         for at, text in errors[-5:]:
-            lines.append(f"  {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(at))} {text}")
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
+            lines.append(f"  {stamp} {_printable(text)}")
     if info["recent"]:
         lines.append("recent outcomes:")
         for h in info["recent"][:5]:

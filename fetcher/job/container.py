@@ -42,6 +42,16 @@ WORKER_FAULTS = ("could not select device driver", "nvidia-container", "error mo
 # checked a real directory, cannot be the odd one out). Checked first: the job's error.
 JOB_FAULTS = ("mount a directory onto a file", 'to rootfs at "/files": not a directory')
 ENGINE_ERRORS = (docker.errors.APIError, requests.RequestException)
+# pull failures that another worker (or this one, later) would not see: rate limits, the registry's
+# own 5xx. A missing image or tag, a refused login, a bad reference stay the job's error.
+REGISTRY_BUSY = (
+    "toomanyrequests",
+    "too many requests",
+    "500 internal server error",
+    "502 bad gateway",
+    "503 service unavailable",
+    "504 gateway timeout",
+)
 PURGE_TIMEOUT_S = 60  # how long the container that empties a job directory may take
 
 
@@ -155,7 +165,10 @@ def ensure_image(
     try:
         _until(cancel or Cancel(), pull, f"pull-{job_id}")
     except docker.errors.APIError as exc:
-        raise ContainerError(f"pull of {image} failed: {docker_message(exc)}") from None
+        message = f"pull of {image} failed: {docker_message(exc)}"
+        if any(marker in docker_message(exc).lower() for marker in REGISTRY_BUSY):
+            raise WorkerTrouble(message) from None  # this box's turn at the registry, not the job
+        raise ContainerError(message) from None
     except requests.RequestException as exc:
         raise WorkerTrouble(f"docker engine unreachable during the pull: {exc}") from None
 

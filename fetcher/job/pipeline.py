@@ -177,10 +177,12 @@ def process_job(
     log.info("job %s: %s (%s)", job_id, "adopted" if resume else "started", spec.handler.image_url)
     run.keepalive.start(JobStatus.running if resume else JobStatus.preprocessing)
     try:
-        outcome = run_steps(run, resume)
-    except Exception as exc:  # noqa: BLE001 - every failure becomes an outcome
-        outcome = classify(exc, run)
-    run.keepalive.stop()
+        try:
+            outcome = run_steps(run, resume)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes an outcome
+            outcome = classify(exc, run)
+    finally:
+        run.keepalive.stop()  # whatever happened: no ping may outlive the job, none land after it
     # an adopted job's status on the server is asked before its report is sent (it may have been
     # re-queued while the fetcher was away, and the keep-alive may never have reached the server)
     report(deps, job_id, outcome, verify=run.adopted)
