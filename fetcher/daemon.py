@@ -31,13 +31,11 @@ from fetcher.models import ClaimOffer, ClaimResult, JobSpecs, JobStatus
 from fetcher.recovery import recover
 from fetcher.resources import Allocation, Host, ResourcePool, detect_gpus, detect_host
 from fetcher.settings import Settings
-from fetcher.store import JobStore
+from fetcher.store import HEARTBEAT_FILE, STORE_FILE, JobStore
 from fetcher.worker import Adoption, LoopOptions, SignalRelay, Worker
 
 log = logging.getLogger(__name__)
 
-HEARTBEAT = "heartbeat"
-STORE = "jobs.sqlite"
 CLAIM_RETRY_S = 5.0  # the loop has its own backoff between claims
 
 
@@ -290,7 +288,7 @@ def build_daemon(
     try:
         client = docker_client or connect_docker()
         api = WorkerApi.from_settings(settings, stop=force)
-        store = JobStore(settings.state_dir / STORE)
+        store = JobStore(settings.state_dir / STORE_FILE)
     except BaseException:
         lock.close()
         raise
@@ -331,7 +329,7 @@ def build_daemon(
         )
 
     errors = RecentErrors()
-    source = ApiJobSource(deps, pool, settings.state_dir / HEARTBEAT, errors)
+    source = ApiJobSource(deps, pool, settings.state_dir / HEARTBEAT_FILE, errors)
     options = LoopOptions(
         poll_interval_s=settings.poll_interval_s,
         groups=tuple(settings.group_list),
@@ -358,5 +356,5 @@ def observer(metrics: Metrics) -> Callable[[str, BaseException | None, int], Non
 
 
 def heartbeat_age_s(settings: Settings) -> float | None:
-    path = settings.state_dir / HEARTBEAT
+    path = settings.state_dir / HEARTBEAT_FILE
     return time.time() - path.stat().st_mtime if path.exists() else None

@@ -114,3 +114,10 @@ class RecentErrors(logging.Handler):
     def lines(self) -> list[tuple[float, str]]:
         with self._guard:
             return list(self._lines)
+
+
+def shown(value: object, limit: int = 60, *, as_repr: bool = True) -> str:
+    """A hostile value (an id, a path, a message from a server), printable on one line and short:
+    its repr (or, `as_repr=False`, its text with line breaks as spaces), cut at `limit`."""
+    text = repr(value) if as_repr else str(value).replace("\n", " ").replace("\r", " ")
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -23,7 +23,7 @@ from pydantic import ValidationError
 from fetcher.errors import ApiError, Interrupted, JobGone
 from fetcher.job import safefs
 from fetcher.job.container import ENGINE_ERRORS, LABEL_JOB, leftover_containers
-from fetcher.job.pipeline import JobDeps, Resume
+from fetcher.job.pipeline import JobDeps, Resume, container_log_path, worker_failure
 from fetcher.job.workspace import Workspace
 from fetcher.models import JobSpecs, JobStatus, valid_queue_id
 from fetcher.store import JobRecord
@@ -104,13 +104,10 @@ def settle(
         )
     reason = RESTARTED if container is None else "the worker restarted and lost the job's record"
     clean(deps, job_id, container)
-    hand = (
-        "handed back by the worker" if deps.settings.on_worker_failure == "hand-back" else "error"
-    )
-    details = f"{hand}: {reason}"
-    final = JobStatus.queued if deps.settings.on_worker_failure == "hand-back" else JobStatus.error
-    log.warning("job %s: %s", job_id, details)
-    deps.deliverer.submit(job_id, final, details, verify=status is None)
+    outcome = worker_failure(deps.settings, reason)
+    assert outcome.status is not None
+    log.warning("job %s: %s", job_id, outcome.details)
+    deps.deliverer.submit(job_id, outcome.status, outcome.details, verify=status is None)
     return None
 
 
@@ -154,7 +151,7 @@ def clean(deps: JobDeps, job_id: str, container: Any) -> None:
     if os.path.lexists(ws.path) and ws.remove():
         log.info("job %s: removed job directory left by an earlier run", job_id)
     with contextlib.suppress(OSError):
-        (s.state_dir / "logs" / f"{job_id}.log").unlink(missing_ok=True)
+        container_log_path(s, job_id).unlink(missing_ok=True)
 
 
 def remove_stray_dirs(deps: JobDeps, keep: set[str]) -> None:

@@ -14,10 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fetcher.store import JobStore, StoreError
-
-STORE = "jobs.sqlite"
-HEARTBEAT = "heartbeat"
+from fetcher.store import HEARTBEAT_FILE, STORE_FILE, JobStore, StoreError
 
 
 def lock_held(lock: Path) -> bool | None:
@@ -42,16 +39,16 @@ def gather(path_base: Path) -> dict[str, Any]:
     now = time.time()
     out: dict[str, Any] = {"path_base": str(path_base), "state_dir": str(state)}
     try:
-        beat = now - (state / HEARTBEAT).stat().st_mtime
+        beat = now - (state / HEARTBEAT_FILE).stat().st_mtime
     except OSError:
         beat = None
     out["heartbeat_age_s"] = None if beat is None else round(beat, 1)
     out["daemon_running"] = lock_held(state / "lock")
-    if not (state / STORE).exists():
+    if not (state / STORE_FILE).exists():
         out["error"] = f"no fetcher state under {path_base} (is PATH_BASE right?)"
         return out
     try:
-        store = JobStore(state / STORE, read_only=True)
+        store = JobStore(state / STORE_FILE, read_only=True)
     except StoreError as exc:
         out["error"] = str(exc)
         return out

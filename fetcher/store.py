@@ -57,6 +57,9 @@ CREATE TABLE IF NOT EXISTS history (
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 HISTORY_KEEP = 200
+# what lives in the state directory (PATH_BASE/.fetcher), for the daemon and `fetcher status`
+STORE_FILE = "jobs.sqlite"
+HEARTBEAT_FILE = "heartbeat"
 
 CLAIMED = "claimed"
 STARTED = "started"

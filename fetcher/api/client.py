@@ -32,6 +32,7 @@ from fetcher.errors import (
     InvalidJobSpec,
     TransferError,
 )
+from fetcher.logs import shown
 from fetcher.models import (
     ClaimOffer,
     ClaimResult,
@@ -231,9 +232,9 @@ class WorkerApi:
                 log.error(
                     "claim: refused a job whose queue id %s is not a small integer; nothing was done"
                     " with it (the server will time it out)",
-                    _show(raw_id),
+                    shown(raw_id, 40),
                 )
-                result.refused.append(_show(raw_id))
+                result.refused.append(shown(raw_id, 40))
                 continue
             try:
                 result.jobs[queue_id] = JobSpecs.model_validate(raw)
@@ -289,7 +290,9 @@ class WorkerApi:
         try:
             return JobStatus(value)
         except ValueError:
-            raise BadResponse(f"job {job_id}: unexpected status answer {_show(value)}") from None
+            raise BadResponse(
+                f"job {job_id}: unexpected status answer {shown(value, 40)}"
+            ) from None
 
     # --- files -------------------------------------------------------------------------------
     def _file_request(self, resp: requests.Response, what: str) -> FileHTTPRequest:
@@ -466,13 +469,8 @@ def spec_error(queue_id: str, exc: ValidationError) -> InvalidJobSpec:
     err = exc.errors(include_url=False, include_input=False)[0]
     loc = ".".join(str(p) for p in err["loc"]) or "(root)"
     return InvalidJobSpec(
-        queue_id, _show(loc, 120, quote_it=False), _show(err["msg"], 200, quote_it=False)
+        queue_id, shown(loc, 120, as_repr=False), shown(err["msg"], 200, as_repr=False)
     )
-
-
-def _show(value: object, limit: int = 40, *, quote_it: bool = True) -> str:
-    text = repr(value) if quote_it else str(value).replace("\n", " ").replace("\r", " ")
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _content_length(resp: requests.Response) -> int | None:

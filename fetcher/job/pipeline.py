@@ -12,6 +12,7 @@ import contextlib
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from fetcher.api.client import WorkerApi
@@ -120,7 +121,7 @@ class JobRun:
             deps.api, job_id, s.keepalive_interval_s, cancel, verify_first=adopted
         )
         self.adopted = adopted
-        self.log_file = s.state_dir / "logs" / f"{job_id}.log"
+        self.log_file = container_log_path(s, job_id)
         self.layout: Layout | None = None
         self.result: RunResult | None = None
         self.metric_stage: str | None = None  # download, pull, run, upload: the one under way
@@ -275,11 +276,20 @@ def classify(exc: Exception, run: JobRun) -> Outcome:
 
 
 def worker_trouble(run: JobRun, reason: str) -> Outcome:
-    """The worker, not the job, failed: hand the job back (or `error`, by ON_WORKER_FAILURE)."""
     log.error("job %s: %s", run.job_id, reason)
-    if run.deps.settings.on_worker_failure == "error":
-        return failed(f"worker failure: {reason}", run.result, "worker")
+    return worker_failure(run.deps.settings, reason, run.result)
+
+
+def worker_failure(settings: Settings, reason: str, result: RunResult | None = None) -> Outcome:
+    """The worker, not the job, failed: hand the job back (or `error`, by ON_WORKER_FAILURE)."""
+    if settings.on_worker_failure == "error":
+        return failed(f"worker failure: {reason}", result, "worker")
     return Outcome(HANDED_BACK, f"handed back by the worker: {reason}", "worker")
+
+
+def container_log_path(settings: Settings, job_id: str) -> Path:
+    """Where a job's output is kept while it runs: the fetcher's own state directory."""
+    return settings.state_dir / "logs" / f"{job_id}.log"
 
 
 def failed(reason: str, result: RunResult | None, kind: str = "other") -> Outcome:

@@ -22,6 +22,7 @@ from typing import BinaryIO
 
 from fetcher.errors import InvalidJobSpec
 from fetcher.job import safefs
+from fetcher.logs import shown
 from fetcher.models import JobSpecs, UploadType
 
 log = logging.getLogger(__name__)
@@ -33,12 +34,6 @@ MAX_PARTS = 32  # components of a spec path
 UPLOAD_MAX_DEPTH = 32  # directories below the job directory that are looked into for uploads
 DIR_MODE = 0o777  # the job's directories: writable by whatever user the image runs as
 FILE_MODE = 0o644
-
-
-def show(value: object, limit: int = 60) -> str:
-    """A hostile value, printable on one line and short."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 @dataclass(frozen=True)
@@ -121,24 +116,24 @@ def plan_layout(job_id: str, spec: JobSpecs) -> Layout:
     """Check every path of the spec before anything is written. Raises InvalidJobSpec."""
     inputs: list[Input] = []
     for key, file_id in (spec.handler.files_down or {}).items():
-        field = f"handler.files_down[{show(key)}]"
+        field = f"handler.files_down[{shown(key)}]"
         parts = split_relative(job_id, field, key)
         check_file_id(job_id, field, file_id)
         for other in inputs:
             if other.parts == parts:
-                raise _bad(job_id, field, f"is the same file as {show(other.rel)}")
+                raise _bad(job_id, field, f"is the same file as {shown(other.rel)}")
             if _is_under(other.parts, parts) or _is_under(parts, other.parts):
                 raise _bad(
-                    job_id, field, f"conflicts with {show(other.rel)}: a file cannot hold another"
+                    job_id, field, f"conflicts with {shown(other.rel)}: a file cannot hold another"
                 )
         inputs.append(Input(parts, file_id))
     outputs: list[OutputDir] = []
     for kind, rel in (spec.handler.files_up or {}).items():
-        field = f"handler.files_up[{show(kind.value)}]"
+        field = f"handler.files_up[{shown(kind.value)}]"
         parts = split_relative(job_id, field, rel)
         for inp in inputs:
             if _is_under(parts, inp.parts):
-                raise _bad(job_id, field, f"{show(rel)} is also an input file ({show(inp.rel)})")
+                raise _bad(job_id, field, f"{shown(rel)} is also an input file ({shown(inp.rel)})")
         outputs.append(OutputDir(kind, parts))
     return Layout(tuple(inputs), tuple(outputs))
 
@@ -278,7 +273,7 @@ class Workspace:
 
     def _skipped(self, out: OutputDir, parts: tuple[str, ...], why: str) -> None:
         log.warning(
-            "job %s: not uploading %s: %s", self.job_id, show("/".join((*out.parts, *parts))), why
+            "job %s: not uploading %s: %s", self.job_id, shown("/".join((*out.parts, *parts))), why
         )
 
     def _output(self, out: OutputDir, f: safefs.Found) -> OutputFile | None:
