@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import functools
 import logging
 import os
 import secrets
@@ -22,7 +23,7 @@ from fetcher.delivery import Deliverer
 from fetcher.errors import ApiError, ConfigError, InvalidJobSpec
 from fetcher.image_ledger import LEDGER_FILE, ImageLedger
 from fetcher.images import gb_to_bytes, prune_images
-from fetcher.job.container import Limits
+from fetcher.job.container import Limits, remove_container
 from fetcher.job.keepalive import Cancel
 from fetcher.job.pipeline import JobDeps, Resume, process_job
 from fetcher.logs import RecentErrors
@@ -32,7 +33,7 @@ from fetcher.recovery import recover
 from fetcher.resources import Allocation, Host, ResourcePool, detect_gpus, detect_host
 from fetcher.settings import Settings
 from fetcher.store import HEARTBEAT_FILE, STORE_FILE, JobStore
-from fetcher.worker import Adoption, LoopOptions, SignalRelay, Worker
+from fetcher.worker import Adoption, Leftover, LoopOptions, SignalRelay, Worker
 
 log = logging.getLogger(__name__)
 
@@ -317,8 +318,8 @@ def build_daemon(
 
     def execute(
         job_id: str, spec: JobSpecs, alloc: Allocation, cancel: Cancel, resume: object
-    ) -> None:
-        process_job(
+    ) -> Leftover | None:
+        outcome = process_job(
             job_id,
             spec,
             deps,
@@ -327,6 +328,8 @@ def build_daemon(
             limits=Limits(alloc.cpu_cores, alloc.memory_mb),
             resume=resume if isinstance(resume, Resume) else None,
         )
+        left = outcome.container_left
+        return None if left is None else functools.partial(remove_container, client, left)
 
     errors = RecentErrors()
     source = ApiJobSource(deps, pool, settings.state_dir / HEARTBEAT_FILE, errors)

@@ -301,6 +301,13 @@ class ResourcePool:
         with self._lock:
             self.held.pop(job_id, None)
 
+    def rename(self, job_id: str, key: str) -> None:
+        """Keep a job's share held under another key (the job ended, its container did not)."""
+        with self._lock:
+            alloc = self.held.pop(job_id, None)
+            if alloc is not None:
+                self.held[key] = alloc
+
     @property
     def running(self) -> int:
         with self._lock:

@@ -121,6 +121,14 @@ class Settings(BaseSettings):
     job_log_max_mb: float = Field(
         default=100.0, gt=0, description="Most of a job's output kept and uploaded as container.log"
     )
+    job_output_max_files: int = Field(
+        default=100_000,
+        ge=1,
+        description="Most files and directories a job may leave to upload; more ends it `error`",
+    )
+    job_output_max_mb: float = Field(
+        default=0.0, ge=0, description="Most MB a job may leave to upload; 0 = no limit"
+    )
     job_cap_drop: str = Field(
         default="MKNOD,NET_RAW",
         description="Capabilities taken from job containers (comma-separated)",

@@ -67,7 +67,13 @@ class JobSource(Protocol):
         """The API answers again after a failure."""
 
 
-Execute = Callable[[str, JobSpecs, Allocation, Cancel, object], None]
+# Tries again to remove what a job left on the engine (a container the engine would not remove,
+# which may still hold its GPU); True once it is gone.
+Leftover = Callable[[], bool]
+# Runs one job to its end; returns a Leftover when the job's share must stay reserved meanwhile.
+Execute = Callable[[str, JobSpecs, Allocation, Cancel, object], Leftover | None]
+LEFTOVER_RETRY_S = 30.0
+LEFTOVER_TRIES_BEFORE_IDLE_EXIT = 3  # --exit-when-idle leaves a container that outlived these
 
 
 @dataclass
@@ -156,6 +162,8 @@ class Worker:
         self.idle_polls = 0
         self._wake = threading.Event()
         self._running: dict[str, tuple[threading.Thread, Cancel]] = {}
+        # a pool key holding an ended job's share -> (how to retry its removal, when next, tries)
+        self._leftovers: dict[str, tuple[Leftover, float, int]] = {}
         self._lock = threading.Lock()
         self._api_problem: str | None = None
         self._backoff_s = options.poll_interval_s
@@ -220,6 +228,37 @@ class Worker:
             self.source.housekeeping(len(self.running_jobs))
         except Exception as exc:  # noqa: BLE001 - a full disk must not stop the loop
             log.error("worker: housekeeping failed (%s: %s); going on", type(exc).__name__, exc)
+        self._retry_leftovers()
+
+    def _retry_leftovers(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            due = [(k, r, n) for k, (r, at, n) in self._leftovers.items() if at <= now]
+        for key, retry, tries in due:
+            try:
+                gone = retry()
+            except Exception as exc:  # noqa: BLE001 - tried again later
+                log.error("%s: removing its container failed: %s", key, exc)
+                gone = False
+            with self._lock:
+                if gone:
+                    self._leftovers.pop(key, None)
+                else:
+                    self._leftovers[key] = (retry, now + LEFTOVER_RETRY_S, tries + 1)
+            if gone:
+                self.pool.release(key)
+                log.info("%s: its container is removed at last; its share is free again", key)
+
+    def _stuck_on_leftovers(self) -> bool:
+        """Nothing runs, and every share held is a leftover's that failed to go several times."""
+        with self._lock:
+            return (
+                not self._running
+                and bool(self._leftovers)
+                and all(
+                    n >= LEFTOVER_TRIES_BEFORE_IDLE_EXIT for _, _, n in self._leftovers.values()
+                )
+            )
 
     def _pass(self) -> float:
         """One pass: housekeeping, then one claim if a slot is free. Returns how long to wait."""
@@ -233,6 +272,14 @@ class Worker:
     def _poll_once(self) -> float:
         offer = self.pool.offer(list(self.options.groups))
         if offer is None:
+            if self.options.exit_when_idle and self._stuck_on_leftovers():
+                log.warning(
+                    "worker: no share free but those of containers the engine will not remove"
+                    " (tried %d times); exiting when idle (the next start removes them)",
+                    LEFTOVER_TRIES_BEFORE_IDLE_EXIT,
+                )
+                self.claiming = False
+                return 0
             return self.options.poll_interval_s
         try:
             result = self.source.claim(offer, self.stop_event)
@@ -316,12 +363,27 @@ class Worker:
     def _job_thread(
         self, job_id: str, spec: JobSpecs, alloc: Allocation, cancel: Cancel, resume: object
     ) -> None:
+        leftover: Leftover | None = None
         try:
-            self.execute(job_id, spec, alloc, cancel, resume)
+            leftover = self.execute(job_id, spec, alloc, cancel, resume)
         except BaseException:  # execute reports its own failures; this is the last guard
             log.exception("job %s: crashed the job thread", job_id)
         finally:
-            self.pool.release(job_id)
+            if leftover is None:
+                self.pool.release(job_id)
+            else:
+                # the container may still run on its GPU: keep its share out of any offer (under
+                # a key of its own, so that the same queue id can be claimed anew) until it is gone
+                key = f"job {job_id} (ended)"
+                self.pool.rename(job_id, key)
+                log.error(
+                    "job %s: its container is still on the engine; its CPU, memory and GPU(s) stay"
+                    " reserved until it is removed (tried again every %.0f s)",
+                    job_id,
+                    LEFTOVER_RETRY_S,
+                )
+                with self._lock:
+                    self._leftovers[key] = (leftover, time.monotonic() + LEFTOVER_RETRY_S, 0)
             with self._lock:
                 self._running.pop(job_id, None)
             self._wake.set()

@@ -365,7 +365,9 @@ class WorkerApi:
             done = 0
             try:
                 with data:
-                    for chunk in data.raw.stream(CHUNK, decode_content=False):
+                    # read1: whatever has arrived, up to CHUNK; a body that trickles in is
+                    # still cancellable between two reads (each bounded by the read timeout)
+                    while chunk := data.raw.read1(CHUNK, decode_content=False):
                         if interrupt is not None and interrupt.is_set():
                             raise Interrupted(f"{what}: interrupted")
                         out.write(chunk)

@@ -244,6 +244,7 @@ class JobContainer:
     options: ContainerOptions
     container: Any = None
     follower: LogFollower | None = None
+    left_behind: str | None = None  # the id of a container `remove` could not remove
     name: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -500,11 +501,12 @@ class JobContainer:
                 with contextlib.suppress(*ENGINE_ERRORS):
                     purger.remove(force=True)
 
-    def remove(self) -> None:
-        """Remove the container in any state (also `created` after a failed start). Never raises."""
+    def remove(self) -> bool:
+        """Remove the container in any state (also `created` after a failed start). True when it
+        is gone (or there was none). Never raises."""
         target = self.container if self.container is not None else self._ours_by_name()
         if target is None:
-            return
+            return True
         try:
             target.remove(force=True)
         except docker.errors.NotFound:
@@ -513,6 +515,20 @@ class JobContainer:
             log.error(
                 "job %s: could not remove container %s: %s", self.job_id, target.short_id, exc
             )
+            self.left_behind = str(target.id)
+            return False
+        return True
+
+
+def remove_container(client: Any, container_id: str) -> bool:
+    """Remove a container by id, whatever its state; True when it is gone. Never raises."""
+    try:
+        client.api.remove_container(container_id, force=True)
+    except docker.errors.NotFound:
+        return True
+    except ENGINE_ERRORS:
+        return False
+    return True
 
 
 def purge_command() -> list[str]:

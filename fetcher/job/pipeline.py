@@ -9,6 +9,7 @@ is everything cleaned up. A job adopted after a restart (`Resume`) starts at its
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -49,6 +50,7 @@ class Outcome:
     kind: str  # finished | error | handed_back | gone
     details: str
     reason: str = ""  # for an error: its class (metrics.FAILURE_REASONS)
+    container_left: str | None = None  # a container the engine would not remove (it may hold a GPU)
 
     @property
     def status(self) -> JobStatus | None:
@@ -187,7 +189,8 @@ def process_job(
     # an adopted job's status on the server is asked before its report is sent (it may have been
     # re-queued while the fetcher was away, and the keep-alive may never have reached the server)
     report(deps, job_id, outcome, verify=run.adopted)
-    cleanup(run, outcome)
+    if not cleanup(run, outcome):
+        return dataclasses.replace(outcome, container_left=run.container.left_behind)
     return outcome
 
 
@@ -243,6 +246,8 @@ def run_steps(run: JobRun, resume: Resume | None) -> Outcome:
             cancel=run.cancel.event,
             workers=s.download_workers,
             counted=run.counted("up"),
+            max_files=s.job_output_max_files,
+            max_bytes=int(s.job_output_max_mb * 2**20) or None,
         )
     return outcome_of(run.result)
 
@@ -316,17 +321,19 @@ def report(deps: JobDeps, job_id: str, outcome: Outcome, *, verify: bool = False
     deps.deliverer.submit(job_id, status, outcome.details, verify=verify)
 
 
-def cleanup(run: JobRun, outcome: Outcome) -> None:
-    """Remove the container, the job directory and the log copy. Never raises."""
-    run.container.remove()
+def cleanup(run: JobRun, outcome: Outcome) -> bool:
+    """Remove the container, the job directory and the log copy. Never raises. False when the
+    container is still on the engine."""
+    removed = run.container.remove()
     with contextlib.suppress(OSError):
         run.log_file.unlink(missing_ok=True)
     s = run.deps.settings
     if s.keep_failed_job_dirs and outcome.kind == ERROR:
         log.info("job %s: keeping job directory %s (KEEP_FAILED_JOB_DIRS)", run.job_id, run.ws.path)
-        return
+        return removed
     if not run.ws.remove():
         # files the job wrote as root, and a fetcher that is not root: delete them as root, in a container
         run.container.purge(run.ws, run.spec.handler.image_url)
         if not run.ws.remove():
             log.error("job %s: job directory %s is left behind", run.job_id, run.ws.path)
+    return removed

@@ -26,6 +26,23 @@ class UnsafePath(OSError):
     """A path component is a link, or not the kind of file expected."""
 
 
+class TooManyEntries(Exception):
+    """A walk met more directory entries than it was allowed to look at."""
+
+
+class EntryBudget:
+    """How many directory entries walks may still list, shared by several walks."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.left = limit
+
+    def take(self) -> None:
+        self.left -= 1
+        if self.left < 0:
+            raise TooManyEntries(f"more than {self.limit} files and directories")
+
+
 def open_dir(path: str | os.PathLike[str], *, dir_fd: int | None = None) -> int:
     """Open a directory without following a link at its last component. Raises OSError."""
     return os.open(path, DIR_FLAGS, dir_fd=dir_fd)
@@ -124,16 +141,32 @@ class Found:
 Skipped = Callable[[tuple[str, ...], str], None]
 
 
-def walk_files(root_fd: int, *, max_depth: int, skipped: Skipped | None = None) -> Iterator[Found]:
+def walk_files(
+    root_fd: int,
+    *,
+    max_depth: int,
+    skipped: Skipped | None = None,
+    budget: EntryBudget | None = None,
+) -> Iterator[Found]:
     """Every regular file below `root_fd`, sorted per directory, directories at most `max_depth`
     deep. Links, FIFOs, devices and sockets are reported to `skipped` and never opened; so are
     directories deeper than `max_depth` (not descended). Iterative: the stack holds at most
-    `max_depth` open directories."""
+    `max_depth` open directories. Each entry listed is taken from `budget`: TooManyEntries as soon
+    as it is spent (so a directory of millions of files costs neither memory nor hours)."""
     stack: list[tuple[int, tuple[str, ...], list[os.DirEntry[str]]]] = []
 
     def push(fd: int, prefix: tuple[str, ...]) -> None:
-        with os.scandir(fd) as it:
-            entries = sorted(it, key=lambda e: e.name, reverse=True)
+        entries: list[os.DirEntry[str]] = []
+        try:
+            with os.scandir(fd) as it:
+                for entry in it:
+                    if budget is not None:
+                        budget.take()
+                    entries.append(entry)
+        except BaseException:
+            os.close(fd)
+            raise
+        entries.sort(key=lambda e: e.name, reverse=True)
         stack.append((fd, prefix, entries))
 
     push(os.dup(root_fd), ())

@@ -25,7 +25,7 @@ from fetcher.errors import (
     TransferError,
     WorkerTrouble,
 )
-from fetcher.job.workspace import Input, Layout, OutputFile, Workspace
+from fetcher.job.workspace import Input, Layout, OutputFile, OutputLimit, Workspace
 from fetcher.models import UploadType
 
 log = logging.getLogger(__name__)
@@ -148,13 +148,20 @@ def upload_outputs(
     workers: int = 4,
     retry_s: float | None = None,
     counted: Callable[[int], None] | None = None,
+    max_files: int | None = None,
+    max_bytes: int | None = None,
 ) -> int:
     """Upload every file under each `files_up` directory, `base_path` being its directory relative
     to the job directory (so it starts with the `files_up` directory), and the container's log as
-    `<log dir>/container.log` from where the fetcher wrote it.
+    `<log dir>/container.log` from where the fetcher wrote it. Outputs over `max_files` or
+    `max_bytes`: only the container's log is uploaded, then OutputLimit is raised.
     Raises JobGone, TransferError, ApiUnavailable, AuthError, Interrupted."""
     started = time.monotonic()
-    files = ws.output_files(layout)
+    too_much: OutputLimit | None = None
+    try:
+        files = ws.output_files(layout, max_files=max_files, max_bytes=max_bytes)
+    except OutputLimit as exc:
+        too_much, files = exc, []
     log_dir = layout.output_dir(UploadType.log)
     ours: OutputFile | None = None
     if log_dir is not None and container_log is not None and container_log.is_file():
@@ -203,6 +210,8 @@ def upload_outputs(
 
     total = run_parallel(files, one, workers, cancel)
     _summary(job_id, "uploaded", len(files), total, started)
+    if too_much is not None:
+        raise too_much
     return total
 
 

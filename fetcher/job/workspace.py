@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from fetcher.errors import InvalidJobSpec
+from fetcher.errors import InvalidJobSpec, TransferError
 from fetcher.job import safefs
 from fetcher.logs import shown
 from fetcher.models import JobSpecs, UploadType
@@ -32,8 +32,13 @@ MAX_PATH_BYTES = 1024  # a spec path, and an upload's base_path (it travels in a
 MAX_NAME_BYTES = 255  # one path component (NAME_MAX)
 MAX_PARTS = 32  # components of a spec path
 UPLOAD_MAX_DEPTH = 32  # directories below the job directory that are looked into for uploads
+SKIPPED_LOGGED = 20  # entries not uploaded (links, FIFOs, ...) logged one by one, per job
 DIR_MODE = 0o777  # the job's directories: writable by whatever user the image runs as
 FILE_MODE = 0o644
+
+
+class OutputLimit(TransferError):
+    """The job left more output than the settings allow (JOB_OUTPUT_MAX_FILES, JOB_OUTPUT_MAX_MB)."""
 
 
 @dataclass(frozen=True)
@@ -161,6 +166,7 @@ class Workspace:
         self.base = base
         self.path = base / job_id
         self.host_path = host_base / job_id
+        self._skips = 0
 
     # --- file descriptors ----------------------------------------------------------------------
     def _base_fd(self) -> int:
@@ -243,10 +249,17 @@ class Workspace:
             os.close(parent)
 
     # --- outputs -------------------------------------------------------------------------------
-    def output_files(self, layout: Layout) -> list[OutputFile]:
+    def output_files(
+        self, layout: Layout, *, max_files: int | None = None, max_bytes: int | None = None
+    ) -> list[OutputFile]:
         """Every regular file under each `files_up` directory. Links, FIFOs, devices, sockets and
-        trees deeper than UPLOAD_MAX_DEPTH are skipped, with a log line each."""
+        trees deeper than UPLOAD_MAX_DEPTH are skipped, with a log line each. More than `max_files`
+        entries (files, directories, anything) or more than `max_bytes` in files is the job's
+        fault: OutputLimit, found without listing more than the limit."""
         found: list[OutputFile] = []
+        total = 0
+        budget = None if max_files is None else safefs.EntryBudget(max_files)
+        self._skips = 0  # entries skipped so far: the first SKIPPED_LOGGED are logged one by one
         root = self._root_fd()
         try:
             for out in layout.outputs:
@@ -259,19 +272,46 @@ class Workspace:
                     continue
                 try:
                     skipped = functools.partial(self._skipped, out)
-                    for f in safefs.walk_files(
-                        top, max_depth=max(UPLOAD_MAX_DEPTH - len(out.parts), 0), skipped=skipped
-                    ):
+                    files = safefs.walk_files(
+                        top,
+                        max_depth=max(UPLOAD_MAX_DEPTH - len(out.parts), 0),
+                        skipped=skipped,
+                        budget=budget,
+                    )
+                    for f in files:
                         item = self._output(out, f)
-                        if item is not None:
-                            found.append(item)
+                        if item is None:
+                            continue
+                        found.append(item)
+                        total += item.size
+                        if max_bytes is not None and total > max_bytes:
+                            raise OutputLimit(
+                                f"outputs: more than {max_bytes // 2**20} MiB in the files_up"
+                                " directories (JOB_OUTPUT_MAX_MB); nothing uploaded but the"
+                                " container's log"
+                            )
+                except safefs.TooManyEntries:
+                    raise OutputLimit(
+                        f"outputs: more than {max_files} files and directories in the files_up"
+                        " directories (JOB_OUTPUT_MAX_FILES); nothing uploaded but the container's"
+                        " log"
+                    ) from None
                 finally:
                     os.close(top)
         finally:
             os.close(root)
+            if self._skips > SKIPPED_LOGGED:
+                log.warning(
+                    "job %s: not uploading %d more entries (links, FIFOs, ...)",
+                    self.job_id,
+                    self._skips - SKIPPED_LOGGED,
+                )
         return found
 
     def _skipped(self, out: OutputDir, parts: tuple[str, ...], why: str) -> None:
+        self._skips += 1
+        if self._skips > SKIPPED_LOGGED:
+            return
         log.warning(
             "job %s: not uploading %s: %s", self.job_id, shown("/".join((*out.parts, *parts))), why
         )

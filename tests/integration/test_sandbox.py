@@ -206,3 +206,68 @@ def test_a_fork_bomb_is_held_by_the_process_limit(env: Env, engine: Any) -> None
     assert "can't fork" in log and "survived" in log
     only_state_left(env)
     starts_again(env, engine)
+
+
+def test_a_job_leaving_more_outputs_than_allowed_ends_error_and_costs_no_upload_storm(
+    env: Env, engine: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a job that leaves 3000 empty files and 3000 links (a stand-in for millions)
+    job = env.submit(
+        [
+            "cd /files/output && i=0; while [ $i -lt 3000 ]; do : > f$i; ln -s /etc/passwd l$i;"
+            " i=$((i+1)); done; echo made-them"
+        ],
+        files_up=LOG_DIR,
+    )
+    # When it runs under a limit of 1000 entries
+    with caplog.at_level("INFO"):
+        assert run_bounded(env, engine, job_output_max_files=1000) == 0
+    # Then it ends `error` saying how it ended and which setting it broke, only its log is uploaded
+    assert job.status.value == "error", job.history
+    details = job.history[-1]["runtime_details"]
+    lines = details.splitlines()
+    assert lines[0] == "exit_code: 0"
+    assert lines[1].startswith("outputs: more than 1000 files and directories")
+    assert "JOB_OUTPUT_MAX_FILES" in lines[1]
+    assert "made-them" in details
+    stored = Path(job.paths_upload["output"])
+    assert not stored.exists() or not any(stored.rglob("*"))
+    assert "made-them" in Path(job.paths_upload["log"], "log", "container.log").read_text()
+    # and the links it left were not logged one by one
+    skipped = [r for r in caplog.records if "not uploading" in r.getMessage()]
+    assert len(skipped) <= 21
+    only_state_left(env)
+
+
+def test_a_container_the_engine_will_not_remove_holds_its_slot_until_it_is_gone(
+    env: Env, engine: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Review finding: a container whose removal failed (it may still run on its GPU) gave its
+    # share back at once; the next job was given the same GPU.
+    import docker.models.containers
+
+    from fetcher import worker as worker_module
+
+    monkeypatch.setattr(worker_module, "LEFTOVER_RETRY_S", 1.0)
+    real_remove = docker.models.containers.Container.remove
+
+    def failing_remove(self: Any, **kwargs: Any) -> None:
+        raise docker.errors.APIError("engine busy (simulated)")
+
+    monkeypatch.setattr(docker.models.containers.Container, "remove", failing_remove)
+    fid = fetcher_id("leftover")
+    first = env.submit(["echo first"])
+    second = env.submit(["echo second"])
+    with caplog.at_level("INFO"):
+        assert run_bounded(env, engine, max_parallel_jobs=1, fetcher_id=fid) == 0
+    monkeypatch.setattr(docker.models.containers.Container, "remove", real_remove)
+    assert first.status.value == "finished" and second.status.value == "finished"
+    lines = [r.getMessage() for r in caplog.records]
+    held = lines.index(
+        "job 1: its container is still on the engine; its CPU, memory and GPU(s) stay reserved"
+        " until it is removed (tried again every 1 s)"
+    )
+    freed = lines.index("job 1 (ended): its container is removed at last; its share is free again")
+    second_started = next(i for i, m in enumerate(lines) if m.startswith("job 2: started"))
+    assert held < freed < second_started
+    assert not engine.containers.list(all=True, filters={"label": f"{LABEL_ID}={fid}"})

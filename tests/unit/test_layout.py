@@ -133,3 +133,37 @@ def test_outputs_are_listed_with_base_path_starting_at_the_files_up_directory(
     os.mkfifo(tmp_path / "7/log/pipe")
     found = {(f.kind.value, f.base_path, f.name) for f in ws.output_files(layout)}
     assert found == {("artifact", "model", "model_0.pt"), ("artifact", "model/ckpt", "last.pt")}
+
+
+def test_too_many_outputs_are_the_jobs_fault_and_named_by_the_setting(tmp_path: Path) -> None:
+    from fetcher.job.workspace import OutputLimit
+
+    layout = plan_layout("7", spec(files_up={"artifact": "model", "output": "out"}))
+    ws = Workspace("7", tmp_path, tmp_path)
+    ws.create(layout)
+    for i in range(6):
+        (tmp_path / f"7/model/m{i}").write_bytes(b"x" * 1000)
+        (tmp_path / f"7/out/o{i}").write_bytes(b"")
+    assert len(ws.output_files(layout, max_files=12)) == 12
+    # the budget is shared by all files_up directories
+    with pytest.raises(OutputLimit, match=r"more than 11 files .*\(JOB_OUTPUT_MAX_FILES\)"):
+        ws.output_files(layout, max_files=11)
+    assert len(ws.output_files(layout, max_bytes=6000)) == 12
+    with pytest.raises(OutputLimit, match=r"\(JOB_OUTPUT_MAX_MB\)"):
+        ws.output_files(layout, max_bytes=5999)
+
+
+def test_entries_not_uploaded_are_logged_a_few_then_counted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    layout = plan_layout("7", spec(files_up={"output": "out"}))
+    ws = Workspace("7", tmp_path, tmp_path)
+    ws.create(layout)
+    for i in range(500):
+        (tmp_path / f"7/out/l{i:03}").symlink_to("/nonexistent")
+    with caplog.at_level("WARNING"):
+        assert ws.output_files(layout) == []
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 21
+    assert lines[0] == "job 7: not uploading 'out/l000': a symbolic link"
+    assert lines[-1] == "job 7: not uploading 480 more entries (links, FIFOs, ...)"

@@ -152,3 +152,23 @@ def test_create_file_refuses_to_write_through_a_link(tmp_path: Path) -> None:
     finally:
         os.close(fd)
     assert target.read_text() == "precious"
+
+
+def test_walk_files_stops_listing_when_its_budget_of_entries_is_spent(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    for i in range(30):
+        (tmp_path / "a" / f"f{i}").write_bytes(b"")
+    fd = fd_of(tmp_path)
+    try:
+        budget = safefs.EntryBudget(10)
+        with pytest.raises(safefs.TooManyEntries, match="more than 10 files and directories"):
+            list(safefs.walk_files(fd, max_depth=5, budget=budget))
+        # the walk gave up at the 11th entry instead of listing the 31
+        assert budget.left == -1
+        whole = safefs.EntryBudget(31)
+        assert len(list(safefs.walk_files(fd, max_depth=5, budget=whole))) == 30
+        assert whole.left == 0
+    finally:
+        os.close(fd)
+    # no directory descriptor leaked by the walk that gave up
+    assert len(os.listdir("/proc/self/fd")) < 50

@@ -7,14 +7,19 @@ other report behind it) or the claim loop indefinitely. An answer must arrive wi
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from fetcher.api.auth import FixedToken
+from fetcher.api.client import WorkerApi
 from fetcher.api.http import Http
+from fetcher.errors import Interrupted
 
 
 @pytest.fixture
@@ -72,3 +77,76 @@ def test_a_trickling_answer_is_given_up_within_a_deadline(trickler: str) -> None
     assert not t.is_alive(), "still reading the answer after 8 s (it trickles for 10000 s)"
     assert time.monotonic() - started < 8
     assert isinstance(outcome["result"], Exception), outcome
+
+
+@pytest.fixture
+def trickling_file() -> Iterator[str]:
+    """An API whose download URL sends 1 MB of headers-promised body one byte every 0.05 s."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)
+    stop = threading.Event()
+    base = f"http://127.0.0.1:{srv.getsockname()[1]}"
+
+    def answer(conn: socket.socket) -> None:
+        with conn:
+            request = conn.recv(65536)
+            if b"/url " in request.split(b"\r\n", 1)[0]:
+                body = json.dumps(
+                    {"method": "get", "url": f"{base}/slow", "headers": {}, "data": {}}
+                )
+                conn.sendall(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                    + f"Content-Length: {len(body)}\r\n\r\n{body}".encode()
+                )
+                return
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1048576\r\n\r\n")
+            try:
+                while not stop.is_set():
+                    conn.sendall(b"x")
+                    time.sleep(0.05)
+            except OSError:
+                pass
+
+    def serve() -> None:
+        srv.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                continue
+            threading.Thread(target=answer, args=(conn,), daemon=True).start()
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    yield base
+    stop.set()
+    t.join(5)
+    srv.close()
+
+
+def test_a_trickling_download_stops_soon_after_the_job_is_cancelled(
+    trickling_file: str, tmp_path: Path
+) -> None:
+    # Review finding: a download read 1 MB chunks, so a body trickling in (each byte well within
+    # the read timeout) was not cancellable until a whole chunk had arrived (here: 14 hours).
+    api = WorkerApi(trickling_file, FixedToken("t"), Http(retry_s=0, read_timeout_s=5.0))
+    cancel = threading.Event()
+    outcome: dict[str, object] = {}
+
+    def download() -> None:
+        with (tmp_path / "in.bin").open("wb") as out:
+            try:
+                outcome["result"] = api.download_file("data/x.bin", out, interrupt=cancel)
+            except Exception as exc:
+                outcome["result"] = exc
+
+    t = threading.Thread(target=download, daemon=True)
+    t.start()
+    time.sleep(1.0)
+    cancel.set()
+    cancelled = time.monotonic()
+    t.join(8)
+    assert not t.is_alive(), "still downloading 8 s after the cancel"
+    assert time.monotonic() - cancelled < 2
+    assert isinstance(outcome["result"], Interrupted), outcome

@@ -306,3 +306,86 @@ def test_adopted_jobs_hold_their_share_and_run_first() -> None:
     w = Worker(source, pool, execute, LoopOptions(poll_interval_s=0.01, exit_when_idle=True))
     assert w.run() == 0
     assert seen == [("5", 2, 500, "container-abc")]
+
+
+def test_a_container_the_engine_would_not_remove_keeps_its_gpu_out_of_offers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Review finding: when the engine failed to remove a job's container (which may still run on
+    # its GPU), the GPU was offered to the next job at once.
+    from fetcher import worker as worker_module
+    from fetcher.resources import Gpu
+
+    monkeypatch.setattr(worker_module, "LEFTOVER_RETRY_S", 0.05)
+    removal_tries: list[str] = []
+    engine_fixed = threading.Event()
+
+    def leftover() -> bool:
+        removal_tries.append("try")
+        return engine_fixed.is_set()
+
+    ran: list[tuple[str, list[str]]] = []
+
+    def execute(
+        job_id: str, spec: JobSpecs, alloc: Allocation, cancel: Cancel, resume: object
+    ) -> object:
+        ran.append((job_id, [g.uuid for g in alloc.gpus]))
+        return leftover if job_id == "1" else None
+
+    gpu = Gpu(0, "GPU-0", "A100", 40000, "ampere")
+    pool = ResourcePool(Host(8, 8000, (gpu,)), 1, 1, 100)
+    answers: list[object] = [{"1": spec(gpu_mem=1000)}]
+    source = FakeSource(answers)
+    w = Worker(source, pool, execute, LoopOptions(poll_interval_s=0.01))  # type: ignore[arg-type]
+    t, out = run_in_thread(w)
+    try:
+        wait_until(lambda: len(removal_tries) >= 3)
+        # while the container is still there: no offer at all (its slot and GPU are held), and the
+        # same queue id claimed anew would not collide with it
+        offers_before = len(source.offers)
+        time.sleep(0.2)
+        assert len(source.offers) == offers_before
+        assert pool.running == 1
+        engine_fixed.set()
+        wait_until(lambda: len(source.offers) > offers_before)
+        assert source.offers[-1].gpu_mem == 40000
+        assert pool.running == 0
+    finally:
+        w.request_stop()
+        t.join(10)
+    assert out["rc"] == 0
+    assert ran == [("1", ["GPU-0"])]
+
+
+def wait_until(predicate: object, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_exit_when_idle_is_not_held_for_ever_by_a_container_that_will_not_go(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from fetcher import worker as worker_module
+
+    monkeypatch.setattr(worker_module, "LEFTOVER_RETRY_S", 0.01)
+    tries: list[int] = []
+
+    def execute(
+        job_id: str, spec: JobSpecs, alloc: Allocation, cancel: Cancel, resume: object
+    ) -> object:
+        def never_gone() -> bool:  # the engine never removes it
+            tries.append(1)
+            return False
+
+        return never_gone
+
+    pool = ResourcePool(Host(8, 8000, ()), 1, 1, 100)
+    source = FakeSource([{"1": spec()}])
+    w = Worker(source, pool, execute, LoopOptions(poll_interval_s=0.01, exit_when_idle=True))  # type: ignore[arg-type]
+    t, out = run_in_thread(w)
+    t.join(10)
+    assert not t.is_alive(), "an --exit-when-idle worker waited for ever on a leftover container"
+    assert out["rc"] == 0
+    assert len(tries) == 3  # it tried a few times before it left
