@@ -246,6 +246,10 @@ class Deliverer:
             self._finish(r, "dropped: gone", in_memory)
         except (ApiError, Interrupted) as exc:
             self._later(r, exc, in_memory)
+        except StoreError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - an odd answer delays this report, never the others
+            self._later(r, exc, in_memory)
         else:
             held = self.clock() - r.since
             log.info(

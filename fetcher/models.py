@@ -56,6 +56,19 @@ class AppSpecs(BaseModel):
             return value
         return {k: _scalar_text(v) for k, v in value.items()}
 
+    @field_validator("env")
+    @classmethod
+    def _env_is_an_environment(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        """Keys a process environment can hold (`A=B` would set `A`; a NUL cuts the string)."""
+        for key, text in (value or {}).items():
+            if not key:
+                raise ValueError("an empty variable name")
+            if "=" in key or any(ord(c) < 32 or ord(c) == 127 for c in key):
+                raise ValueError(f"variable name {key[:40]!r} contains '=' or a control character")
+            if "\x00" in text:
+                raise ValueError(f"the value of {key[:40]!r} contains a NUL byte")
+        return value
+
 
 class HandlerSpecs(BaseModel):
     """The image, and the files in (`files_down`: path -> file id) and out (`files_up`: type -> dir)."""

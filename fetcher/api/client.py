@@ -13,7 +13,7 @@ import os
 import threading
 from collections.abc import Callable
 from typing import Any, BinaryIO
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, urljoin, urlsplit
 
 import requests
 import urllib3.exceptions
@@ -23,7 +23,7 @@ from urllib3.exceptions import LocationParseError
 from urllib3.util import parse_url
 
 from fetcher.api.auth import CognitoLogin, FixedToken, TokenSource
-from fetcher.api.http import Http, Transient, read_json
+from fetcher.api.http import Http, Transient, read_json, shown_url
 from fetcher.errors import (
     ApiRejected,
     AuthError,
@@ -113,6 +113,21 @@ def origin(url: str) -> tuple[str, str, int] | None:
     return found
 
 
+def is_local_host(host: str) -> bool:
+    """This box (loopback, unspecified) or a link-local address (the cloud's metadata service):
+    places a server's file request may not send the daemon to, unless the API itself is there."""
+    host = _norm_host(host)
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        addr = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return addr.is_loopback or addr.is_link_local or addr.is_unspecified
+
+
 def _norm_host(host: str) -> str:
     host = host.strip("[]").rstrip(".").lower()
     with contextlib.suppress(ValueError):  # a name, not an address
@@ -124,6 +139,8 @@ class WorkerApi:
     def __init__(self, api_url: str, tokens: TokenSource, http: Http) -> None:
         self.api_url = api_url.rstrip("/")
         self._origin = origin(self.api_url)
+        # a server on this box (tests, the mock) may hand out URLs on this box; no other may
+        self._local_api = self._origin is not None and is_local_host(self._origin[1])
         self.tokens = tokens
         self.http = http
 
@@ -295,12 +312,39 @@ class WorkerApi:
             ) from None
 
     # --- files -------------------------------------------------------------------------------
-    def _file_request(self, resp: requests.Response, what: str) -> FileHTTPRequest:
+    def _file_request(self, resp: requests.Response, what: str, method: str) -> FileHTTPRequest:
+        """The request the API asks for, if it is one the fetcher performs: `method` (GET for a
+        download, POST for an upload: a server does not choose what the daemon does), to an
+        http(s) URL that is not this box or a link-local address (unless the API is there too)."""
         body = read_json(resp, what)
         try:
-            return FileHTTPRequest.model_validate(body)
+            req = FileHTTPRequest.model_validate(body)
         except (ValueError, ValidationError):
             raise BadResponse(f"{what}: the API's file request is malformed") from None
+        if req.method.strip().upper() != method:
+            raise BadResponse(
+                f"{what}: the API asks for a {shown(req.method, 20)} request; only {method} is made"
+            )
+        self._check_target(req.url, what)
+        return req
+
+    def _check_target(self, url: str, what: str) -> None:
+        """Raises BadResponse for a file URL the daemon must not be sent to (also a redirect's)."""
+        target = origin(url)
+        if target is None:
+            raise BadResponse(f"{what}: the API's file URL {shown_url(url)} is not an http(s) URL")
+        if not self._local_api and is_local_host(target[1]):
+            raise BadResponse(
+                f"{what}: the API's file URL {shown_url(url)} points at this box or a link-local"
+                " address; refused"
+            )
+
+    def _redirect_guard(self, what: str) -> Callable[..., None]:
+        def guard(resp: requests.Response, *args: Any, **kwargs: Any) -> None:
+            if resp.is_redirect:
+                self._check_target(urljoin(resp.url, resp.headers.get("location", "")), what)
+
+        return guard
 
     def _is_own(self, url: str) -> bool:
         return self._origin is not None and origin(url) == self._origin
@@ -340,14 +384,15 @@ class WorkerApi:
             out.seek(0)
             out.truncate()
             resp = self._send_api("GET", f"/files/{quote(file_id, safe='/:')}/url", what=what)
-            req = self._file_request(resp, what)
+            req = self._file_request(resp, what, "GET")
             try:
                 data = self.http.send(
-                    req.method.upper(),
+                    "GET",
                     req.url,
                     what=what,
                     headers=self._headers_for(req),
                     stream=True,
+                    on_response=self._redirect_guard(what),
                 )
             except Transient as exc:
                 # The server's own download of a file id it cannot send (a directory, say) fails
@@ -423,7 +468,7 @@ class WorkerApi:
                 params={"type": upload_type.value, "base_path": base_path},
                 job_id=job_id,
             )
-            req = self._file_request(resp, what)
+            req = self._file_request(resp, what, "POST")
             fields: list[tuple[str, Any]] = [(k, str(v)) for k, v in req.data.items()]
             fields.append(
                 ("file", (name, _Interruptible(fh, interrupt), "application/octet-stream"))
@@ -431,12 +476,13 @@ class WorkerApi:
             body = MultipartEncoder(fields=fields)
             headers = {**self._headers_for(req), "Content-Type": body.content_type}
             self.http.send(
-                req.method.upper(),
+                "POST",
                 req.url,
                 what=what,
                 headers=headers,
                 data=body,
                 expected=(200, 201, 204),
+                on_response=self._redirect_guard(what),
             ).close()
             return size
 

@@ -95,6 +95,18 @@ def safe_url(url: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
 
 
+def shown_url(url: str) -> str:
+    """A URL fit for an error text: no query, no user info, at most 200 characters."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+        text = urlunsplit((parts.scheme, host + port, parts.path, "", ""))
+    except ValueError:
+        text = url.split("?", 1)[0].split("#", 1)[0]
+    return repr(text[:200])
+
+
 def _detail(resp: requests.Response) -> str:
     """The start of an error answer's body (read with a bound: a server may send gigabytes)."""
     try:
@@ -116,14 +128,19 @@ def _detail(resp: requests.Response) -> str:
 
 
 def _retry_after(resp: requests.Response) -> float:
+    """Retry-After in seconds (a number or an HTTP date); 0 when missing or malformed."""
     value = resp.headers.get("Retry-After")
     if not value:
         return 0.0
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
-        parsed = email.utils.parsedate_to_datetime(value)
-        return max(0.0, parsed.timestamp() - time.time()) if parsed else 0.0
+        try:
+            parsed = email.utils.parsedate_to_datetime(value)
+            seconds = parsed.timestamp() - time.time()
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return 0.0  # e.g. "120s": the backoff decides
+    return max(0.0, seconds) if seconds == seconds else 0.0  # NaN: 0
 
 
 class Http:
@@ -235,8 +252,10 @@ class Http:
         data: Any = None,
         stream: bool = False,
         job_id: str | None = None,
+        on_response: Callable[..., None] | None = None,
     ) -> requests.Response:
-        """One try: send, and map the answer. Raises Transient for a failure worth retrying."""
+        """One try: send, and map the answer. Raises Transient for a failure worth retrying.
+        `on_response` sees every answer, each redirect's too, and may raise to refuse it."""
         try:
             resp = self.session.request(
                 method,
@@ -247,9 +266,12 @@ class Http:
                 data=data,
                 stream=True,
                 timeout=self.timeout,
+                hooks={"response": [on_response]} if on_response else None,
             )
             if not stream:
                 _read_bounded(resp, what, self.answer_deadline_s)
+        except (urllib3.exceptions.LocationValueError, requests.exceptions.InvalidURL) as exc:
+            raise BadResponse(f"{what}: cannot use the URL given ({type(exc).__name__})") from None
         except (
             requests.ConnectionError,
             requests.Timeout,
@@ -258,6 +280,13 @@ class Http:
         ) as exc:
             # a connection cut mid-answer is as transient as one refused
             raise Transient(f"{type(exc).__name__} on {method} {safe_url(url)}") from None
+        except (requests.RequestException, ValueError, UnicodeError) as exc:
+            # a scheme requests has no adapter for, no host, a redirect loop, a header it refuses:
+            # the answer that led here was wrong, and another try would be the same (requests'
+            # exceptions are OSErrors: left alone they would pass for a local disk's failure)
+            raise BadResponse(
+                f"{what}: {method} {shown_url(url)} failed: {type(exc).__name__}"
+            ) from None
         if resp.status_code in expected:
             return resp
         status = resp.status_code

@@ -11,9 +11,11 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import TypeVar
+
+import requests
 
 from fetcher.api.client import WorkerApi
 from fetcher.errors import (
@@ -65,7 +67,9 @@ class ProgressLog:
 def run_parallel(
     items: Iterable[T], fn: Callable[[T], int], workers: int, cancel: threading.Event
 ) -> int:
-    """Run `fn` over `items` on `workers` threads; the first failure stops the rest and is raised."""
+    """Run `fn` over `items` on `workers` threads; the first failure stops the rest and is raised.
+    At most twice `workers` items are handed to the threads at a time (100,000 outputs must not
+    become 100,000 futures at once)."""
     stop = threading.Event()
 
     def guarded(item: T) -> int:
@@ -73,15 +77,33 @@ def run_parallel(
             raise Interrupted("transfer stopped")
         return fn(item)
 
+    total = 0
+    failure: BaseException | None = None
+    todo = iter(items)
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="transfer") as pool:
-        futures = [pool.submit(guarded, item) for item in items]
-        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-        failed = [f for f in done if f.exception() is not None]
-        if failed:
-            stop.set()
-            wait(futures)
-            raise failed[0].exception()  # type: ignore[misc]
-    return sum(f.result() for f in futures)
+        running: set[Future[int]] = set()
+        while True:
+            while failure is None and len(running) < 2 * workers:
+                item = next(todo, _END)
+                if item is _END:
+                    break
+                running.add(pool.submit(guarded, item))  # type: ignore[arg-type]
+            if not running:
+                break
+            done, running = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                exc = future.exception()
+                if exc is None:
+                    total += future.result()
+                elif failure is None:
+                    failure = exc
+                    stop.set()
+    if failure is not None:
+        raise failure
+    return total
+
+
+_END = object()
 
 
 def _named(subject: str, exc: Exception) -> Exception:
@@ -94,8 +116,10 @@ def _named(subject: str, exc: Exception) -> Exception:
         return type(exc)(f"{subject}: {exc}", exc.status_code)
     if isinstance(exc, ApiError):
         return TransferError(f"{subject}: {exc}")
+    if isinstance(exc, requests.RequestException):  # an OSError, but not this box's
+        return TransferError(f"{subject}: {type(exc).__name__}")
     if isinstance(exc, OSError):
-        return WorkerTrouble(f"{subject}: cannot be written here: {exc.strerror or exc}")
+        return WorkerTrouble(f"{subject}: this box's file system: {exc.strerror or exc}")
     return exc
 
 

@@ -323,6 +323,11 @@ class Workspace:
         if any(ord(c) < 32 or ord(c) == 127 for c in "/".join(parts)):
             self._skipped(out, f.parts, "its name contains a control character")
             return None
+        try:
+            "/".join(parts).encode("utf-8")  # bytes that are no UTF-8 come as lone surrogates
+        except UnicodeEncodeError:
+            self._skipped(out, f.parts, "its name is not valid UTF-8")
+            return None
         if len(base_path.encode()) > MAX_PATH_BYTES:
             self._skipped(out, f.parts, f"its directory is longer than {MAX_PATH_BYTES} bytes")
             return None

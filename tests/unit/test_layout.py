@@ -167,3 +167,19 @@ def test_entries_not_uploaded_are_logged_a_few_then_counted(
     assert len(lines) == 21
     assert lines[0] == "job 7: not uploading 'out/l000': a symbolic link"
     assert lines[-1] == "job 7: not uploading 480 more entries (links, FIFOs, ...)"
+
+
+def test_an_output_whose_name_is_not_utf8_is_skipped_not_a_crash(tmp_path: Path) -> None:
+    # Review finding: a job writing `a\xffb` made the upload raise UnicodeEncodeError, and the job
+    # was handed back (to run again on every worker of the pool, for ever).
+    layout = plan_layout("7", spec(files_up={"output": "out"}))
+    ws = Workspace("7", tmp_path, tmp_path)
+    ws.create(layout)
+    os.makedirs(os.fsencode(tmp_path / "7/out/sub") + b"/d\xffir")
+    (tmp_path / "7/out/ok.txt").write_text("fine")
+    with open(os.fsencode(tmp_path / "7/out") + b"/a\xffb", "wb") as fh:
+        fh.write(b"x")
+    with open(os.fsencode(tmp_path / "7/out/sub") + b"/d\xffir/c.txt", "wb") as fh:
+        fh.write(b"x")
+    found = {(f.base_path, f.name) for f in ws.output_files(layout)}
+    assert found == {("out", "ok.txt")}

@@ -7,6 +7,7 @@ parse, their extras kept; a spec the fetcher cannot run is refused, naming the f
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -252,3 +253,18 @@ def test_submitted_job_dumps_the_spec_with_its_extras() -> None:
     )
     dumped = sub.model_dump(mode="json")
     assert dumped["job"]["handler"]["image_name"] == "decode" and dumped["group"] == "lab"
+
+
+@pytest.mark.parametrize(
+    ("env", "why"),
+    [
+        ({"A=B": "x"}, "contains '=' or a control character"),
+        ({"A\nB": "x"}, "contains '=' or a control character"),
+        ({"": "x"}, "an empty variable name"),
+        ({"A": "x\x00y"}, "NUL byte"),
+    ],
+)
+def test_an_env_a_process_cannot_hold_is_an_invalid_spec(env: dict[str, str], why: str) -> None:
+    # Review finding: {"A=B": "x"} ran with A set to "B=x"; a newline in a name went through.
+    with pytest.raises(ValidationError, match=re.escape(why)):
+        JobSpecs.model_validate({"app": {"env": env}, "handler": {"image_url": "img"}})
