@@ -325,7 +325,7 @@ def build_daemon(
             deps,
             cancel=cancel,
             gpu_uuids=[g.uuid for g in alloc.gpus],
-            limits=Limits(alloc.cpu_cores, alloc.memory_mb),
+            limits=job_limits(spec, host),
             resume=resume if isinstance(resume, Resume) else None,
         )
         left = outcome.container_left
@@ -345,6 +345,14 @@ def build_daemon(
     )
     worker = Worker(source, pool, execute, options, stop_event=stop, force_event=force)
     return Daemon(worker, deps, host, lock, errors)
+
+
+def job_limits(spec: JobSpecs, host: Host) -> Limits:
+    """What a job's container is held to: what the job states; a field it leaves null (the
+    user-facing API's default) is held only to all this fetcher may use, as the upstream fetcher
+    set no limits (the share counted for offers is then JOB_DEFAULT_*)."""
+    hw = spec.hardware
+    return Limits(hw.cpu_cores or host.cpu_cores, hw.memory or host.memory_mb)
 
 
 def observer(metrics: Metrics) -> Callable[[str, BaseException | None, int], None]:

@@ -14,7 +14,7 @@ import pytest
 
 from fetcher.daemon import build_daemon
 from fetcher.job.container import LABEL_ID
-from tests.helpers import Env, fetcher_id, statuses, wait_for
+from tests.helpers import IMAGE, Env, fetcher_id, statuses, wait_for
 
 pytestmark = pytest.mark.docker
 
@@ -271,3 +271,41 @@ def test_a_container_the_engine_will_not_remove_holds_its_slot_until_it_is_gone(
     second_started = next(i for i, m in enumerate(lines) if m.startswith("job 2: started"))
     assert held < freed < second_started
     assert not engine.containers.list(all=True, filters={"label": f"{LABEL_ID}={fid}"})
+
+
+def test_a_job_stating_no_hardware_is_held_to_the_fetchers_share_not_the_defaults(
+    env: Env, engine: Any
+) -> None:
+    # Review finding (against the real server): the user-facing API's jobs leave `hardware` null;
+    # they were held to JOB_DEFAULT_MEMORY_MB (2000 MB) and one core, so a DECODE training would be
+    # killed for memory where the upstream fetcher sets no limit at all.
+    from fetcher.models import HardwareSpecs
+
+    stated = env.submit(["sleep 3"], hardware=HardwareSpecs(cpu_cores=1, memory=64))
+    unstated = env.submit_raw(
+        {"app": {"cmd": ["sleep 3"]}, "handler": {"image_url": IMAGE}, "hardware": None}
+    )
+    fid = fetcher_id("hw")
+    seen: dict[str, dict[str, Any]] = {}
+
+    def inspect() -> bool:
+        try:
+            found = engine.containers.list(all=True, filters={"label": f"{LABEL_ID}={fid}"})
+        except docker.errors.NotFound:
+            return False
+        for c in found:
+            seen[c.name.split("-")[2]] = c.attrs["HostConfig"]
+        return len(seen) == 2
+
+    t = threading.Thread(
+        target=lambda: run_bounded(
+            env, engine, fetcher_id=fid, max_parallel_jobs=2, memory_mb=3000, cpu_cores=2
+        ),
+        daemon=True,
+    )
+    t.start()
+    wait_for(inspect, 30, "both containers")
+    t.join(60)
+    assert stated.status.value == "finished" and unstated.status.value == "finished"
+    assert seen["1"]["Memory"] == 64 * 2**20 and seen["1"]["NanoCpus"] == 10**9
+    assert seen["2"]["Memory"] == 3000 * 2**20 and seen["2"]["NanoCpus"] == 2 * 10**9
