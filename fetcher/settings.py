@@ -25,7 +25,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fetcher.errors import ConfigError
 
-PullPolicy = Literal["always", "if-not-present", "never"]
+PullPolicy = Literal["auto", "always", "if-not-present", "never"]
 
 
 class Settings(BaseSettings):
@@ -106,7 +106,10 @@ class Settings(BaseSettings):
     job_default_memory_mb: int = Field(default=2000, ge=1)
 
     # --- containers ------------------------------------------------------------------------------
-    image_pull_policy: PullPolicy = "if-not-present"
+    image_pull_policy: PullPolicy = Field(
+        default="auto",
+        description="auto: pull `:latest` (and untagged) images every time, others if not present",
+    )
     shm_size: str = Field(default="8g", pattern=r"^\d+[bkmg]?$")
     ipc_host: bool = False
     enforce_job_limits: bool = Field(

@@ -57,7 +57,7 @@ PURGE_TIMEOUT_S = 60  # how long the container that empties a job directory may 
 
 @dataclass(frozen=True)
 class ContainerOptions:
-    pull_policy: PullPolicy = "if-not-present"
+    pull_policy: PullPolicy = "auto"
     shm_size: str = "8g"
     ipc_host: bool = False
     enforce_limits: bool = True
@@ -136,11 +136,24 @@ def _until(cancel: Cancel, work: Callable[[], Any], what: str) -> Any:
     return box["value"]
 
 
+def effective_policy(image: str, policy: PullPolicy) -> PullPolicy:
+    """`auto` as Kubernetes' default: a `:latest` or untagged image is pulled every time (the
+    user-facing API's applications use `decode:latest`: a box must not run a stale one for ever),
+    an image by tag or digest only when it is not present."""
+    if policy != "auto":
+        return policy
+    if "@" in image:
+        return "if-not-present"
+    _repo, tag = parse_repository_tag(image)
+    return "always" if tag in (None, "", "latest") else "if-not-present"
+
+
 def ensure_image(
     client: Any, image: str, policy: PullPolicy, job_id: str, cancel: Cancel | None = None
 ) -> None:
     """Apply the pull policy. Raises ContainerError with docker's message, Interrupted."""
     repo, tag = parse_repository_tag(image)
+    policy = effective_policy(image, policy)
     if policy != "always":
         try:
             client.images.get(image)

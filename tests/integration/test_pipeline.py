@@ -323,3 +323,30 @@ def test_a_short_job_still_shows_every_status(env: Env, engine: Any) -> None:
     job = env.submit(["true"], files_up={})
     run_until_idle(env, engine, keepalive_interval_s=60)
     assert sequence(job) == EVERY_STATUS
+
+
+def test_auto_pulls_a_latest_image_again_instead_of_running_a_stale_one(
+    env: Env, engine: Any
+) -> None:
+    # Review finding (against the real server): with `if-not-present` a box kept running the
+    # `decode:latest` it pulled once, for ever; the upstream fetcher always pulls.
+    from tests.helpers import IMAGE, REGISTRY_IMAGE
+
+    latest = REGISTRY_IMAGE.rsplit(":", 1)[0] + ":latest"
+    fresh = engine.images.get(IMAGE)
+    fresh.tag(latest)
+    engine.images.push(latest)
+    stale = engine.images.get("fetcher-test/pycopy:3.11")
+    stale.tag(latest)  # the box's copy is an older, other image
+    try:
+        job = env.submit(["echo ran"], image=latest)
+        run_until_idle(env, engine)  # IMAGE_PULL_POLICY: auto, the default
+        assert job.status.value == "finished", job.history
+        assert engine.images.get(latest).id == fresh.id
+        # an image by tag (not latest) present on the box is not pulled: IMAGE is in no registry
+        local = env.submit(["echo ran"], image=IMAGE)
+        run_until_idle(env, engine)
+        assert local.status.value == "finished", local.history
+    finally:
+        with contextlib.suppress(Exception):
+            engine.images.remove(latest)

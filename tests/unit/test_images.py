@@ -287,3 +287,22 @@ def test_a_ledger_that_cannot_be_written_logs_and_keeps_going(
     ledger.used("a:1", 1.0)
     assert ledger.snapshot() == {"a:1": 1.0}
     assert "images: could not write the ledger" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("image", "policy"),
+    [
+        ("public.ecr.aws/w2b7b8c0/decode-cloud/decode:latest", "always"),
+        ("decode", "always"),
+        ("127.0.0.1:5000/test/job", "always"),
+        ("127.0.0.1:5000/test/job:1", "if-not-present"),
+        ("public.ecr.aws/w2b7b8c0/decode-cloud/decode:v0_10_1", "if-not-present"),
+        ("decode@sha256:" + "a" * 64, "if-not-present"),
+        ("decode:latest@sha256:" + "a" * 64, "if-not-present"),
+    ],
+)
+def test_auto_pulls_latest_and_untagged_images_every_time(image: str, policy: str) -> None:
+    from fetcher.job.container import effective_policy
+
+    assert effective_policy(image, "auto") == policy
+    assert effective_policy(image, "never") == "never"

@@ -252,7 +252,7 @@ def test_info_shows_the_version_and_only_allowed_settings(served: tuple[Metrics,
     assert shown["version"] == "1.2.3"
     assert shown["fetcher_id"] == "box-7"
     assert shown["api_url"] == "https://api.example.org:8001/v1"
-    assert shown["image_pull_policy"] == "if-not-present"
+    assert shown["image_pull_policy"] == "auto"
     assert "password" not in shown and "access_token" not in shown and "username" not in shown
     assert not any("hunter2" in v or v == "abc" for v in shown.values())
 
