@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import fcntl
-import functools
 import logging
 import os
 import secrets
@@ -325,11 +324,11 @@ def build_daemon(
             deps,
             cancel=cancel,
             gpu_uuids=[g.uuid for g in alloc.gpus],
-            limits=job_limits(spec, host),
+            limits=Limits(alloc.cpu_cores, alloc.memory_mb),
             resume=resume if isinstance(resume, Resume) else None,
         )
         left = outcome.container_left
-        return None if left is None else functools.partial(remove_container, client, left)
+        return None if left is None else lambda: remove_container(client, left) is None
 
     errors = RecentErrors()
     source = ApiJobSource(deps, pool, settings.state_dir / HEARTBEAT_FILE, errors)
@@ -345,14 +344,6 @@ def build_daemon(
     )
     worker = Worker(source, pool, execute, options, stop_event=stop, force_event=force)
     return Daemon(worker, deps, host, lock, errors)
-
-
-def job_limits(spec: JobSpecs, host: Host) -> Limits:
-    """What a job's container is held to: what the job states; a field it leaves null (the
-    user-facing API's default) is held only to all this fetcher may use, as the upstream fetcher
-    set no limits (the share counted for offers is then JOB_DEFAULT_*)."""
-    hw = spec.hardware
-    return Limits(hw.cpu_cores or host.cpu_cores, hw.memory or host.memory_mb)
 
 
 def observer(metrics: Metrics) -> Callable[[str, BaseException | None, int], None]:

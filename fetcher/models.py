@@ -12,6 +12,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from fetcher.errors import InvalidJobSpec
 
 
+def has_control_char(text: str) -> bool:
+    """A C0 control character or DEL: never in a name, path or image reference the fetcher uses."""
+    return any(ord(c) < 32 or ord(c) == 127 for c in text)
+
+
 class JobStatus(StrEnum):
     queued = "queued"
     pulled = "pulled"
@@ -63,7 +68,7 @@ class AppSpecs(BaseModel):
         for key, text in (value or {}).items():
             if not key:
                 raise ValueError("an empty variable name")
-            if "=" in key or any(ord(c) < 32 or ord(c) == 127 for c in key):
+            if "=" in key or has_control_char(key):
                 raise ValueError(f"variable name {key[:40]!r} contains '=' or a control character")
             if "\x00" in text:
                 raise ValueError(f"the value of {key[:40]!r} contains a NUL byte")
@@ -88,7 +93,7 @@ class HandlerSpecs(BaseModel):
     def _image_named(cls, value: str) -> str:
         if not value.strip():
             raise ValueError("must name an image")
-        if any(ord(c) < 32 or ord(c) == 127 for c in value) or " " in value:
+        if has_control_char(value) or " " in value:
             raise ValueError("must be an image reference, without spaces or control characters")
         return value
 

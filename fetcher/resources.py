@@ -194,12 +194,19 @@ class ResourcePool:
     """Slots and shares: each running job holds its cores, memory and GPU until released."""
 
     def __init__(
-        self, host: Host, max_jobs: int | None, default_cpu: int, default_memory_mb: int
+        self,
+        host: Host,
+        max_jobs: int | None,
+        default_cpu: int | None = None,
+        default_memory_mb: int | None = None,
     ) -> None:
         self.host = host
         self.max_jobs = max_jobs or max(1, len(host.gpus))
-        self.default_cpu = default_cpu
-        self.default_memory_mb = default_memory_mb
+        # a job that states no cpu_cores / memory (the user-facing API's default) gets one slot's
+        # share of the box: all of it on a one-GPU box, as the upstream fetcher gave; its container
+        # is held to that share, and that share is what is counted (nothing is promised twice)
+        self.default_cpu = default_cpu or max(1, host.cpu_cores // self.max_jobs)
+        self.default_memory_mb = default_memory_mb or max(1, host.memory_mb // self.max_jobs)
         self.held: dict[str, Allocation] = {}
         self._lock = threading.Lock()
 

@@ -102,8 +102,12 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("JOB_GROUPS", "GROUPS", "job_groups"),
         description="Comma-separated job groups to take first (GROUPS, the old name, is read too)",
     )
-    job_default_cpu_cores: int = Field(default=1, ge=1)
-    job_default_memory_mb: int = Field(default=2000, ge=1)
+    job_default_cpu_cores: int | None = Field(
+        default=None, ge=1, description="Share of a job stating no cpu_cores; unset = one slot's"
+    )
+    job_default_memory_mb: int | None = Field(
+        default=None, ge=1, description="Share of a job stating no memory; unset = one slot's"
+    )
 
     # --- containers ------------------------------------------------------------------------------
     image_pull_policy: PullPolicy = Field(
@@ -130,7 +134,7 @@ class Settings(BaseSettings):
         description="Most files and directories a job may leave to upload; more ends it `error`",
     )
     job_output_max_mb: float = Field(
-        default=0.0, ge=0, description="Most MB a job may leave to upload; 0 = no limit"
+        default=102400.0, ge=0, description="Most MB a job may leave to upload; 0 = no limit"
     )
     job_cap_drop: str = Field(
         default="MKNOD,NET_RAW",

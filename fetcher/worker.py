@@ -164,6 +164,7 @@ class Worker:
         self._running: dict[str, tuple[threading.Thread, Cancel]] = {}
         # a pool key holding an ended job's share -> (how to retry its removal, when next, tries)
         self._leftovers: dict[str, tuple[Leftover, float, int]] = {}
+        self._leftover_seq = 0
         self._lock = threading.Lock()
         self._api_problem: str | None = None
         self._backoff_s = options.poll_interval_s
@@ -374,7 +375,8 @@ class Worker:
             else:
                 # the container may still run on its GPU: keep its share out of any offer (under
                 # a key of its own, so that the same queue id can be claimed anew) until it is gone
-                key = f"job {job_id} (ended)"
+                self._leftover_seq += 1
+                key = f"job {job_id} (ended, #{self._leftover_seq})"  # an id may be reused
                 self.pool.rename(job_id, key)
                 log.error(
                     "job %s: its container is still on the engine; its CPU, memory and GPU(s) stay"

@@ -10,6 +10,7 @@ import contextlib
 import ipaddress
 import logging
 import os
+import socket
 import threading
 from collections.abc import Callable
 from typing import Any, BinaryIO
@@ -113,19 +114,43 @@ def origin(url: str) -> tuple[str, str, int] | None:
     return found
 
 
-def is_local_host(host: str) -> bool:
+METADATA_HOSTS = frozenset({"fd00:ec2::254"})  # AWS's IPv6 metadata service (not link-local)
+
+
+def _is_local_address(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return (
+        addr.is_loopback
+        or addr.is_link_local
+        or addr.is_unspecified
+        or addr.compressed in METADATA_HOSTS
+    )
+
+
+def is_local_host(host: str, port: int | None = None) -> bool:
     """This box (loopback, unspecified) or a link-local address (the cloud's metadata service):
-    places a server's file request may not send the daemon to, unless the API itself is there."""
+    places a server's file request may not send the daemon to, unless the API itself is there.
+    Judged on every address the name resolves to (`127.1`, `2130706433`, a DNS name pointing at
+    127.0.0.1 all count), as the connection would."""
     host = _norm_host(host)
     if host == "localhost" or host.endswith(".localhost"):
         return True
     try:
-        addr = ipaddress.ip_address(host)
+        return _is_local_address(ipaddress.ip_address(host))
     except ValueError:
-        return False
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
-    return addr.is_loopback or addr.is_link_local or addr.is_unspecified
+        pass
+    try:
+        found = socket.getaddrinfo(host, port or 80, proto=socket.IPPROTO_TCP)
+    except (OSError, UnicodeError):
+        return False  # no address: the request fails on its own
+    for *_, sockaddr in found:
+        try:
+            if _is_local_address(ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0])):
+                return True
+        except ValueError:
+            continue
+    return False
 
 
 def _norm_host(host: str) -> str:
@@ -139,7 +164,7 @@ class WorkerApi:
     def __init__(self, api_url: str, tokens: TokenSource, http: Http) -> None:
         self.api_url = api_url.rstrip("/")
         self._origin = origin(self.api_url)
-        # a server on this box (tests, the mock) may hand out URLs on this box; no other may
+        # a server on this box (tests, the mock, a tunnel) may hand out URLs on this box; no other
         self._local_api = self._origin is not None and is_local_host(self._origin[1])
         self.tokens = tokens
         self.http = http
@@ -333,7 +358,7 @@ class WorkerApi:
         target = origin(url)
         if target is None:
             raise BadResponse(f"{what}: the API's file URL {shown_url(url)} is not an http(s) URL")
-        if not self._local_api and is_local_host(target[1]):
+        if not self._local_api and is_local_host(target[1], target[2]):
             raise BadResponse(
                 f"{what}: the API's file URL {shown_url(url)} points at this box or a link-local"
                 " address; refused"
@@ -342,7 +367,11 @@ class WorkerApi:
     def _redirect_guard(self, what: str) -> Callable[..., None]:
         def guard(resp: requests.Response, *args: Any, **kwargs: Any) -> None:
             if resp.is_redirect:
-                self._check_target(urljoin(resp.url, resp.headers.get("location", "")), what)
+                try:
+                    self._check_target(urljoin(resp.url, resp.headers.get("location", "")), what)
+                except BadResponse:
+                    resp.close()
+                    raise
 
         return guard
 

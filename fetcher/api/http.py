@@ -12,6 +12,7 @@ from __future__ import annotations
 import email.utils
 import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -90,21 +91,18 @@ class Transient(Exception):
 
 
 def safe_url(url: str) -> str:
-    """The URL without query or fragment (pre-signed URLs carry secrets there)."""
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+    """The URL without user info, query or fragment (pre-signed URLs carry secrets there)."""
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc.rpartition("@")[2]
+        return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+    except ValueError:
+        return url.split("?", 1)[0].split("#", 1)[0].rpartition("@")[2]
 
 
 def shown_url(url: str) -> str:
-    """A URL fit for an error text: no query, no user info, at most 200 characters."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        port = f":{parts.port}" if parts.port else ""
-        text = urlunsplit((parts.scheme, host + port, parts.path, "", ""))
-    except ValueError:
-        text = url.split("?", 1)[0].split("#", 1)[0]
-    return repr(text[:200])
+    """A URL fit for an error text: `safe_url`, quoted, at most 200 characters."""
+    return repr(safe_url(url)[:200])
 
 
 def _detail(resp: requests.Response) -> str:
@@ -140,7 +138,7 @@ def _retry_after(resp: requests.Response) -> float:
             seconds = parsed.timestamp() - time.time()
         except (TypeError, ValueError, IndexError, OverflowError):
             return 0.0  # e.g. "120s": the backoff decides
-    return max(0.0, seconds) if seconds == seconds else 0.0  # NaN: 0
+    return max(0.0, seconds) if math.isfinite(seconds) else 0.0
 
 
 class Http:

@@ -515,33 +515,27 @@ class JobContainer:
                     purger.remove(force=True)
 
     def remove(self) -> bool:
-        """Remove the container in any state (also `created` after a failed start). True when it
-        is gone (or there was none). Never raises."""
-        target = self.container if self.container is not None else self._ours_by_name()
-        if target is None:
+        """Remove the container in any state (also `created` after a failed start, found by its
+        name). True when it is gone (or there never was one). Never raises."""
+        target = self.container.id if self.container is not None else self.name
+        failure = remove_container(self.client, target)
+        if failure is None:
             return True
-        try:
-            target.remove(force=True)
-        except docker.errors.NotFound:
-            pass
-        except ENGINE_ERRORS as exc:
-            log.error(
-                "job %s: could not remove container %s: %s", self.job_id, target.short_id, exc
-            )
-            self.left_behind = str(target.id)
-            return False
-        return True
-
-
-def remove_container(client: Any, container_id: str) -> bool:
-    """Remove a container by id, whatever its state; True when it is gone. Never raises."""
-    try:
-        client.api.remove_container(container_id, force=True)
-    except docker.errors.NotFound:
-        return True
-    except ENGINE_ERRORS:
+        log.error("job %s: could not remove container %s: %s", self.job_id, target[:12], failure)
+        self.left_behind = target
         return False
-    return True
+
+
+def remove_container(client: Any, container: str) -> str | None:
+    """Remove a container by id or name, whatever its state. None when it is gone (or never was),
+    else why not. Never raises."""
+    try:
+        client.api.remove_container(container, force=True)
+    except docker.errors.NotFound:
+        return None
+    except ENGINE_ERRORS as exc:
+        return docker_message(exc)
+    return None
 
 
 def purge_command() -> list[str]:

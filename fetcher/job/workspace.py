@@ -23,7 +23,7 @@ from typing import BinaryIO
 from fetcher.errors import InvalidJobSpec, TransferError
 from fetcher.job import safefs
 from fetcher.logs import shown
-from fetcher.models import JobSpecs, UploadType
+from fetcher.models import JobSpecs, UploadType, has_control_char
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def split_relative(job_id: str, field: str, value: object) -> tuple[str, ...]:
         raise _bad(job_id, field, f"must be a string, not {type(value).__name__}")
     if not value:
         raise _bad(job_id, field, "is empty")
-    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+    if has_control_char(value):
         raise _bad(job_id, field, "contains a control character (NUL, newline, ...)")
     if value.startswith("/"):
         raise _bad(job_id, field, "must be relative to the job directory, not absolute")
@@ -104,7 +104,7 @@ def split_relative(job_id: str, field: str, value: object) -> tuple[str, ...]:
 def check_file_id(job_id: str, field: str, value: object) -> str:
     if not isinstance(value, str) or not value:
         raise _bad(job_id, field, "the file id must be a non-empty string")
-    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+    if has_control_char(value):
         raise _bad(job_id, field, "the file id contains a control character")
     if ".." in value.split("/"):
         raise _bad(job_id, field, "the file id must not contain '..'")
@@ -320,7 +320,7 @@ class Workspace:
         parts = (*out.parts, *f.parts)
         name = f.parts[-1]
         base_path = "/".join(parts[:-1])
-        if any(ord(c) < 32 or ord(c) == 127 for c in "/".join(parts)):
+        if has_control_char("/".join(parts)):
             self._skipped(out, f.parts, "its name contains a control character")
             return None
         try:

@@ -244,41 +244,45 @@ def test_a_container_the_engine_will_not_remove_holds_its_slot_until_it_is_gone(
 ) -> None:
     # Review finding: a container whose removal failed (it may still run on its GPU) gave its
     # share back at once; the next job was given the same GPU.
-    import docker.models.containers
+    import docker.api.client
 
     from fetcher import worker as worker_module
 
     monkeypatch.setattr(worker_module, "LEFTOVER_RETRY_S", 1.0)
-    real_remove = docker.models.containers.Container.remove
+    real_remove = docker.api.client.APIClient.remove_container
+    refused: list[str] = []
 
-    def failing_remove(self: Any, **kwargs: Any) -> None:
-        raise docker.errors.APIError("engine busy (simulated)")
+    def remove_once_refused(self: Any, container: str, **kwargs: Any) -> Any:
+        if not refused:  # the engine refuses the first removal only
+            refused.append(container)
+            raise docker.errors.APIError("engine busy (simulated)")
+        return real_remove(self, container, **kwargs)
 
-    monkeypatch.setattr(docker.models.containers.Container, "remove", failing_remove)
+    monkeypatch.setattr(docker.api.client.APIClient, "remove_container", remove_once_refused)
     fid = fetcher_id("leftover")
     first = env.submit(["echo first"])
     second = env.submit(["echo second"])
     with caplog.at_level("INFO"):
         assert run_bounded(env, engine, max_parallel_jobs=1, fetcher_id=fid) == 0
-    monkeypatch.setattr(docker.models.containers.Container, "remove", real_remove)
     assert first.status.value == "finished" and second.status.value == "finished"
     lines = [r.getMessage() for r in caplog.records]
     held = lines.index(
         "job 1: its container is still on the engine; its CPU, memory and GPU(s) stay reserved"
         " until it is removed (tried again every 1 s)"
     )
-    freed = lines.index("job 1 (ended): its container is removed at last; its share is free again")
+    freed = lines.index(
+        "job 1 (ended, #1): its container is removed at last; its share is free again"
+    )
     second_started = next(i for i, m in enumerate(lines) if m.startswith("job 2: started"))
     assert held < freed < second_started
     assert not engine.containers.list(all=True, filters={"label": f"{LABEL_ID}={fid}"})
 
 
-def test_a_job_stating_no_hardware_is_held_to_the_fetchers_share_not_the_defaults(
-    env: Env, engine: Any
-) -> None:
+def test_a_job_stating_no_hardware_gets_one_slots_share_not_2000_mb(env: Env, engine: Any) -> None:
     # Review finding (against the real server): the user-facing API's jobs leave `hardware` null;
     # they were held to JOB_DEFAULT_MEMORY_MB (2000 MB) and one core, so a DECODE training would be
-    # killed for memory where the upstream fetcher sets no limit at all.
+    # killed for memory where the upstream fetcher sets no limit at all. Now such a job gets one
+    # slot's share (all of a one-GPU box), counted and enforced alike.
     from fetcher.models import HardwareSpecs
 
     stated = env.submit(["sleep 3"], hardware=HardwareSpecs(cpu_cores=1, memory=64))
@@ -299,7 +303,14 @@ def test_a_job_stating_no_hardware_is_held_to_the_fetchers_share_not_the_default
 
     t = threading.Thread(
         target=lambda: run_bounded(
-            env, engine, fetcher_id=fid, max_parallel_jobs=2, memory_mb=3000, cpu_cores=2
+            env,
+            engine,
+            fetcher_id=fid,
+            max_parallel_jobs=2,
+            memory_mb=3000,
+            cpu_cores=2,
+            job_default_memory_mb=None,
+            job_default_cpu_cores=None,
         ),
         daemon=True,
     )
@@ -308,4 +319,4 @@ def test_a_job_stating_no_hardware_is_held_to_the_fetchers_share_not_the_default
     t.join(60)
     assert stated.status.value == "finished" and unstated.status.value == "finished"
     assert seen["1"]["Memory"] == 64 * 2**20 and seen["1"]["NanoCpus"] == 10**9
-    assert seen["2"]["Memory"] == 3000 * 2**20 and seen["2"]["NanoCpus"] == 2 * 10**9
+    assert seen["2"]["Memory"] == 1500 * 2**20 and seen["2"]["NanoCpus"] == 10**9

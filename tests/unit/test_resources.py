@@ -98,3 +98,23 @@ def test_box_without_gpus_offers_gpu_mem_zero_and_refuses_gpu_jobs() -> None:
     assert pool.allocate("1", HardwareSpecs(gpu_mem=1)) == "needs a GPU; this host has none"
     cpu_job = pool.allocate("2", HardwareSpecs())
     assert isinstance(cpu_job, Allocation) and cpu_job.gpus == [] and cpu_job.memory_mb == 1000
+
+
+def test_a_job_stating_no_share_gets_one_slots_share_counted_and_limited() -> None:
+    # Review finding: null-hardware jobs (the user-facing API's default) were held to 2000 MB and
+    # one core; then, held to the whole box but counted as 2000 MB, four of them promised the box
+    # four times over. One slot's share is both what is counted and what is enforced.
+    from fetcher.models import HardwareSpecs
+    from fetcher.resources import Allocation, Host, ResourcePool
+
+    one_gpu = ResourcePool(Host(16, 64000, (gpu(0),)), None)
+    whole = one_gpu.allocate("1", HardwareSpecs())
+    assert isinstance(whole, Allocation) and (whole.cpu_cores, whole.memory_mb) == (16, 64000)
+
+    four = ResourcePool(Host(16, 64000, tuple(gpu(i) for i in range(4))), None)
+    shares = [four.allocate(str(i), HardwareSpecs()) for i in range(4)]
+    assert all(isinstance(a, Allocation) and a.memory_mb == 16000 for a in shares)
+    assert sum(a.memory_mb for a in shares if isinstance(a, Allocation)) == 64000
+    stated = ResourcePool(Host(16, 64000, ()), 2, default_cpu=1, default_memory_mb=2000)
+    alloc = stated.allocate("1", HardwareSpecs())
+    assert isinstance(alloc, Allocation) and (alloc.cpu_cores, alloc.memory_mb) == (1, 2000)

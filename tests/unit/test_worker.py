@@ -312,49 +312,48 @@ def test_a_container_the_engine_would_not_remove_keeps_its_gpu_out_of_offers(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Review finding: when the engine failed to remove a job's container (which may still run on
-    # its GPU), the GPU was offered to the next job at once.
+    # its GPU), the GPU was offered to the next job at once. Here the same queue id, claimed anew
+    # (ids are reused), leaves a second such container: neither GPU may be offered.
     from fetcher import worker as worker_module
     from fetcher.resources import Gpu
 
     monkeypatch.setattr(worker_module, "LEFTOVER_RETRY_S", 0.05)
-    removal_tries: list[str] = []
     engine_fixed = threading.Event()
-
-    def leftover() -> bool:
-        removal_tries.append("try")
-        return engine_fixed.is_set()
-
+    removal_tries: list[str] = []
     ran: list[tuple[str, list[str]]] = []
 
     def execute(
         job_id: str, spec: JobSpecs, alloc: Allocation, cancel: Cancel, resume: object
     ) -> object:
         ran.append((job_id, [g.uuid for g in alloc.gpus]))
-        return leftover if job_id == "1" else None
 
-    gpu = Gpu(0, "GPU-0", "A100", 40000, "ampere")
-    pool = ResourcePool(Host(8, 8000, (gpu,)), 1, 1, 100)
-    answers: list[object] = [{"1": spec(gpu_mem=1000)}]
-    source = FakeSource(answers)
+        def leftover() -> bool:
+            removal_tries.append(job_id)
+            return engine_fixed.is_set()
+
+        return leftover
+
+    gpus = (Gpu(0, "GPU-0", "A100", 40000, "ampere"), Gpu(1, "GPU-1", "T4", 15000, "turing"))
+    pool = ResourcePool(Host(8, 8000, gpus), 2, 1, 100)
+    source = FakeSource([{"1": spec(gpu_mem=1000)}, {"1": spec(gpu_mem=1000)}])
     w = Worker(source, pool, execute, LoopOptions(poll_interval_s=0.01))  # type: ignore[arg-type]
     t, out = run_in_thread(w)
     try:
-        wait_until(lambda: len(removal_tries) >= 3)
-        # while the container is still there: no offer at all (its slot and GPU are held), and the
-        # same queue id claimed anew would not collide with it
+        wait_until(lambda: len(ran) == 2 and len(removal_tries) >= 4)
+        # the second run of id 1 was given the other GPU, and while both containers stay, nothing
+        # is offered at all (both shares are held)
+        assert sorted(g for _, used in ran for g in used) == ["GPU-0", "GPU-1"]
         offers_before = len(source.offers)
         time.sleep(0.2)
         assert len(source.offers) == offers_before
-        assert pool.running == 1
+        assert pool.running == 2
         engine_fixed.set()
-        wait_until(lambda: len(source.offers) > offers_before)
+        wait_until(lambda: pool.running == 0 and len(source.offers) > offers_before)
         assert source.offers[-1].gpu_mem == 40000
-        assert pool.running == 0
     finally:
         w.request_stop()
         t.join(10)
     assert out["rc"] == 0
-    assert ran == [("1", ["GPU-0"])]
 
 
 def wait_until(predicate: object, timeout_s: float = 10.0) -> None:
