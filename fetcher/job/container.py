@@ -11,18 +11,20 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import docker
 import docker.errors
 import requests
 from docker.types import DeviceRequest, LogConfig
 from docker.utils import parse_repository_tag
+from docker.utils.socket import frames_iter
 
 from fetcher.errors import ContainerError, Interrupted, WorkerTrouble
 from fetcher.job.keepalive import Cancel
@@ -186,15 +188,40 @@ def ensure_image(
         raise WorkerTrouble(f"docker engine unreachable during the pull: {exc}") from None
 
 
+def _hang_up(sock: Any) -> None:
+    """Close an attach socket for good (the object docker-py hands out may wrap the socket)."""
+    if sock is None:
+        return
+    for s in (getattr(sock, "_sock", None), sock):
+        if s is None:
+            continue
+        with contextlib.suppress(Exception):
+            s.shutdown(socket.SHUT_RDWR)
+        with contextlib.suppress(Exception):
+            s.close()
+
+
 class LogFollower:
     """Streams the container's stdout and stderr, while it runs, into a file (up to a cap) and
-    keeps the decoded tail for the final status."""
+    keeps the decoded tail for the final status.
+
+    The stream is the container's attach stream, opened before it starts: every byte the job
+    writes comes through it (the engine's own log is bounded and rotates: a follower of it that
+    lags loses output; 30 MB printed at once came through as 7.6 MB). An attached client slows a
+    writer that outruns it, so the stream is read to its end whatever happens to the file."""
 
     def __init__(
-        self, job_id: str, container: Any, dest: Path | None, max_bytes: int, tail_bytes: int
+        self,
+        job_id: str,
+        chunks: Iterable[bytes],
+        dest: Path | None,
+        max_bytes: int,
+        tail_bytes: int,
+        hang_up: Callable[[], None] = lambda: None,
     ) -> None:
         self.job_id = job_id
-        self.container = container
+        self.chunks = chunks
+        self.hang_up = hang_up  # closes the stream for good
         self.dest = dest
         self.max_bytes = max_bytes
         self.tail_bytes = tail_bytes
@@ -212,29 +239,49 @@ class LogFollower:
         self._thread.join(timeout_s)
 
     def _run(self) -> None:
-        out = None
+        out = self._open()
         try:
-            if self.dest is not None:
-                self.dest.parent.mkdir(parents=True, exist_ok=True)
-                self.dest.unlink(missing_ok=True)
-                out = self.dest.open("xb")
-            for chunk in self.container.logs(stream=True, follow=True, stdout=True, stderr=True):
+            for chunk in self.chunks:
                 self._keep(chunk)
-                if out is not None:
-                    room = self.max_bytes - self.written
+                if out is None:
+                    continue
+                room = self.max_bytes - self.written
+                try:
                     if room > 0:
                         out.write(chunk[:room])
                         self.written += min(len(chunk), room)
-                    self.dropped += max(len(chunk) - max(room, 0), 0)
-        except (*ENGINE_ERRORS, OSError) as exc:
-            log.warning("job %s: could not read the container's logs: %s", self.job_id, exc)
+                except OSError as exc:  # the stream is drained all the same
+                    log.warning("job %s: cannot keep the job's output: %s", self.job_id, exc)
+                    self._close(out)
+                    out = None
+                    continue
+                self.dropped += max(len(chunk) - max(room, 0), 0)
+        except Exception as exc:  # noqa: BLE001 - whatever broke the stream, the job goes on
+            log.warning("job %s: could not read the container's output: %s", self.job_id, exc)
         finally:
+            # an attach connection nobody reads would hold the job's writes: it is closed for good
+            self.hang_up()
             if out is not None:
-                if self.dropped:
-                    out.write(
-                        f"\n[fetcher: {self.dropped} more bytes of output not kept (JOB_LOG_MAX_MB)]\n".encode()
-                    )
-                out.close()
+                self._close(out)
+
+    def _open(self) -> BinaryIO | None:
+        if self.dest is None:
+            return None
+        try:
+            self.dest.parent.mkdir(parents=True, exist_ok=True)
+            self.dest.unlink(missing_ok=True)
+            return self.dest.open("xb")
+        except OSError as exc:
+            log.warning("job %s: cannot keep the job's output: %s", self.job_id, exc)
+            return None
+
+    def _close(self, out: BinaryIO) -> None:
+        with contextlib.suppress(OSError):
+            if self.dropped:
+                out.write(
+                    f"\n[fetcher: {self.dropped} more bytes of output not kept (JOB_LOG_MAX_MB)]\n".encode()
+                )
+            out.close()
 
     def _keep(self, chunk: bytes) -> None:
         self._tail.append(chunk)
@@ -259,6 +306,7 @@ class JobContainer:
     follower: LogFollower | None = None
     left_behind: str | None = None  # the id of a container `remove` could not remove
     name: str = field(init=False)
+    _output: Any = field(default=None, init=False, repr=False)  # attached before the start
 
     def __post_init__(self) -> None:
         self.name = f"decode-job-{self.job_id}-{self.fetcher_id}"
@@ -293,11 +341,14 @@ class JobContainer:
             raise WorkerTrouble(f"docker engine unreachable: {exc}") from None
         if created is not None:
             created(self.container.id)
+        self._output = self._attach()  # before it starts: nothing is missed
         try:
             self.container.start()
-        except docker.errors.APIError as exc:
-            raise self._start_error("started", exc) from None
-        except requests.RequestException as exc:
+        except (docker.errors.APIError, requests.RequestException) as exc:
+            _hang_up(self._output)
+            self._output = None
+            if isinstance(exc, docker.errors.APIError):
+                raise self._start_error("started", exc) from None
             raise WorkerTrouble(f"docker engine unreachable: {exc}") from None
         log.info(
             "job %s: container %s started (%s)",
@@ -375,13 +426,36 @@ class JobContainer:
             raise WorkerTrouble(f"container {container_id[:12]} was never started")
 
     def follow_logs(self, dest: Path | None) -> None:
+        """Keep the job's output (in `dest`, and its tail) from here on: through the attach socket
+        opened before the start; for a container adopted after a restart (maybe ended already),
+        from the engine's log."""
+        sock, self._output = self._output, None
+        chunks: Iterable[bytes]
+        if sock is not None:
+            chunks = (data for _kind, data in frames_iter(sock, tty=False))
+        else:
+            try:
+                chunks = self.container.logs(stream=True, follow=True, stdout=True, stderr=True)
+            except ENGINE_ERRORS as exc:
+                log.warning("job %s: cannot read the container's output: %s", self.job_id, exc)
+                chunks = ()
         self.follower = LogFollower(
             self.job_id,
-            self.container,
+            chunks,
             dest,
             self.options.log_max_bytes,
             self.options.log_tail_bytes,
+            hang_up=lambda: _hang_up(sock),
         ).start()
+
+    def _attach(self) -> Any:
+        """The container's attach socket (stdout and stderr, multiplexed), or None."""
+        params = {"stdout": 1, "stderr": 1, "stream": 1, "logs": 0}
+        try:
+            return self.client.api.attach_socket(self.container.id, params=params)
+        except ENGINE_ERRORS as exc:
+            log.warning("job %s: cannot attach to the container's output: %s", self.job_id, exc)
+            return None
 
     def _ours_by_name(self) -> Any:
         """The container of this job's name if this fetcher made it (an earlier try), else None."""
@@ -517,6 +591,8 @@ class JobContainer:
     def remove(self) -> bool:
         """Remove the container in any state (also `created` after a failed start, found by its
         name). True when it is gone (or there never was one). Never raises."""
+        _hang_up(self._output)  # attached but never followed (a failure right after the start)
+        self._output = None
         target = self.container.id if self.container is not None else self.name
         failure = remove_container(self.client, target)
         if failure is None:

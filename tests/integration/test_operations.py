@@ -147,6 +147,27 @@ def test_a_job_printing_50_mb_is_bounded_on_the_engine_and_in_its_log(
     assert log.rstrip().endswith(b"more bytes of output not kept (JOB_LOG_MAX_MB)]")
 
 
+def test_a_job_printing_fast_keeps_all_its_output_up_to_the_cap(env: Env, engine: Any) -> None:
+    # Review finding: the fetcher followed the engine's json-file log, which rotates at
+    # JOB_ENGINE_LOG_MAX_MB: a job printing faster than the follower read lost its output
+    # ("Error grabbing logs: no such file or directory"; 30 MB came through as 7.6 MB).
+    job = env.submit(
+        ["yes 'a line of output from a chatty job' | head -c 30000000; echo; echo the-end"],
+        files_up={"log": "log"},
+    )
+    daemon = build_daemon(
+        env.settings(job_engine_log_max_mb=1, job_log_max_mb=100),
+        exit_when_idle=True,
+        docker_client=engine,
+    )
+    t, out = in_thread(daemon.run)
+    t.join(180)
+    assert out.get("rc") == 0 and job.status.value == "finished", job.history
+    log = Path(job.paths_upload["log"], "log", "container.log").read_bytes()
+    assert len(log) == 30_000_000 + len("\nthe-end\n")
+    assert log.endswith(b"\nthe-end\n") and b"Error grabbing logs" not in log
+
+
 def test_the_pruner_removes_an_old_job_image_and_keeps_one_in_use(env: Env, engine: Any) -> None:
     # Given two job images this fetcher used 30 days ago, one of them used by a container now
     tags = [f"fetcher-test/prune-{name}:{os.getpid()}" for name in ("old", "inuse")]
