@@ -1,61 +1,81 @@
-"""A small hostile worker-facing API: it answers claims with whatever bytes a test scripts.
+"""A small hostile worker-facing API: it answers with whatever a test scripts.
 
 Only what the fetcher needs to get that far: `/access_info`, `GET /jobs` (the next scripted answer,
-then `{}`), status PUTs (recorded, 204) and `GET /jobs/{id}/status` (404: it knows no job).
+then `{}`), status PUTs (recorded, 204); any route a test adds (a download URL that trickles, a
+redirect, a busy status) comes first.
 """
 
 from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+Route = Callable[[BaseHTTPRequestHandler], None]
+
 
 class HostileServer:
-    def __init__(self, claims: list[bytes]) -> None:
+    """A worker-facing API whose answers a test scripts: claims (bytes, one per `GET /jobs`, then
+    `{}`) and routes per (method, path prefix). Unscripted: `/access_info` answers, status PUTs are
+    recorded (204), anything else is 404 (`GET /jobs/{id}/status` too: it knows no job). Every
+    request is recorded."""
+
+    def __init__(self, claims: list[bytes], routes: dict[tuple[str, str], Route] | None = None):
         self.claims = list(claims)
+        self.routes = routes or {}
         self.puts: list[tuple[str, dict[str, list[str]]]] = []
+        self.requests: list[tuple[str, str, dict[str, str]]] = []
         self.claims_served = 0
-        self._lock = threading.Lock()
+        self.lock = threading.Lock()
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *_: Any) -> None:  # quiet
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *_: Any) -> None:
                 return
 
-            def _answer(
-                self, code: int, body: bytes = b"", ctype: str = "application/json"
+            def answer(
+                self, code: int, body: bytes = b"", headers: dict[str, str] | None = None
             ) -> None:
                 self.send_response(code)
-                self.send_header("Content-Type", ctype)
+                for k, v in (headers or {"Content-Type": "application/json"}).items():
+                    self.send_header(k, v)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 if body:
                     self.wfile.write(body)
 
-            def do_GET(self) -> None:
-                path = urlsplit(self.path).path
-                if path == "/access_info":
+            def _any(self) -> None:
+                parts = urlsplit(self.path)
+                with outer.lock:
+                    outer.requests.append((self.command, self.path, dict(self.headers)))
+                length = int(self.headers.get("Content-Length") or 0)
+                if length:
+                    self.rfile.read(length)
+                for (method, prefix), fn in outer.routes.items():
+                    if method == self.command and parts.path.startswith(prefix):
+                        fn(self)
+                        return
+                if self.command == "GET" and parts.path == "/access_info":
                     info = {"cognito": {"user_pool_id": "p", "client_id": "c", "region": "r"}}
-                    self._answer(200, json.dumps(info).encode())
-                elif path == "/jobs":
-                    with outer._lock:
+                    self.answer(200, json.dumps(info).encode())
+                elif self.command == "GET" and parts.path == "/jobs":
+                    with outer.lock:
                         body = outer.claims.pop(0) if outer.claims else b"{}"
                         outer.claims_served += 1
-                    self._answer(200, body)
+                    self.answer(200, body)
+                elif self.command == "PUT" and parts.path.endswith("/status"):
+                    with outer.lock:
+                        outer.puts.append((parts.path, parse_qs(parts.query)))
+                    self.answer(204)
                 else:
-                    self._answer(404, b'{"detail":"Not Found"}')
+                    self.answer(404, b'{"detail":"Not Found"}')
 
-            def do_PUT(self) -> None:
-                parts = urlsplit(self.path)
-                with outer._lock:
-                    outer.puts.append((parts.path, parse_qs(parts.query)))
-                self._answer(204)
-
-            def do_POST(self) -> None:
-                self._answer(404, b'{"detail":"Not Found"}')
+            do_GET = do_PUT = do_POST = do_DELETE = do_PATCH = _any
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
@@ -75,5 +95,13 @@ class HostileServer:
         self.httpd.server_close()
 
     def statuses_of(self, job_id: str) -> list[str]:
-        with self._lock:
-            return [q["status"][0] for p, q in self.puts if p == f"/jobs/{job_id}/status"]
+        return [status for status, _details in self.reports_of(job_id)]
+
+    def reports_of(self, job_id: str) -> list[tuple[str, str]]:
+        """(status, runtime_details) of each status PUT for `job_id`, in order."""
+        with self.lock:
+            return [
+                (q["status"][0], q.get("runtime_details", [""])[0])
+                for p, q in self.puts
+                if p == f"/jobs/{job_id}/status"
+            ]

@@ -12,8 +12,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -23,93 +22,9 @@ import pytest
 from fetcher.daemon import build_daemon
 from fetcher.settings import Settings
 from tests.helpers import IMAGE, TOKEN, Env, fetcher_id
+from tests.hostile import HostileServer, Route
 
 pytestmark = pytest.mark.docker
-
-Route = Callable[[BaseHTTPRequestHandler], None]
-
-
-class Scripted:
-    """A worker-facing API whose answers a test scripts per (method, path prefix). Unscripted:
-    `/access_info` answers, `GET /jobs` hands out `claims` one by one then `{}`, status PUTs are
-    recorded (204), `GET /jobs/{id}/status` answers 404. Every request is recorded."""
-
-    def __init__(self, claims: list[bytes], routes: dict[tuple[str, str], Route] | None = None):
-        self.claims = list(claims)
-        self.routes = routes or {}
-        self.puts: list[tuple[str, dict[str, list[str]]]] = []
-        self.requests: list[tuple[str, str, dict[str, str]]] = []
-        self.lock = threading.Lock()
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *_: Any) -> None:
-                return
-
-            def answer(
-                self, code: int, body: bytes = b"", headers: dict[str, str] | None = None
-            ) -> None:
-                self.send_response(code)
-                for k, v in (headers or {"Content-Type": "application/json"}).items():
-                    self.send_header(k, v)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                if body:
-                    self.wfile.write(body)
-
-            def _any(self) -> None:
-                parts = urlsplit(self.path)
-                with outer.lock:
-                    outer.requests.append((self.command, self.path, dict(self.headers)))
-                length = int(self.headers.get("Content-Length") or 0)
-                if length:
-                    self.rfile.read(length)
-                for (method, prefix), fn in outer.routes.items():
-                    if method == self.command and parts.path.startswith(prefix):
-                        fn(self)
-                        return
-                if self.command == "GET" and parts.path == "/access_info":
-                    info = {"cognito": {"user_pool_id": "p", "client_id": "c", "region": "r"}}
-                    self.answer(200, json.dumps(info).encode())
-                elif self.command == "GET" and parts.path == "/jobs":
-                    with outer.lock:
-                        body = outer.claims.pop(0) if outer.claims else b"{}"
-                    self.answer(200, body)
-                elif self.command == "PUT" and parts.path.endswith("/status"):
-                    with outer.lock:
-                        outer.puts.append((parts.path, parse_qs(parts.query)))
-                    self.answer(204)
-                else:
-                    self.answer(404, b'{"detail":"Not Found"}')
-
-            do_GET = do_PUT = do_POST = do_DELETE = do_PATCH = _any
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        host, port = self.httpd.server_address[:2]
-        return f"http://{host!s}:{port}"
-
-    def __enter__(self) -> Scripted:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: Any) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-    def statuses_of(self, job_id: str) -> list[tuple[str, str]]:
-        with self.lock:
-            return [
-                (q["status"][0], q.get("runtime_details", [""])[0])
-                for p, q in self.puts
-                if p == f"/jobs/{job_id}/status"
-            ]
 
 
 def job(cmd: str = "true", **handler: Any) -> dict[str, Any]:
@@ -212,10 +127,10 @@ def test_a_download_url_of_another_scheme_is_the_jobs_error_not_a_worker_fault(
     (tmp_path / "canary.txt").write_text("canary")
     req = {"method": "GET", "url": url.replace("{tmp}", str(tmp_path)), "headers": {}}
     claims = [json.dumps({"7": job(files_down={"in/x.bin": "fid1"})}).encode()]
-    with Scripted(claims, {("GET", "/files/"): file_url_answer(req)}) as server:
+    with HostileServer(claims, {("GET", "/files/"): file_url_answer(req)}) as server:
         ended, _ = run_daemon(server.url, base, engine)
         assert ended
-        final = server.statuses_of("7")[-1]
+        final = server.reports_of("7")[-1]
     assert (tmp_path / "canary.txt").read_text() == "canary"
     # a server's bad answer is not this worker's trouble: the job's error, naming the input
     assert final[0] == "error", final
@@ -235,7 +150,7 @@ def test_a_server_cannot_make_the_root_fetcher_send_any_method_to_a_localhost_se
         seen.append((h.command, h.path))
         h.answer(200, b"secret-from-localhost-only-service")  # type: ignore[attr-defined]
 
-    with Scripted([], {("DELETE", "/"): canary, ("GET", "/"): canary}) as local:
+    with HostileServer([], {("DELETE", "/"): canary, ("GET", "/"): canary}) as local:
         req = {
             "method": "DELETE",
             "url": f"{local.url}/v1.43/containers/victim?force=1",
@@ -246,10 +161,10 @@ def test_a_server_cannot_make_the_root_fetcher_send_any_method_to_a_localhost_se
                 {"7": job("cat /files/in/x.bin; exit 3", files_down={"in/x.bin": "fid1"})}
             ).encode()
         ]
-        with Scripted(claims, {("GET", "/files/"): file_url_answer(req)}) as server:
+        with HostileServer(claims, {("GET", "/files/"): file_url_answer(req)}) as server:
             ended, _ = run_daemon(server.url, base, engine)
             assert ended
-            final = server.statuses_of("7")[-1]
+            final = server.reports_of("7")[-1]
     # before the fix the job read what the loopback-only service answered (in its log tail)
     assert final[0] == "error" and "only GET is made" in final[1], final
     assert "secret-from-localhost-only-service" not in final[1]
@@ -288,7 +203,7 @@ def test_a_trickling_download_stops_when_the_user_deletes_the_job(
 
     routes: dict[tuple[str, str], Route] = {("PUT", "/jobs/"): put, ("GET", "/slow"): trickle}
     claims = [json.dumps({"7": job(files_down={"in/x.bin": "fid1"})}).encode()]
-    with Scripted(claims, routes) as server:
+    with HostileServer(claims, routes) as server:
         req = {"method": "GET", "url": "http://127.0.0.2:1/unused", "headers": {}}
         req["url"] = f"{server.url}/slow"
         server.routes[("GET", "/files/")] = file_url_answer(req)
@@ -324,7 +239,7 @@ def test_a_malformed_retry_after_on_one_jobs_status_does_not_block_the_others(
             h.answer(404, b"{}")  # type: ignore[attr-defined]
 
     claims = [json.dumps({"1": job()}).encode(), b"{}", json.dumps({"2": job("sleep 1")}).encode()]
-    server = Scripted(
+    server = HostileServer(
         claims, {("PUT", "/jobs/"): busy_for_job_1, ("GET", "/jobs/1/"): busy_for_job_1}
     )
     with server:
@@ -334,10 +249,10 @@ def test_a_malformed_retry_after_on_one_jobs_status_does_not_block_the_others(
         try:
             deadline = time.monotonic() + 40
             while time.monotonic() < deadline:
-                if any(s in ("finished", "error") for s, _ in server.statuses_of("2")):
+                if any(s in ("finished", "error") for s, _ in server.reports_of("2")):
                     break
                 time.sleep(0.2)
-            two = server.statuses_of("2")
+            two = server.reports_of("2")
         finally:
             daemon.worker.request_force_stop()
             t.join(60)
@@ -386,12 +301,10 @@ def test_odd_image_references_are_the_jobs_error(env: Env, engine: Any, image: s
 def test_a_claim_of_1000_jobs_when_one_was_asked_for(tmp_path: Path, engine: Any) -> None:
     base = make_base(tmp_path)
     many = {str(i): job() for i in range(1, 1001)}
-    with Scripted([json.dumps(many).encode()]) as server:
+    with HostileServer([json.dumps(many).encode()]) as server:
         ended, _ = run_daemon(server.url, base, engine, timeout_s=300)
         finals = {
-            i: server.statuses_of(str(i))[-1][0]
-            for i in range(1, 1001)
-            if server.statuses_of(str(i))
+            i: server.reports_of(str(i))[-1][0] for i in range(1, 1001) if server.reports_of(str(i))
         }
     assert ended
     assert len(finals) == 1000
@@ -481,14 +394,14 @@ def test_a_redirect_from_the_apis_own_download_url_carries_no_token_elsewhere(
         seen.append({k.lower(): v for k, v in h.headers.items()})
         h.answer(200, b"data")  # type: ignore[attr-defined]
 
-    with Scripted([], {("GET", "/"): elsewhere}) as other:
+    with HostileServer([], {("GET", "/"): elsewhere}) as other:
         other_url = other.url.replace("127.0.0.1", "localhost")  # another host name, same box
 
         def redirect(h: BaseHTTPRequestHandler) -> None:
             h.answer(code, b"", {"Location": f"{other_url}/x"})  # type: ignore[attr-defined]
 
         claims = [json.dumps({"7": job(files_down={"in/x.bin": "fid1"})}).encode()]
-        with Scripted(claims, {("GET", "/dl"): redirect}) as server:
+        with HostileServer(claims, {("GET", "/dl"): redirect}) as server:
             req = {
                 "method": "GET",
                 "url": f"{server.url}/dl/x",
@@ -496,7 +409,7 @@ def test_a_redirect_from_the_apis_own_download_url_carries_no_token_elsewhere(
             }
             server.routes[("GET", "/files/")] = file_url_answer(req)
             ended, _ = run_daemon(server.url, base, engine)
-            final = server.statuses_of("7")[-1]
+            final = server.reports_of("7")[-1]
     assert ended
     assert seen, final
     assert all(TOKEN not in json.dumps(h) for h in seen), seen
@@ -518,11 +431,11 @@ def test_an_odd_answer_to_a_download_is_not_a_fetcher_internal_error(
             h.answer(503, b"{}", {"Retry-After": "120s"})  # type: ignore[attr-defined]
 
     claims = [json.dumps({"7": job(files_down={"in/x.bin": "fid1"})}).encode()]
-    with Scripted(claims, {("GET", "/dl"): dl}) as server:
+    with HostileServer(claims, {("GET", "/dl"): dl}) as server:
         req = {"method": "GET", "url": f"{server.url}/dl/x", "headers": {}}
         server.routes[("GET", "/files/")] = file_url_answer(req)
         ended, _ = run_daemon(server.url, base, engine)
-        final = server.statuses_of("7")[-1]
+        final = server.reports_of("7")[-1]
     assert ended
     assert "internal error" not in final[1], final
     if trouble == "redirect-loop":  # the server's bad answer: the job's error, not this box's fault

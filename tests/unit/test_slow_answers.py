@@ -7,11 +7,12 @@ other report behind it) or the claim loop indefinitely. An answer must arrive wi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -21,14 +22,21 @@ from fetcher.api.client import WorkerApi
 from fetcher.api.http import Http
 from fetcher.errors import Interrupted
 
+Answer = Callable[[socket.socket, bytes, threading.Event], None]
 
-@pytest.fixture
-def trickler() -> Iterator[str]:
-    """An HTTP server that sends its headers at once, then one byte of body every 0.1 s."""
+
+@contextlib.contextmanager
+def serving(answer: Answer) -> Iterator[str]:
+    """A raw HTTP server on 127.0.0.1 (its base URL): each connection's first bytes are handed to
+    `answer`, in a thread of its own, with the event that ends the test."""
     srv = socket.socket()
     srv.bind(("127.0.0.1", 0))
     srv.listen(4)
     stop = threading.Event()
+
+    def one(conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            answer(conn, conn.recv(65536), stop)
 
     def serve() -> None:
         srv.settimeout(0.2)
@@ -37,25 +45,37 @@ def trickler() -> Iterator[str]:
                 conn, _ = srv.accept()
             except OSError:
                 continue
-            with conn:
-                conn.recv(65536)
-                conn.sendall(
-                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                    b"Content-Length: 100000\r\n\r\n"
-                )
-                try:
-                    while not stop.is_set():
-                        conn.sendall(b" ")
-                        time.sleep(0.1)
-                except OSError:
-                    pass
+            threading.Thread(target=one, args=(conn,), daemon=True).start()
 
     t = threading.Thread(target=serve, daemon=True)
     t.start()
-    yield f"http://127.0.0.1:{srv.getsockname()[1]}/jobs"
-    stop.set()
-    t.join(5)
-    srv.close()
+    try:
+        yield f"http://127.0.0.1:{srv.getsockname()[1]}"
+    finally:
+        stop.set()
+        t.join(5)
+        srv.close()
+
+
+def trickle(conn: socket.socket, every_s: float, stop: threading.Event) -> None:
+    """Send a byte of the body now and then, each well within any read timeout."""
+    while not stop.is_set():
+        conn.sendall(b" ")
+        time.sleep(every_s)
+
+
+@pytest.fixture
+def trickler() -> Iterator[str]:
+    """An HTTP server that sends its headers at once, then one byte of body every 0.1 s."""
+
+    def answer(conn: socket.socket, request: bytes, stop: threading.Event) -> None:
+        conn.sendall(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n"
+        )
+        trickle(conn, 0.1, stop)
+
+    with serving(answer) as base:
+        yield f"{base}/jobs"
 
 
 def test_a_trickling_answer_is_given_up_within_a_deadline(trickler: str) -> None:
@@ -82,47 +102,24 @@ def test_a_trickling_answer_is_given_up_within_a_deadline(trickler: str) -> None
 @pytest.fixture
 def trickling_file() -> Iterator[str]:
     """An API whose download URL sends 1 MB of headers-promised body one byte every 0.05 s."""
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(4)
-    stop = threading.Event()
-    base = f"http://127.0.0.1:{srv.getsockname()[1]}"
+    base: list[str] = []
 
-    def answer(conn: socket.socket) -> None:
-        with conn:
-            request = conn.recv(65536)
-            if b"/url " in request.split(b"\r\n", 1)[0]:
-                body = json.dumps(
-                    {"method": "get", "url": f"{base}/slow", "headers": {}, "data": {}}
-                )
-                conn.sendall(
-                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
-                    + f"Content-Length: {len(body)}\r\n\r\n{body}".encode()
-                )
-                return
-            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1048576\r\n\r\n")
-            try:
-                while not stop.is_set():
-                    conn.sendall(b"x")
-                    time.sleep(0.05)
-            except OSError:
-                pass
+    def answer(conn: socket.socket, request: bytes, stop: threading.Event) -> None:
+        if b"/url " in request.split(b"\r\n", 1)[0]:
+            body = json.dumps(
+                {"method": "get", "url": f"{base[0]}/slow", "headers": {}, "data": {}}
+            )
+            conn.sendall(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                + f"Content-Length: {len(body)}\r\n\r\n{body}".encode()
+            )
+            return
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1048576\r\n\r\n")
+        trickle(conn, 0.05, stop)
 
-    def serve() -> None:
-        srv.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                conn, _ = srv.accept()
-            except OSError:
-                continue
-            threading.Thread(target=answer, args=(conn,), daemon=True).start()
-
-    t = threading.Thread(target=serve, daemon=True)
-    t.start()
-    yield base
-    stop.set()
-    t.join(5)
-    srv.close()
+    with serving(answer) as url:
+        base.append(url)
+        yield url
 
 
 def test_a_trickling_download_stops_soon_after_the_job_is_cancelled(
