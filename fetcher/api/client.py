@@ -6,11 +6,8 @@ Each public method says what it raises. All of them may also raise Interrupted w
 
 from __future__ import annotations
 
-import contextlib
-import ipaddress
 import logging
 import os
-import socket
 import threading
 from collections.abc import Callable
 from typing import Any, BinaryIO
@@ -25,6 +22,7 @@ from urllib3.util import parse_url
 
 from fetcher.api.auth import CognitoLogin, FixedToken, TokenSource
 from fetcher.api.http import Http, Transient, read_json, shown_url
+from fetcher.api.peers import checked_session, is_local_host, norm_host
 from fetcher.errors import (
     ApiRejected,
     AuthError,
@@ -96,7 +94,7 @@ def origin(url: str) -> tuple[str, str, int] | None:
     except ValueError:  # a port that is not a number, or out of range
         return None
     scheme = parts.scheme.lower()
-    host = _norm_host(parts.hostname or "")
+    host = norm_host(parts.hostname or "")
     if scheme not in DEFAULT_PORTS or not host:
         return None
     found = scheme, host, DEFAULT_PORTS[scheme] if port is None else port
@@ -109,55 +107,9 @@ def origin(url: str) -> tuple[str, str, int] | None:
         return None
     u3_scheme = (u3.scheme or "").lower()
     u3_port = u3.port if u3.port is not None else DEFAULT_PORTS.get(u3_scheme)
-    if (u3_scheme, _norm_host(u3.host or ""), u3_port) != found:
+    if (u3_scheme, norm_host(u3.host or ""), u3_port) != found:
         return None
     return found
-
-
-METADATA_HOSTS = frozenset({"fd00:ec2::254"})  # AWS's IPv6 metadata service (not link-local)
-
-
-def _is_local_address(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
-    return (
-        addr.is_loopback
-        or addr.is_link_local
-        or addr.is_unspecified
-        or addr.compressed in METADATA_HOSTS
-    )
-
-
-def is_local_host(host: str, port: int | None = None) -> bool:
-    """This box (loopback, unspecified) or a link-local address (the cloud's metadata service):
-    places a server's file request may not send the daemon to, unless the API itself is there.
-    Judged on every address the name resolves to (`127.1`, `2130706433`, a DNS name pointing at
-    127.0.0.1 all count), as the connection would."""
-    host = _norm_host(host)
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return _is_local_address(ipaddress.ip_address(host))
-    except ValueError:
-        pass
-    try:
-        found = socket.getaddrinfo(host, port or 80, proto=socket.IPPROTO_TCP)
-    except (OSError, UnicodeError):
-        return False  # no address: the request fails on its own
-    for *_, sockaddr in found:
-        try:
-            if _is_local_address(ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0])):
-                return True
-        except ValueError:
-            continue
-    return False
-
-
-def _norm_host(host: str) -> str:
-    host = host.strip("[]").rstrip(".").lower()
-    with contextlib.suppress(ValueError):  # a name, not an address
-        host = ipaddress.ip_address(host).compressed
-    return host
 
 
 class WorkerApi:
@@ -166,6 +118,8 @@ class WorkerApi:
         self._origin = origin(self.api_url)
         # a server on this box (tests, the mock, a tunnel) may hand out URLs on this box; no other
         self._local_api = self._origin is not None and is_local_host(self._origin[1])
+        # file requests: each new connection's peer checked too (a name may resolve anew)
+        self._file_session = None if self._local_api else checked_session()
         self.tokens = tokens
         self.http = http
 
@@ -422,6 +376,7 @@ class WorkerApi:
                     headers=self._headers_for(req),
                     stream=True,
                     on_response=self._redirect_guard(what),
+                    session=self._file_session,
                 )
             except Transient as exc:
                 # The server's own download of a file id it cannot send (a directory, say) fails
@@ -512,6 +467,7 @@ class WorkerApi:
                 data=body,
                 expected=(200, 201, 204),
                 on_response=self._redirect_guard(what),
+                session=self._file_session,
             ).close()
             return size
 

@@ -251,11 +251,13 @@ class Http:
         stream: bool = False,
         job_id: str | None = None,
         on_response: Callable[..., None] | None = None,
+        session: requests.Session | None = None,
     ) -> requests.Response:
         """One try: send, and map the answer. Raises Transient for a failure worth retrying.
-        `on_response` sees every answer, each redirect's too, and may raise to refuse it."""
+        `on_response` sees every answer, each redirect's too, and may raise to refuse it;
+        `session` replaces the helper's own (whose headers it does not carry)."""
         try:
-            resp = self.session.request(
+            resp = (session or self.session).request(
                 method,
                 url,
                 headers=dict(headers or {}),

@@ -173,3 +173,52 @@ def test_urls_in_error_texts_lose_user_info_query_and_fragment() -> None:
     url = "https://user:pw@s3.test:9000/b/k?X-Amz-Signature=s3cret#frag"
     assert safe_url(url) == "https://s3.test:9000/b/k"
     assert shown_url(url) == "'https://s3.test:9000/b/k'"
+
+
+def test_a_name_that_resolves_to_this_box_only_when_connecting_is_refused_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Review finding: the target was judged by resolving its name before the request, and
+    # requests resolves again to connect (DNS rebinding: public when checked, 127.0.0.1 when
+    # used). Each new connection of a file request has its peer checked as well.
+    import http.server
+    import json
+    import threading
+
+    from fetcher.api import client as client_module
+    from fetcher.api.peers import checked_session
+
+    hits: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *_: Any) -> None:
+            return
+
+        def do_GET(self) -> None:
+            hits.append(self.path)
+            if self.path.endswith("/url"):
+                body = json.dumps(
+                    {"method": "get", "url": f"{base}/secret", "headers": {}, "data": {}}
+                ).encode()
+            else:
+                body = b"loopback-only secret"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        api = make_api(base)
+        # as if the API were elsewhere, and the file URL's name had looked public when checked
+        api._local_api = False
+        api._file_session = checked_session()
+        monkeypatch.setattr(client_module, "is_local_host", lambda *_: False)
+        with pytest.raises(TransferError, match=r"connected to 127\.0\.0\.1, this box"):
+            download_to(api, "data/x.bin", tmp_path / "x")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert hits and all(h.endswith("/url") for h in hits), hits  # the secret was never asked for

@@ -1,0 +1,126 @@
+"""Where a server's file request may send the daemon: never to this box or a link-local address.
+
+`is_local_host` judges a URL's host before the request (every address its name resolves to).
+Names can resolve differently a moment later (DNS rebinding), so `checked_session` also checks
+the address each new connection actually reached, before a byte is sent on it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import socket
+from typing import Any
+
+import requests
+import urllib3
+import urllib3.connection
+
+from fetcher.errors import BadResponse
+
+METADATA_HOSTS = frozenset({"fd00:ec2::254"})  # AWS's IPv6 metadata service (not link-local)
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def norm_host(host: str) -> str:
+    host = host.strip("[]").rstrip(".").lower()
+    with contextlib.suppress(ValueError):  # a name, not an address
+        host = ipaddress.ip_address(host).compressed
+    return host
+
+
+def is_local_address(addr: Address) -> bool:
+    """Loopback, unspecified, link-local (the cloud's metadata service) or a metadata address."""
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return (
+        addr.is_loopback
+        or addr.is_link_local
+        or addr.is_unspecified
+        or addr.compressed in METADATA_HOSTS
+    )
+
+
+def _address(text: str) -> Address | None:
+    try:
+        return ipaddress.ip_address(text.split("%", 1)[0])
+    except ValueError:
+        return None
+
+
+def is_local_host(host: str, port: int | None = None) -> bool:
+    """This box (loopback, unspecified) or a link-local address: places a server's file request
+    may not send the daemon to, unless the API itself is there. Judged on every address the name
+    resolves to (`127.1`, `2130706433`, a DNS name pointing at 127.0.0.1 all count)."""
+    host = norm_host(host)
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    literal = _address(host)
+    if literal is not None:
+        return is_local_address(literal)
+    try:
+        found = socket.getaddrinfo(host, port or 80, proto=socket.IPPROTO_TCP)
+    except (OSError, UnicodeError):
+        return False  # no address: the request fails on its own
+    addresses = (_address(str(sockaddr[0])) for *_, sockaddr in found)
+    return any(a is not None and is_local_address(a) for a in addresses)
+
+
+class LocalPeerRefused(BadResponse):
+    """A connection for a file request reached this box or a link-local address."""
+
+
+def _check_peer(sock: socket.socket, host: str) -> None:
+    try:
+        peer = _address(str(sock.getpeername()[0]))
+    except OSError:
+        return  # not connected after all: the request fails on its own
+    if peer is not None and is_local_address(peer):
+        sock.close()
+        # not an OSError: urllib3 would take it for a connection failure and retry it
+        raise LocalPeerRefused(
+            f"the file URL's host {host!r} connected to {peer.compressed}, this box or a"
+            " link-local address; refused"
+        )
+
+
+class _CheckedHTTPConnection(urllib3.connection.HTTPConnection):
+    def _new_conn(self) -> socket.socket:
+        sock = super()._new_conn()
+        _check_peer(sock, self.host)
+        return sock
+
+
+class _CheckedHTTPSConnection(urllib3.connection.HTTPSConnection):
+    def _new_conn(self) -> socket.socket:
+        sock = super()._new_conn()
+        _check_peer(sock, self.host)
+        return sock
+
+
+class _CheckedHTTPPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _CheckedHTTPConnection
+
+
+class _CheckedHTTPSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _CheckedHTTPSConnection
+
+
+class _CheckedAdapter(requests.adapters.HTTPAdapter):
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {
+            "http": _CheckedHTTPPool,
+            "https": _CheckedHTTPSPool,
+        }
+
+
+def checked_session() -> requests.Session:
+    """A session whose every new connection is refused if it reached this box or a link-local
+    address (so also after a redirect, and whatever the name resolved to a moment before)."""
+    session = requests.Session()
+    adapter = _CheckedAdapter(pool_connections=8, pool_maxsize=32)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
