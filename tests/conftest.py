@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import docker.errors
 import pytest
 
 from fetcher.job.container import LABEL, LABEL_ID
@@ -47,11 +49,14 @@ def engine(docker_client: Any) -> Iterator[Any]:
     """The engine, checked after the test: no container of this session's fetchers may be left
     behind (containers of other test runs on the same engine are not looked at)."""
     yield docker_client
+    # the plain listing (no inspect per container): another run's container may be removed
+    # between the listing and an inspect of it, which must not fail this test
     left = [
         c
-        for c in docker_client.containers.list(all=True, filters={"label": LABEL})
-        if c.labels.get(LABEL_ID, "").startswith(SESSION)
+        for c in docker_client.api.containers(all=True, filters={"label": LABEL})
+        if (c.get("Labels") or {}).get(LABEL_ID, "").startswith(SESSION)
     ]
     for c in left:
-        c.remove(force=True)
-    assert not left, f"containers left behind: {[c.name for c in left]}"
+        with contextlib.suppress(docker.errors.NotFound):
+            docker_client.api.remove_container(c["Id"], force=True)
+    assert not left, f"containers left behind: {[c['Names'] for c in left]}"

@@ -39,8 +39,10 @@ def last_details(job: MockJob) -> str:
     return str(job.history[-1]["runtime_details"] or "")
 
 
-def ours(engine: Any, fid: str) -> list[Any]:
-    return list(engine.containers.list(all=True, filters={"label": f"{LABEL_ID}={fid}"}))
+def ours(engine: Any, fid: str) -> list[dict[str, Any]]:
+    """The containers of fetcher `fid`, as the plain listing has them (no inspect each: the
+    fetcher may remove one between the listing and its inspection)."""
+    return list(engine.api.containers(all=True, filters={"label": f"{LABEL_ID}={fid}"}))
 
 
 def nothing_left(env: Env, engine: Any, fid: str) -> None:
@@ -286,7 +288,7 @@ def test_kill_9_after_the_container_ended_then_restart_uploads_and_reports_finis
         wait_for(lambda: job.status.value == "running", 30, "running")
         env.state.set_faults(Faults(delay_s=60))  # the fetcher hangs on the API from now on
         wait_for(
-            lambda: [c for c in ours(engine, fid) if c.status == "exited"], 30, "container ended"
+            lambda: [c for c in ours(engine, fid) if c["State"] == "exited"], 30, "container ended"
         )
     finally:
         proc.kill()

@@ -43,9 +43,11 @@ def test_a_setuid_root_file_a_job_leaves_is_out_of_other_users_reach(env: Env, e
     t, out = in_thread(daemon.run)
     try:
         # When the job has made its file (what it can do today: a setuid-root program on the host)
-        found = wait_for(
-            lambda: next(env.base.glob("*/output/rootsh"), None), 60, "the job's setuid file"
-        )
+        def setuid_file() -> Any:  # found once chmod ran (not while cp still writes it)
+            found = next(env.base.glob("*/output/rootsh"), None)
+            return found if found and os.lstat(found).st_mode & stat.S_ISUID else None
+
+        found = wait_for(setuid_file, 60, "the job's setuid file")
         st = os.lstat(found)
         assert st.st_uid == 0 and st.st_mode & stat.S_ISUID, "premise: the job made it setuid root"
         # Then no other local user can reach it: PATH_BASE grants group and others nothing

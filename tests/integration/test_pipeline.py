@@ -76,8 +76,8 @@ def test_exit_code_3_is_an_error_with_the_log_tail(env: Env, engine: Any) -> Non
 def containers_of(engine: Any, job_id: int) -> list[Any]:
     from fetcher.job.container import LABEL_ID, LABEL_JOB
 
-    found = engine.containers.list(all=True, filters={"label": f"{LABEL_JOB}={job_id}"})
-    return [c for c in found if c.labels.get(LABEL_ID, "").startswith(SESSION)]
+    found = engine.api.containers(all=True, filters={"label": f"{LABEL_JOB}={job_id}"})
+    return [c for c in found if (c.get("Labels") or {}).get(LABEL_ID, "").startswith(SESSION)]
 
 
 def start_daemon_thread(env: Env, engine: Any, **settings: Any) -> tuple[Any, Any]:

@@ -37,7 +37,7 @@ def test_a_container_created_but_never_started_is_not_reported_finished(
     assert first.run() == 0
     monkeypatch.undo()
     [left] = ours(engine, fid)
-    assert left.status == "created"
+    assert left["State"] == "created"
     assert finals(job) == [], statuses(job)
     # When the fetcher starts again
     again = build_daemon(env.settings(fetcher_id=fid), exit_when_idle=True, docker_client=engine)

@@ -143,9 +143,9 @@ def test_an_array_of_three_fetchers_drains_twelve_jobs(
         assert [p.name for p in (pilots / task).iterdir()] == [".fetcher"], log
     # And no container of these fetchers is left on the engine
     left = [
-        c.name
-        for c in engine.containers.list(all=True, filters={"label": LABEL})
-        if c.labels.get(LABEL_ID, "").startswith(prefix)
+        c["Names"]
+        for c in engine.api.containers(all=True, filters={"label": LABEL})
+        if (c.get("Labels") or {}).get(LABEL_ID, "").startswith(prefix)
     ]
     assert not left
     by_fetcher = {f"{prefix}-{t}": 0 for t in ("1", "2", "3")}

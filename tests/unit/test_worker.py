@@ -335,8 +335,16 @@ def test_a_container_the_engine_would_not_remove_keeps_its_gpu_out_of_offers(
 
     gpus = (Gpu(0, "GPU-0", "A100", 40000, "ampere"), Gpu(1, "GPU-1", "T4", 15000, "turing"))
     pool = ResourcePool(Host(8, 8000, gpus), 2, 1, 100)
-    source = FakeSource([{"1": spec(gpu_mem=1000)}, {"1": spec(gpu_mem=1000)}])
+    answers: list[object] = [{"1": spec(gpu_mem=1000)}]
+    source = FakeSource(answers)
     w = Worker(source, pool, execute, LoopOptions(poll_interval_s=0.01))  # type: ignore[arg-type]
+
+    def claimed_anew() -> None:  # the same id again once its first run ended (not while it runs)
+        if len(ran) == 1 and not w.running_jobs and len(source.offers) < 100:
+            answers.append({"1": spec(gpu_mem=1000)})
+            source.before_claim = None
+
+    source.before_claim = claimed_anew
     t, out = run_in_thread(w)
     try:
         wait_until(lambda: len(ran) == 2 and len(removal_tries) >= 4)
