@@ -6,6 +6,7 @@ import fcntl
 import logging
 import os
 import secrets
+import shutil
 import stat
 import threading
 import time
@@ -51,11 +52,15 @@ class ApiJobSource:
         self.errors = errors
         self.api_problem: str | None = None
         self.last_claim: float | None = None
+        self.disk_low = False
 
     def recover(self, stop: threading.Event) -> list[Adoption]:
         return recover(self.deps, stop)
 
     def claim(self, offer: ClaimOffer, stop: threading.Event) -> ClaimResult:
+        low = self._disk_too_low()
+        if low is not None:
+            return ClaimResult(paused=low)
         try:
             result = self.deps.api.claim_jobs(offer, retry_s=CLAIM_RETRY_S, interrupt=stop)
         except ApiError as exc:
@@ -65,6 +70,30 @@ class ApiJobSource:
         self.last_claim = time.time()
         self.deps.metrics.claim_succeeded()
         return result
+
+    def _disk_too_low(self) -> str | None:
+        """Why not to claim now: PATH_BASE has less free space than MIN_FREE_DISK_MB (a job
+        claimed then would fail on the disk and be handed back). Logged once per change."""
+        s = self.deps.settings
+        if not s.min_free_disk_mb:
+            return None
+        try:
+            free_mb = shutil.disk_usage(s.path_base).free // 2**20
+        except OSError as exc:
+            return f"PATH_BASE cannot be read: {exc}"
+        low = free_mb < s.min_free_disk_mb
+        if low != self.disk_low:
+            self.disk_low = low
+            if low:
+                log.warning(
+                    "worker: only %d MB free under PATH_BASE (MIN_FREE_DISK_MB=%d); claiming no"
+                    " job until there is more",
+                    free_mb,
+                    s.min_free_disk_mb,
+                )
+            else:
+                log.info("worker: %d MB free under PATH_BASE again; claiming", free_mb)
+        return f"{free_mb} MB free under PATH_BASE" if low else None
 
     def accept(self, job_id: str, spec: JobSpecs, alloc: Allocation) -> None:
         self.deps.metrics.job_claimed()

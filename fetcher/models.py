@@ -222,11 +222,13 @@ class ClaimOffer(BaseModel):
 @dataclass
 class ClaimResult:
     """What one claim brought: parsed jobs by queue id, claimed jobs whose spec is invalid, and
-    (shown for the log) queue ids refused because they are not small integers."""
+    (shown for the log) queue ids refused because they are not small integers; or why no claim
+    was made at all (`paused`: this box cannot take a job now, e.g. its disk is full)."""
 
     jobs: dict[str, JobSpecs] = field(default_factory=dict)
     invalid: list[InvalidJobSpec] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)
+    paused: str | None = None
 
 
 QUEUE_ID = re.compile(r"0|[1-9][0-9]{0,17}")

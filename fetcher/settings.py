@@ -109,6 +109,10 @@ class Settings(BaseSettings):
         default=None, ge=1, description="Share of a job stating no memory; unset = one slot's"
     )
 
+    min_free_disk_mb: int = Field(
+        default=1024, ge=0, description="Claim no job while PATH_BASE has less free; 0 = no check"
+    )
+
     # --- containers ------------------------------------------------------------------------------
     image_pull_policy: PullPolicy = Field(
         default="auto",

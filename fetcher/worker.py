@@ -288,6 +288,8 @@ class Worker:
             return 0
         except ApiError as exc:
             return self._api_failed(exc)
+        if result.paused is not None:
+            return self.options.poll_interval_s  # not idle: the box waits, the queue may not
         self._api_ok()
         for bad in result.invalid:
             if self._running_here(bad.job_id):

@@ -278,3 +278,45 @@ def test_run_parallel_raises_the_first_failure_and_stops_the_rest() -> None:
     cancel.set()
     with pytest.raises(Interrupted):
         run_parallel(range(10), lambda i: 1, 2, cancel)
+
+
+def test_no_claim_while_path_base_has_too_little_free_space(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import shutil
+    from types import SimpleNamespace
+    from typing import Any
+
+    from fetcher import daemon
+    from fetcher.models import ClaimOffer, ClaimResult
+
+    asked: list[ClaimOffer] = []
+
+    def claim_jobs(offer: ClaimOffer, **_: Any) -> ClaimResult:
+        asked.append(offer)
+        return ClaimResult()
+
+    api = SimpleNamespace(claim_jobs=claim_jobs)
+    settings = SimpleNamespace(min_free_disk_mb=1024, path_base=tmp_path)
+    deps: Any = SimpleNamespace(
+        settings=settings, api=api, metrics=SimpleNamespace(claim_succeeded=lambda: None)
+    )
+    source = daemon.ApiJobSource(deps, None, tmp_path / "hb", None)  # type: ignore[arg-type]
+    free = {"mb": 100}
+    monkeypatch.setattr(
+        shutil, "disk_usage", lambda _p: SimpleNamespace(free=free["mb"] * 2**20, total=0, used=0)
+    )
+    offer = ClaimOffer(memory=1000, cpu_cores=1)
+    with caplog.at_level("INFO"):
+        assert source.claim(offer, threading.Event()).paused == "100 MB free under PATH_BASE"
+        assert source.claim(offer, threading.Event()).paused is not None
+        assert asked == []  # the API was not asked
+        free["mb"] = 5000
+        assert source.claim(offer, threading.Event()).paused is None
+        assert asked == [offer]
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == [
+        "worker: only 100 MB free under PATH_BASE (MIN_FREE_DISK_MB=1024); claiming no job until"
+        " there is more",
+        "worker: 5000 MB free under PATH_BASE again; claiming",
+    ]

@@ -396,3 +396,14 @@ def test_exit_when_idle_is_not_held_for_ever_by_a_container_that_will_not_go(
     assert not t.is_alive(), "an --exit-when-idle worker waited for ever on a leftover container"
     assert out["rc"] == 0
     assert len(tries) == 3  # it tried a few times before it left
+
+
+def test_a_paused_claim_is_not_idleness_and_the_loop_waits() -> None:
+    # A box whose disk is full claims nothing, and a pilot does not take that for an empty queue
+    jobs = Jobs()
+    jobs.release.set()
+    source = FakeSource([ClaimResult(paused="10 MB free"), ClaimResult(paused="10 MB free")])
+    source.answers += [{"1": spec()}, {}]
+    assert worker(source, jobs, exit_when_idle=True).run() == 0
+    assert jobs.started == ["1"]
+    assert len(source.offers) == 4
