@@ -52,15 +52,15 @@ class ApiJobSource:
         self.errors = errors
         self.api_problem: str | None = None
         self.last_claim: float | None = None
-        self.disk_low = False
+        self.paused: str | None = None  # why no claim is made now (shown by `fetcher status`)
 
     def recover(self, stop: threading.Event) -> list[Adoption]:
         return recover(self.deps, stop)
 
     def claim(self, offer: ClaimOffer, stop: threading.Event) -> ClaimResult:
-        low = self._disk_too_low()
-        if low is not None:
-            return ClaimResult(paused=low)
+        self.paused = self._disk_too_low()
+        if self.paused is not None:
+            return ClaimResult(paused=self.paused)
         try:
             result = self.deps.api.claim_jobs(offer, retry_s=CLAIM_RETRY_S, interrupt=stop)
         except ApiError as exc:
@@ -73,27 +73,27 @@ class ApiJobSource:
 
     def _disk_too_low(self) -> str | None:
         """Why not to claim now: PATH_BASE has less free space than MIN_FREE_DISK_MB (a job
-        claimed then would fail on the disk and be handed back). Logged once per change."""
+        claimed then would fail on the disk and be handed back), or cannot be read. Logged when
+        the reason comes and when it goes."""
         s = self.deps.settings
         if not s.min_free_disk_mb:
             return None
         try:
             free_mb = shutil.disk_usage(s.path_base).free // 2**20
         except OSError as exc:
-            return f"PATH_BASE cannot be read: {exc}"
-        low = free_mb < s.min_free_disk_mb
-        if low != self.disk_low:
-            self.disk_low = low
-            if low:
-                log.warning(
-                    "worker: only %d MB free under PATH_BASE (MIN_FREE_DISK_MB=%d); claiming no"
-                    " job until there is more",
-                    free_mb,
-                    s.min_free_disk_mb,
-                )
+            why: str | None = f"PATH_BASE cannot be read: {exc}"
+        else:
+            why = (
+                f"{free_mb} MB free under PATH_BASE (MIN_FREE_DISK_MB={s.min_free_disk_mb})"
+                if free_mb < s.min_free_disk_mb
+                else None
+            )
+        if (why is None) != (self.paused is None):
+            if why is not None:
+                log.error("worker: claiming no job: %s", why)
             else:
-                log.info("worker: %d MB free under PATH_BASE again; claiming", free_mb)
-        return f"{free_mb} MB free under PATH_BASE" if low else None
+                log.info("worker: claiming again (%d MB free under PATH_BASE)", free_mb)
+        return why
 
     def accept(self, job_id: str, spec: JobSpecs, alloc: Allocation) -> None:
         self.deps.metrics.job_claimed()
@@ -151,6 +151,7 @@ class ApiJobSource:
                 "gpus": snap.gpus,
                 "reports_pending": pending,
                 "api_problem": self.api_problem,
+                "claims_paused": self.paused,
                 "last_claim": self.last_claim,
                 "errors": self.errors.lines(),
             },

@@ -133,6 +133,8 @@ def render(info: dict[str, Any]) -> str:
     lines.append(
         f"API: {api}; last claim {_ago(None if last_claim is None else time.time() - last_claim)}"
     )
+    if d.get("claims_paused"):
+        lines.append(f"claiming paused: {_printable(str(d['claims_paused']))}")
     lines.append(f"running: {len(info['running'])}")
     for job in info["running"]:
         name = f' "{_printable(job["name"])}"' if job.get("name") else ""

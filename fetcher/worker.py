@@ -250,6 +250,19 @@ class Worker:
                 self.pool.release(key)
                 log.info("%s: its container is removed at last; its share is free again", key)
 
+    def _idle(self, why: str) -> float:
+        """One more pass without work; --exit-when-idle leaves after EXIT_IDLE_POLLS of them."""
+        self.idle_polls += 1
+        if self.options.exit_when_idle and self.idle_polls >= self.options.exit_idle_polls:
+            log.info(
+                "worker: %s (%d pass(es) in a row without a job); exiting when idle",
+                why,
+                self.idle_polls,
+            )
+            self.claiming = False
+            return 0
+        return self.options.poll_interval_s
+
     def _stuck_on_leftovers(self) -> bool:
         """Nothing runs, and every share held is a leftover's that failed to go several times."""
         with self._lock:
@@ -289,7 +302,10 @@ class Worker:
         except ApiError as exc:
             return self._api_failed(exc)
         if result.paused is not None:
-            return self.options.poll_interval_s  # not idle: the box waits, the queue may not
+            # this box cannot take a job now; a pilot with nothing running may as well leave
+            if not self.running_jobs:
+                return self._idle("claiming paused")
+            return self.options.poll_interval_s
         self._api_ok()
         for bad in result.invalid:
             if self._running_here(bad.job_id):
@@ -299,15 +315,7 @@ class Worker:
         if not result.jobs and not result.invalid:
             if result.refused:
                 return self.options.poll_interval_s  # the server has something, all refused
-            self.idle_polls += 1
-            if self.options.exit_when_idle and self.idle_polls >= self.options.exit_idle_polls:
-                log.info(
-                    "worker: no job available (%d empty claim(s) in a row); exiting when idle",
-                    self.idle_polls,
-                )
-                self.claiming = False
-                return 0
-            return self.options.poll_interval_s
+            return self._idle("no job available")
         self.idle_polls = 0
         for job_id, spec in result.jobs.items():
             self._dispatch(job_id, spec)

@@ -21,8 +21,8 @@ from urllib3.exceptions import LocationParseError
 from urllib3.util import parse_url
 
 from fetcher.api.auth import CognitoLogin, FixedToken, TokenSource
-from fetcher.api.http import Http, Transient, read_json, shown_url
-from fetcher.api.peers import checked_session, is_local_host, norm_host
+from fetcher.api.http import Http, Transient, new_session, read_json, shown_url
+from fetcher.api.peers import checked_adapter, is_local_host, norm_host
 from fetcher.errors import (
     ApiRejected,
     AuthError,
@@ -119,7 +119,7 @@ class WorkerApi:
         # a server on this box (tests, the mock, a tunnel) may hand out URLs on this box; no other
         self._local_api = self._origin is not None and is_local_host(self._origin[1])
         # file requests: each new connection's peer checked too (a name may resolve anew)
-        self._file_session = None if self._local_api else checked_session()
+        self._file_session = None if self._local_api else new_session(checked_adapter())
         self.tokens = tokens
         self.http = http
 

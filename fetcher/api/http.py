@@ -141,6 +141,16 @@ def _retry_after(resp: requests.Response) -> float:
     return max(0.0, seconds) if math.isfinite(seconds) else 0.0
 
 
+def new_session(adapter: requests.adapters.HTTPAdapter | None = None) -> requests.Session:
+    """A session for several jobs at once, each with parallel transfers and a keep-alive."""
+    session = requests.Session()
+    adapter = adapter or requests.adapters.HTTPAdapter(pool_connections=8, pool_maxsize=32)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    session.headers["User-Agent"] = f"decode-fetcher/{__version__}"
+    return session
+
+
 class Http:
     """A requests session with timeouts, retries and error mapping. Thread-safe for our use."""
 
@@ -158,14 +168,7 @@ class Http:
         self.answer_deadline_s = answer_deadline_s  # a whole (non-streamed) answer's body
         self.retry_s = retry_s
         self.max_backoff_s = max_backoff_s
-        if session is None:
-            session = requests.Session()
-            # several jobs at once, each with parallel transfers and a keep-alive
-            adapter = requests.adapters.HTTPAdapter(pool_connections=8, pool_maxsize=32)
-            session.mount("http://", adapter)
-            session.mount("https://", adapter)
-        self.session = session
-        self.session.headers["User-Agent"] = f"decode-fetcher/{__version__}"
+        self.session = session if session is not None else new_session()
         # told of each named call's end: (name, the exception it ended with or None, retries)
         self.observe: Callable[[str, BaseException | None, int], None] | None = None
 

@@ -85,18 +85,22 @@ def _check_peer(sock: socket.socket, host: str) -> None:
         )
 
 
-class _CheckedHTTPConnection(urllib3.connection.HTTPConnection):
+class _PeerChecked(urllib3.connection.HTTPConnection):
+    """Checks the peer of each new connection (HTTPS too: its `connect` calls `_new_conn` before
+    the TLS handshake)."""
+
     def _new_conn(self) -> socket.socket:
         sock = super()._new_conn()
         _check_peer(sock, self.host)
         return sock
 
 
-class _CheckedHTTPSConnection(urllib3.connection.HTTPSConnection):
-    def _new_conn(self) -> socket.socket:
-        sock = super()._new_conn()
-        _check_peer(sock, self.host)
-        return sock
+class _CheckedHTTPConnection(_PeerChecked):
+    pass
+
+
+class _CheckedHTTPSConnection(_PeerChecked, urllib3.connection.HTTPSConnection):
+    pass
 
 
 class _CheckedHTTPPool(urllib3.HTTPConnectionPool):
@@ -116,11 +120,8 @@ class _CheckedAdapter(requests.adapters.HTTPAdapter):
         }
 
 
-def checked_session() -> requests.Session:
-    """A session whose every new connection is refused if it reached this box or a link-local
-    address (so also after a redirect, and whatever the name resolved to a moment before)."""
-    session = requests.Session()
-    adapter = _CheckedAdapter(pool_connections=8, pool_maxsize=32)
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
-    return session
+def checked_adapter() -> requests.adapters.HTTPAdapter:
+    """An adapter whose every new connection is refused if it reached this box or a link-local
+    address (so also after a redirect, and whatever the name resolved to a moment before).
+    Through an HTTP proxy (HTTP(S)_PROXY) the proxy connects, and only the name check holds."""
+    return _CheckedAdapter(pool_connections=8, pool_maxsize=32)

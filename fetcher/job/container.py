@@ -13,6 +13,7 @@ import contextlib
 import logging
 import socket
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -207,8 +208,12 @@ class LogFollower:
 
     The stream is the container's attach stream, opened before it starts: every byte the job
     writes comes through it (the engine's own log is bounded and rotates: a follower of it that
-    lags loses output; 30 MB printed at once came through as 7.6 MB). An attached client slows a
-    writer that outruns it, so the stream is read to its end whatever happens to the file."""
+    lags loses output; 30 MB printed at once came through as 6 MB). An attached client slows a
+    writer that outruns it, so one thread only reads (the tail, and a bounded buffer) and hangs
+    the stream up when it stops, and another writes the file: a slow or hung disk drops output
+    (counted in the file), it never holds the job."""
+
+    BUFFER_BYTES = 16 * 1024 * 1024  # read but not yet written
 
     def __init__(
         self,
@@ -226,23 +231,62 @@ class LogFollower:
         self.max_bytes = max_bytes
         self.tail_bytes = tail_bytes
         self.written = 0
-        self.dropped = 0
+        self.dropped = 0  # past JOB_LOG_MAX_MB
+        self.lost = 0  # the disk was slower than the job, or failed
         self._tail: deque[bytes] = deque()
         self._kept = 0
-        self._thread = threading.Thread(target=self._run, name="logs", daemon=True)
+        self._buffer: deque[bytes] = deque()
+        self._buffered = 0
+        self._read_all = False
+        self._cond = threading.Condition()
+        self._reader = threading.Thread(target=self._read, name="logs-read", daemon=True)
+        self._writer = threading.Thread(target=self._write, name="logs-write", daemon=True)
 
     def start(self) -> LogFollower:
-        self._thread.start()
+        self._writer.start()
+        self._reader.start()
         return self
 
     def join(self, timeout_s: float) -> None:
-        self._thread.join(timeout_s)
+        deadline = time.monotonic() + timeout_s
+        self._reader.join(timeout_s)
+        self._writer.join(max(deadline - time.monotonic(), 0))
 
-    def _run(self) -> None:
-        out = self._open()
+    def _read(self) -> None:
         try:
             for chunk in self.chunks:
                 self._keep(chunk)
+                with self._cond:
+                    if self._buffered + len(chunk) > self.BUFFER_BYTES:
+                        self.lost += len(chunk)
+                        continue
+                    self._buffer.append(chunk)
+                    self._buffered += len(chunk)
+                    self._cond.notify()
+        except Exception as exc:  # noqa: BLE001 - whatever broke the stream, the job goes on
+            log.warning("job %s: could not read the container's output: %s", self.job_id, exc)
+        finally:
+            # an attach connection nobody reads would hold the job's writes: it is closed for good
+            self.hang_up()
+            with self._cond:
+                self._read_all = True
+                self._cond.notify()
+
+    def _next(self) -> bytes | None:
+        with self._cond:
+            while not self._buffer and not self._read_all:
+                self._cond.wait()
+            if not self._buffer:
+                return None
+            chunk = self._buffer.popleft()
+            self._buffered -= len(chunk)
+            return chunk
+
+    def _write(self) -> None:
+        out: BinaryIO | None = None
+        try:
+            out = self._open()
+            while (chunk := self._next()) is not None:
                 if out is None:
                     continue
                 room = self.max_bytes - self.written
@@ -250,17 +294,16 @@ class LogFollower:
                     if room > 0:
                         out.write(chunk[:room])
                         self.written += min(len(chunk), room)
-                except OSError as exc:  # the stream is drained all the same
+                except OSError as exc:
                     log.warning("job %s: cannot keep the job's output: %s", self.job_id, exc)
+                    self.lost += len(chunk)
                     self._close(out)
                     out = None
                     continue
                 self.dropped += max(len(chunk) - max(room, 0), 0)
-        except Exception as exc:  # noqa: BLE001 - whatever broke the stream, the job goes on
-            log.warning("job %s: could not read the container's output: %s", self.job_id, exc)
+        except Exception as exc:  # noqa: BLE001 - the reader goes on regardless
+            log.warning("job %s: cannot keep the job's output: %s", self.job_id, exc)
         finally:
-            # an attach connection nobody reads would hold the job's writes: it is closed for good
-            self.hang_up()
             if out is not None:
                 self._close(out)
 
@@ -280,6 +323,11 @@ class LogFollower:
             if self.dropped:
                 out.write(
                     f"\n[fetcher: {self.dropped} more bytes of output not kept (JOB_LOG_MAX_MB)]\n".encode()
+                )
+            if self.lost:
+                out.write(
+                    f"\n[fetcher: {self.lost} bytes of output lost: they came faster than the"
+                    " disk took them, or the disk failed]\n".encode()
                 )
             out.close()
 
@@ -345,8 +393,7 @@ class JobContainer:
         try:
             self.container.start()
         except (docker.errors.APIError, requests.RequestException) as exc:
-            _hang_up(self._output)
-            self._output = None
+            self._drop_output()
             if isinstance(exc, docker.errors.APIError):
                 raise self._start_error("started", exc) from None
             raise WorkerTrouble(f"docker engine unreachable: {exc}") from None
@@ -429,7 +476,7 @@ class JobContainer:
         """Keep the job's output (in `dest`, and its tail) from here on: through the attach socket
         opened before the start; for a container adopted after a restart (maybe ended already),
         from the engine's log."""
-        sock, self._output = self._output, None
+        sock = self._output
         chunks: Iterable[bytes]
         if sock is not None:
             chunks = (data for _kind, data in frames_iter(sock, tty=False))
@@ -447,6 +494,11 @@ class JobContainer:
             self.options.log_tail_bytes,
             hang_up=lambda: _hang_up(sock),
         ).start()
+        self._output = None  # the follower hangs it up from now on (`remove` did until here)
+
+    def _drop_output(self) -> None:
+        _hang_up(self._output)
+        self._output = None
 
     def _attach(self) -> Any:
         """The container's attach socket (stdout and stderr, multiplexed), or None."""
@@ -591,8 +643,7 @@ class JobContainer:
     def remove(self) -> bool:
         """Remove the container in any state (also `created` after a failed start, found by its
         name). True when it is gone (or there never was one). Never raises."""
-        _hang_up(self._output)  # attached but never followed (a failure right after the start)
-        self._output = None
+        self._drop_output()  # attached but never followed (a failure right after the start)
         target = self.container.id if self.container is not None else self.name
         failure = remove_container(self.client, target)
         if failure is None:

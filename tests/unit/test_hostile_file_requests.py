@@ -186,7 +186,8 @@ def test_a_name_that_resolves_to_this_box_only_when_connecting_is_refused_too(
     import threading
 
     from fetcher.api import client as client_module
-    from fetcher.api.peers import checked_session
+    from fetcher.api.http import new_session
+    from fetcher.api.peers import checked_adapter
 
     hits: list[str] = []
 
@@ -214,7 +215,7 @@ def test_a_name_that_resolves_to_this_box_only_when_connecting_is_refused_too(
         api = make_api(base)
         # as if the API were elsewhere, and the file URL's name had looked public when checked
         api._local_api = False
-        api._file_session = checked_session()
+        api._file_session = new_session(checked_adapter())
         monkeypatch.setattr(client_module, "is_local_host", lambda *_: False)
         with pytest.raises(TransferError, match=r"connected to 127\.0\.0\.1, this box"):
             download_to(api, "data/x.bin", tmp_path / "x")

@@ -307,16 +307,41 @@ def test_no_claim_while_path_base_has_too_little_free_space(
         shutil, "disk_usage", lambda _p: SimpleNamespace(free=free["mb"] * 2**20, total=0, used=0)
     )
     offer = ClaimOffer(memory=1000, cpu_cores=1)
+    why = "100 MB free under PATH_BASE (MIN_FREE_DISK_MB=1024)"
     with caplog.at_level("INFO"):
-        assert source.claim(offer, threading.Event()).paused == "100 MB free under PATH_BASE"
-        assert source.claim(offer, threading.Event()).paused is not None
+        assert source.claim(offer, threading.Event()).paused == why
+        assert source.claim(offer, threading.Event()).paused == why
         assert asked == []  # the API was not asked
+        assert source.paused == why  # shown by `fetcher status`
         free["mb"] = 5000
         assert source.claim(offer, threading.Event()).paused is None
-        assert asked == [offer]
+        assert asked == [offer] and source.paused is None
+
+        def unreadable(_p: object) -> object:
+            raise PermissionError(13, "Permission denied")
+
+        monkeypatch.setattr(shutil, "disk_usage", unreadable)
+        assert "PATH_BASE cannot be read" in (source.claim(offer, threading.Event()).paused or "")
     lines = [r.getMessage() for r in caplog.records]
     assert lines == [
-        "worker: only 100 MB free under PATH_BASE (MIN_FREE_DISK_MB=1024); claiming no job until"
-        " there is more",
-        "worker: 5000 MB free under PATH_BASE again; claiming",
+        f"worker: claiming no job: {why}",
+        "worker: claiming again (5000 MB free under PATH_BASE)",
+        "worker: claiming no job: PATH_BASE cannot be read: [Errno 13] Permission denied",
     ]
+
+
+def test_status_shows_why_claiming_is_paused() -> None:
+    from fetcher.status import render
+
+    info = {
+        "path_base": "/data",
+        "daemon_running": True,
+        "heartbeat_age_s": 1.0,
+        "daemon": {"fetcher_id": "f", "claims_paused": "100 MB free under PATH_BASE"},
+        "running": [],
+        "reports_pending": [],
+        "recent": [],
+    }
+    assert "claiming paused: 100 MB free under PATH_BASE" in render(info).splitlines()
+    info["daemon"] = {"fetcher_id": "f", "claims_paused": None}
+    assert "claiming paused" not in render(info)

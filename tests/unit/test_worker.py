@@ -398,12 +398,17 @@ def test_exit_when_idle_is_not_held_for_ever_by_a_container_that_will_not_go(
     assert len(tries) == 3  # it tried a few times before it left
 
 
-def test_a_paused_claim_is_not_idleness_and_the_loop_waits() -> None:
-    # A box whose disk is full claims nothing, and a pilot does not take that for an empty queue
+def test_paused_claims_count_as_idle_only_while_nothing_runs() -> None:
+    # A box whose disk is full claims nothing. With nothing running, a pilot leaves after
+    # EXIT_IDLE_POLLS such passes (it cannot work); a job found in between starts the count anew.
     jobs = Jobs()
     jobs.release.set()
-    source = FakeSource([ClaimResult(paused="10 MB free"), ClaimResult(paused="10 MB free")])
-    source.answers += [{"1": spec()}, {}]
-    assert worker(source, jobs, exit_when_idle=True).run() == 0
+    paused = ClaimResult(paused="10 MB free under PATH_BASE")
+    source = FakeSource([paused, {"1": spec()}, paused, {}])
+    assert worker(source, jobs, exit_when_idle=True, exit_idle_polls=2).run() == 0
     assert jobs.started == ["1"]
     assert len(source.offers) == 4
+    # and a pilot with a full disk and nothing to do leaves
+    source = FakeSource([paused, paused, {"2": spec()}])
+    assert worker(source, Jobs(), exit_when_idle=True, exit_idle_polls=2).run() == 0
+    assert len(source.offers) == 2
