@@ -383,20 +383,16 @@ class JobContainer:
         self._remove_stale()
         try:
             self.container = self.client.containers.create(spec.handler.image_url, **kwargs)
-        except docker.errors.APIError as exc:
+        except ENGINE_ERRORS as exc:
             raise self._start_error("created", exc) from None
-        except requests.RequestException as exc:
-            raise WorkerTrouble(f"docker engine unreachable: {exc}") from None
         if created is not None:
             created(self.container.id)
         self._output = self._attach()  # before it starts: nothing is missed
         try:
             self.container.start()
-        except (docker.errors.APIError, requests.RequestException) as exc:
+        except ENGINE_ERRORS as exc:
             self._drop_output()
-            if isinstance(exc, docker.errors.APIError):
-                raise self._start_error("started", exc) from None
-            raise WorkerTrouble(f"docker engine unreachable: {exc}") from None
+            raise self._start_error("started", exc) from None
         log.info(
             "job %s: container %s started (%s)",
             self.job_id,
@@ -408,7 +404,11 @@ class JobContainer:
         """The job's image, per the pull policy. Raises ContainerError, WorkerTrouble, Interrupted."""
         ensure_image(self.client, image, self.options.pull_policy, self.job_id, cancel)
 
-    def _start_error(self, verb: str, exc: docker.errors.APIError) -> Exception:
+    def _start_error(self, verb: str, exc: Exception) -> Exception:
+        """What an engine error while the container is created or started means: an engine out of
+        reach or a fault of this box is WorkerTrouble, anything else the job's ContainerError."""
+        if not isinstance(exc, docker.errors.APIError):
+            return WorkerTrouble(f"docker engine unreachable: {exc}")
         message = f"container could not be {verb}: {docker_message(exc)}"
         if any(marker in message for marker in JOB_FAULTS) or (
             'to rootfs at "/files"' in message and "not a directory" in message
