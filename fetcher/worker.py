@@ -385,17 +385,18 @@ class Worker:
             else:
                 # the container may still run on its GPU: keep its share out of any offer (under
                 # a key of its own, so that the same queue id can be claimed anew) until it is gone
-                self._leftover_seq += 1
-                key = f"job {job_id} (ended, #{self._leftover_seq})"  # an id may be reused
+                with self._lock:  # job threads end concurrently: one number each
+                    self._leftover_seq += 1
+                    key = f"job {job_id} (ended, #{self._leftover_seq})"  # an id may be reused
                 self.pool.rename(job_id, key)
+                with self._lock:  # retried only once its share is held under `key`
+                    self._leftovers[key] = (leftover, time.monotonic() + LEFTOVER_RETRY_S, 0)
                 log.error(
                     "job %s: its container is still on the engine; its CPU, memory and GPU(s) stay"
                     " reserved until it is removed (tried again every %.0f s)",
                     job_id,
                     LEFTOVER_RETRY_S,
                 )
-                with self._lock:
-                    self._leftovers[key] = (leftover, time.monotonic() + LEFTOVER_RETRY_S, 0)
             with self._lock:
                 self._running.pop(job_id, None)
             self._wake.set()
