@@ -398,7 +398,14 @@ def test_a_second_claim_of_a_running_queue_id_is_refused(env: Env, engine: Any) 
     daemon = build_daemon(settings, docker_client=engine)
     t, out = in_thread(daemon.run)
     try:
-        wait_for(lambda: running_containers(engine, fid), 30, "job running")
+        # running on the server too: the keep-alive's `running` (sent at once on the change) must
+        # not land after the re-queue below, or it silently takes the job back (as the real
+        # server lets it) and no second claim ever comes
+        wait_for(
+            lambda: running_containers(engine, fid) and job.status.value == "running",
+            30,
+            "job running",
+        )
         env.state.config.failure_timeout_s = 0
         env.state.check_timeouts()
         env.state.config.failure_timeout_s = 300
