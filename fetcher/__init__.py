@@ -1,4 +1,30 @@
-"""DECODE OpenCloud job fetcher."""
+"""DECODE OpenCloud job fetcher.
+
+How a job flows, and where each part lives:
+
+    cli ──► daemon (wiring) ──► worker (the loop: poll, claim, dispatch, drain; no HTTP, no Docker)
+                                  │  offer ◄── pool (shares) ◄── host (CPU, memory, GPUs)
+                                  │  claim ──► source ──► api.client (GET /jobs)
+                                  ▼
+                   job.pipeline: process_job, one thread per job
+      claim ─► stage ───────────────────► run ────────────────► deliver ──────► clean
+               job.workspace (dir)         engine.container      outcome          job.cleanup
+               job.transfer ◄─ api.files   engine.output (log)    (whose fault?)   engine.purge
+               engine.pull (image)         job.keepalive          delivery
+                                           (status pings,         (exactly once,
+                                            cancel on 404)         store + ownership)
+
+    At start, recovery settles what an earlier life left (store, containers, directories).
+
+Where is ...
+- the container started, waited for, removed: `engine.container`
+- a status sent: `job.keepalive` (while the job runs), `delivery` (the final one, exactly once)
+- hand-back decided: `outcome` (reads each failure's `fault` from `errors`; the engine's and
+  registries' messages are read in `engine.errors`)
+- "the server took the job from us": `ownership`
+- what a job is doing, and how it ended: `lifecycle` (Phase, Stage, OutcomeKind)
+- the state directory's files: `statedir`; what `fetcher status` shows: `snapshot`, `status`
+"""
 
 from importlib.metadata import PackageNotFoundError, version
 

@@ -17,9 +17,9 @@ import requests
 from fetcher.api.client import WorkerApi
 from fetcher.api.http import Http, Transient
 from fetcher.errors import ApiError, AuthError, FetcherError, JobGone
-from fetcher.resources import detect_gpus
+from fetcher.host import Gpu, detect_gpus
+from fetcher.settings import Settings
 
-MIN_FREE_DISK_MB = 10_000
 log = logging.getLogger(__name__)
 
 
@@ -33,7 +33,7 @@ class Line:
         return f"{self.level:<4} {self.subject}: {self.text}"
 
 
-def check_api(settings: Any) -> Line:
+def check_api(settings: Settings) -> Line:
     http = Http(
         connect_timeout_s=settings.http_connect_timeout_s,
         read_timeout_s=settings.http_read_timeout_s,
@@ -47,7 +47,7 @@ def check_api(settings: Any) -> Line:
     return Line("OK", "api", f"{settings.api_url} answers")
 
 
-def check_login(settings: Any) -> Line:
+def check_login(settings: Settings) -> Line:
     what = f"user {settings.username}" if settings.username else "ACCESS_TOKEN"
     try:
         WorkerApi.from_settings(settings.model_copy(update={"api_retry_s": 3.0})).get_status(
@@ -67,9 +67,28 @@ def check_login(settings: Any) -> Line:
     return Line("OK", "login", f"{what} accepted by the API")
 
 
-def check_probe_mount(settings: Any, client: Any, image: str) -> Line:
+def _probe_once(client: Any, image: str, host_dir: str, name: str, token: str) -> str:
+    """What a container mounting `host_dir` sees in the probe file."""
+    try:
+        out = client.containers.run(
+            image,
+            ["cat", f"/files/{name}"],
+            remove=True,
+            volumes={host_dir: {"bind": "/files", "mode": "ro"}},
+            labels={"org.decode-opencloud.fetcher.check": "1"},
+        )
+    except docker.errors.ContainerError as exc:
+        return f"nothing ({exc.stderr.decode(errors='replace').strip() if exc.stderr else exc})"
+    # `cat` found the file of this random name: the container sees PATH_BASE. Its output, read
+    # from the engine's log right after the exit, can come back empty (seen twice in CI); only
+    # output that differs says it is another file.
+    text = out.decode(errors="replace").strip()
+    return token if text in ("", token) else text
+
+
+def check_probe_mount(settings: Settings, client: Any, image: str) -> Line:
     """The mistake new users make: PATH_HOST_BASE is not the host side of PATH_BASE."""
-    state = settings.state_dir
+    state = settings.state_dir.path
     name = f"probe-{secrets.token_hex(4)}"
     token = secrets.token_hex(8)
     try:
@@ -77,25 +96,11 @@ def check_probe_mount(settings: Any, client: Any, image: str) -> Line:
         (state / name).write_text(token)
     except OSError as exc:
         return Line("FAIL", "path", f"cannot write under PATH_BASE {settings.path_base}: {exc}")
-    host_dir = settings.host_base / ".fetcher"
+    host_dir = str(settings.host_base / ".fetcher")
     seen = ""
     try:
         for _ in range(2):  # once more after a moment: a fresh mount can lag on a busy engine
-            try:
-                out = client.containers.run(
-                    image,
-                    ["cat", f"/files/{name}"],
-                    remove=True,
-                    volumes={str(host_dir): {"bind": "/files", "mode": "ro"}},
-                    labels={"org.decode-opencloud.fetcher.check": "1"},
-                )
-                # `cat` found the file of this random name: the container sees PATH_BASE. Its
-                # output, read from the engine's log right after the exit, can come back empty
-                # (seen twice in CI); only output that differs says it is another file.
-                text = out.decode(errors="replace").strip()
-                seen = token if text in ("", token) else text
-            except docker.errors.ContainerError as exc:
-                seen = f"nothing ({exc.stderr.decode(errors='replace').strip() if exc.stderr else exc})"
+            seen = _probe_once(client, image, host_dir, name, token)
             if seen == token:
                 break
             time.sleep(0.5)
@@ -125,78 +130,83 @@ def check_probe_mount(settings: Any, client: Any, image: str) -> Line:
     )
 
 
-def run_checks(
-    settings: Any,
-    *,
-    docker_client: Any = None,
-    nvml: Any = None,
-    min_free_disk_mb: int = MIN_FREE_DISK_MB,
-    probe_image: str | None = None,
-    out: Callable[[str], None] = print,
-) -> int:
-    """Print one line per check; 0 if nothing failed, else 1."""
-    lines = [check_api(settings)]
-    if lines[0].level == "OK":
-        lines.append(check_login(settings))
-    client = docker_client
+def check_docker(client: Any) -> tuple[Line, Any]:
+    """The engine's version line, and the client (None when the engine cannot be reached)."""
     try:
         client = client or docker.from_env()
         version = client.version()
-        lines.append(
-            Line(
-                "OK", "docker", f"engine {version.get('Version')} (API {version.get('ApiVersion')})"
-            )
-        )
     except (docker.errors.DockerException, requests.RequestException) as exc:
-        lines.append(
-            Line(
-                "FAIL",
-                "docker",
-                f"cannot reach the Docker engine ({exc}); start it, or mount "
-                "/var/run/docker.sock into the fetcher's container",
-            )
-        )
-        client = None
-    gpus = detect_gpus(nvml)
-    runtimes = set((client.info().get("Runtimes") or {}) if client else {})
-    if gpus:
-        lines.append(
-            Line(
-                "OK",
-                "gpus",
-                ", ".join(f"{g.index}: {g.model} {g.memory_mb} MB {g.uuid}" for g in gpus),
-            )
-        )
-        if client is not None and "nvidia" not in runtimes:
-            lines.append(
-                Line(
-                    "FAIL",
-                    "gpu runtime",
-                    "the engine has no NVIDIA runtime: GPU jobs will fail with "
-                    "'could not select device driver'; install nvidia-container-toolkit "
-                    "and restart dockerd",
-                )
-            )
-        elif client is not None:
-            lines.append(Line("OK", "gpu runtime", "the engine has the nvidia runtime"))
-    else:
-        lines.append(
+        return Line(
+            "FAIL",
+            "docker",
+            f"cannot reach the Docker engine ({exc}); start it, or mount "
+            "/var/run/docker.sock into the fetcher's container",
+        ), None
+    text = f"engine {version.get('Version')} (API {version.get('ApiVersion')})"
+    return Line("OK", "docker", text), client
+
+
+def check_gpus(gpus: list[Gpu], client: Any) -> list[Line]:
+    if not gpus:
+        return [
             Line(
                 "WARN",
                 "gpus",
                 "no NVIDIA GPU visible through NVML: only CPU jobs will be claimed "
                 "(in a container: run it with --gpus all)",
             )
+        ]
+    listed = ", ".join(f"{g.index}: {g.model} {g.memory_mb} MB {g.uuid}" for g in gpus)
+    lines = [Line("OK", "gpus", listed)]
+    if client is None:
+        return lines
+    if "nvidia" not in set(client.info().get("Runtimes") or {}):
+        lines.append(
+            Line(
+                "FAIL",
+                "gpu runtime",
+                "the engine has no NVIDIA runtime: GPU jobs will fail with "
+                "'could not select device driver'; install nvidia-container-toolkit "
+                "and restart dockerd",
+            )
         )
+    else:
+        lines.append(Line("OK", "gpu runtime", "the engine has the nvidia runtime"))
+    return lines
+
+
+def check_disk(settings: Settings, min_free_disk_mb: int) -> Line:
+    free_mb = shutil.disk_usage(settings.path_base).free // (1024 * 1024)
+    if free_mb >= min_free_disk_mb:
+        return Line("OK", "disk", f"{free_mb} MB free under {settings.path_base}")
+    return Line(
+        "FAIL",
+        "disk",
+        f"{free_mb} MB free under {settings.path_base}; no job is claimed below"
+        f" MIN_FREE_DISK_MB ({min_free_disk_mb} MB): free some space or lower it",
+    )
+
+
+def run_checks(
+    settings: Settings,
+    *,
+    docker_client: Any = None,
+    nvml: Any = None,
+    min_free_disk_mb: int | None = None,
+    probe_image: str | None = None,
+    out: Callable[[str], None] = print,
+) -> int:
+    """Print one line per check; 0 if nothing failed, else 1. The disk is held to the daemon's
+    own threshold (MIN_FREE_DISK_MB) unless `min_free_disk_mb` says otherwise."""
+    lines = [check_api(settings)]
+    if lines[0].level == "OK":
+        lines.append(check_login(settings))
+    docker_line, client = check_docker(docker_client)
+    lines.append(docker_line)
+    lines += check_gpus(detect_gpus(nvml), client)
     if settings.path_base.is_dir():
-        free_mb = shutil.disk_usage(settings.path_base).free // (1024 * 1024)
-        level = "OK" if free_mb >= min_free_disk_mb else "FAIL"
-        hint = (
-            ""
-            if level == "OK"
-            else f"; jobs need room for inputs and outputs (want {min_free_disk_mb} MB)"
-        )
-        lines.append(Line(level, "disk", f"{free_mb} MB free under {settings.path_base}{hint}"))
+        threshold = settings.min_free_disk_mb if min_free_disk_mb is None else min_free_disk_mb
+        lines.append(check_disk(settings, threshold))
         if client is not None:
             lines.append(check_probe_mount(settings, client, probe_image or settings.probe_image))
     else:

@@ -37,7 +37,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_info(args: argparse.Namespace) -> int:
     from fetcher.daemon import connect_docker
-    from fetcher.resources import ResourcePool, detect_gpus, detect_host
+    from fetcher.host import detect_gpus, detect_host
+    from fetcher.pool import ResourcePool
 
     settings = _settings(args)
     host = detect_host(connect_docker().info(), settings, detect_gpus())

@@ -1,17 +1,19 @@
 """The one deliverer of statuses that must arrive exactly once: final statuses and hand-backs.
 
-Jobs hand their report to the store (`submit`) and go on to clean up; this thread alone sends
-reports, so two senders can never deliver the same one. It never blocks the loop or the
-heartbeat. Each try is counted in the store before it is made: when an earlier try may have
-reached the server (no answer, a 5xx, a crash in between), the next one asks the server first
-(`GET /jobs/{id}/status`): the status already there means delivered; 404 means the job is gone;
-a different final status there is never overwritten. A report no answer ever takes is retried
-with growing pauses for up to MAX_AGE_S.
+Jobs hand their report over (`submit`) and go on to clean up; this thread alone sends reports, so
+two senders can never deliver the same one. It never blocks the loop or the heartbeat. A report is
+kept in the job store (`StoredReports`), or in memory when the disk cannot keep it
+(`MemoryReports`): the deliverer treats both outboxes alike. Each try is counted before it is made:
+when an earlier try may have reached the server (no answer, a 5xx, a crash in between), the next
+one asks the server first (`GET /jobs/{id}/status`) and `fetcher.ownership.report_fate` decides:
+the status already there means delivered; 404 means the job is gone; a final status there is never
+overwritten. A report no answer ever takes is retried with growing pauses for up to MAX_AGE_S.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import random
 import threading
@@ -19,9 +21,10 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Protocol
 
-from fetcher.errors import ApiError, Interrupted, JobGone
+from fetcher.errors import JobGone
 from fetcher.job.keepalive import StatusSink
 from fetcher.models import JobStatus
+from fetcher.ownership import ReportFate, report_fate
 from fetcher.store import JobStore, Report, StoreError
 
 log = logging.getLogger(__name__)
@@ -29,23 +32,131 @@ log = logging.getLogger(__name__)
 MAX_AGE_S = 7 * 24 * 3600
 MAX_PAUSE_S = 300.0
 
-
-class StatusApi(StatusSink, Protocol):
-    """The status calls the deliverer makes: the keep-alive's PUT, and the GET that checks."""
-
-    def get_status(
-        self, job_id: str, *, retry_s: float | None = None, interrupt: threading.Event | None = None
-    ) -> JobStatus: ...
-
-
 Delivered = Callable[[Report, str], None]
+
+
+class Outbox(Protocol):
+    """Where reports wait. A report is named by its job id and `since`: the id alone may already
+    name a newer job (claimed anew), whose report a stale one must never change."""
+
+    def due(self, now: float) -> list[Report]: ...
+    def next_due(self) -> float | None: ...
+    def pending(self) -> set[str]: ...
+    def count_try(self, r: Report) -> bool:
+        """Count a try before it is made; False when the report is no longer kept."""
+        ...
+
+    def is_current(self, r: Report) -> bool: ...
+    def retry_at(self, r: Report, when: float) -> None: ...
+    def finish(self, r: Report, outcome: str) -> None: ...
+    def retry_all_now(self) -> None: ...
+
+
+class StoredReports:
+    """Reports kept in the job store (they survive a restart)."""
+
+    def __init__(self, store: JobStore) -> None:
+        self.store = store
+
+    def due(self, now: float) -> list[Report]:
+        try:
+            return self.store.reports(due_by=now)
+        except StoreError as exc:  # the reports kept in memory are delivered all the same
+            log.error("deliverer: cannot read the job store: %s", exc)
+            return []
+
+    def next_due(self) -> float | None:
+        return self.store.next_due()
+
+    def pending(self) -> set[str]:
+        with contextlib.suppress(StoreError):
+            return {r.job_id for r in self.store.reports()}
+        return set()
+
+    def count_try(self, r: Report) -> bool:
+        self.store.trying(r.job_id, r.since)
+        return True
+
+    def is_current(self, r: Report) -> bool:
+        try:
+            return self.store.is_current(r.job_id, r.since)
+        except StoreError:
+            return True  # cannot tell; the report was current when it was read
+
+    def retry_at(self, r: Report, when: float) -> None:
+        self.store.retry_at(r.job_id, when, r.since)
+
+    def finish(self, r: Report, outcome: str) -> None:
+        self.store.done(r.job_id, f"{r.status.value} {outcome}", r.details, r.since)
+
+    def retry_all_now(self) -> None:
+        with contextlib.suppress(StoreError):
+            self.store.retry_all_now()
+
+
+class MemoryReports:
+    """Reports the store could not keep (a full disk): delivered from memory, lost at exit."""
+
+    def __init__(self) -> None:
+        self._kept: dict[str, Report] = {}
+        self._lock = threading.Lock()
+
+    def add(self, r: Report) -> None:
+        with self._lock:
+            self._kept[r.job_id] = r
+
+    def drop(self, job_id: str) -> Report | None:
+        with self._lock:
+            return self._kept.pop(job_id, None)
+
+    def _current(self, r: Report) -> bool:
+        kept = self._kept.get(r.job_id)
+        return kept is not None and kept.since == r.since
+
+    def due(self, now: float) -> list[Report]:
+        with self._lock:
+            return [r for r in self._kept.values() if r.next_try_at <= now]
+
+    def next_due(self) -> float | None:
+        with self._lock:
+            return min((r.next_try_at for r in self._kept.values()), default=None)
+
+    def pending(self) -> set[str]:
+        with self._lock:
+            return set(self._kept)
+
+    def count_try(self, r: Report) -> bool:
+        with self._lock:
+            if not self._current(r):
+                return False  # dropped meanwhile (the id was claimed anew)
+            self._kept[r.job_id] = dataclasses.replace(r, tries=r.tries + 1)
+            return True
+
+    def is_current(self, r: Report) -> bool:
+        with self._lock:
+            return self._current(r)
+
+    def retry_at(self, r: Report, when: float) -> None:
+        with self._lock:
+            if r.job_id in self._kept:
+                self._kept[r.job_id] = dataclasses.replace(self._kept[r.job_id], next_try_at=when)
+
+    def finish(self, r: Report, outcome: str) -> None:
+        with self._lock:
+            if self._current(r):
+                del self._kept[r.job_id]
+
+    def retry_all_now(self) -> None:
+        with self._lock:
+            for job_id, r in self._kept.items():
+                self._kept[job_id] = dataclasses.replace(r, next_try_at=0)
 
 
 class Deliverer:
     def __init__(
         self,
         store: JobStore,
-        api: StatusApi,
+        api: StatusSink,
         *,
         max_pause_s: float = MAX_PAUSE_S,
         max_age_s: float = MAX_AGE_S,
@@ -58,16 +169,20 @@ class Deliverer:
         self.max_age_s = max_age_s
         self.on_done = on_done
         self.clock = clock
+        self.stored = StoredReports(store)
+        self.memory = MemoryReports()
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._memory: dict[str, Report] = {}  # reports the store could not keep (disk full)
-        self._memory_lock = threading.Lock()
         # per queue id, held from the last look at a report to the end of its PUT, and while a job
         # is claimed anew under that id: a report of an earlier job of the id is then never sent
         self._sending: dict[str, threading.Lock] = {}
         self._sending_lock = threading.Lock()
         self._waiting_logged: set[str] = set()
         self._thread = threading.Thread(target=self._run, name="deliverer", daemon=True)
+
+    @property
+    def outboxes(self) -> tuple[Outbox, Outbox]:
+        return self.stored, self.memory
 
     # --- the job threads' side ---------------------------------------------------------------
     def submit(
@@ -83,8 +198,7 @@ class Deliverer:
                 status.value,
                 exc,
             )
-            with self._memory_lock:
-                self._memory[job_id] = Report(job_id, status, details, self.clock(), 0, verify)
+            self.memory.add(Report(job_id, status, details, self.clock(), 0, verify))
         self._wake.set()
 
     @contextlib.contextmanager
@@ -93,8 +207,7 @@ class Deliverer:
         still waiting for an earlier job of that id): no such report is being sent meanwhile, and
         one kept in memory is dropped (the server has moved on from that job)."""
         with self._sending_for(job_id):
-            with self._memory_lock:
-                stale = self._memory.pop(job_id, None)
+            stale = self.memory.drop(job_id)
             if stale is not None:
                 log.warning(
                     "job %s: claimed anew; its earlier %s status (kept in memory) is dropped",
@@ -108,19 +221,12 @@ class Deliverer:
             return self._sending.setdefault(job_id, threading.Lock())
 
     def pending(self) -> list[str]:
-        with self._memory_lock:
-            kept = set(self._memory)
-        with contextlib.suppress(StoreError):
-            kept |= {r.job_id for r in self.store.reports()}
-        return sorted(kept)
+        return sorted(self.stored.pending() | self.memory.pending())
 
     def retry_now(self) -> None:
         """The API answers again: try every waiting report now."""
-        with contextlib.suppress(StoreError):
-            self.store.retry_all_now()
-        with self._memory_lock:
-            for job_id, r in self._memory.items():
-                self._memory[job_id] = _with(r, next_try_at=0)
+        for box in self.outboxes:
+            box.retry_all_now()
         self._wake.set()
 
     # --- the thread ------------------------------------------------------------------------------
@@ -160,40 +266,31 @@ class Deliverer:
             self._wake.clear()
 
     def _pause(self) -> float:
-        try:
-            due = self.store.next_due()
-        except StoreError:
-            due = self.clock() + 5.0  # look again soon: the store may come back
-        with self._memory_lock:
-            mem = [r.next_try_at for r in self._memory.values()]
-        times = [t for t in [due, *mem] if t is not None]
+        times = []
+        for box in self.outboxes:
+            try:
+                due = box.next_due()
+            except StoreError:
+                due = self.clock() + 5.0  # look again soon: the store may come back
+            if due is not None:
+                times.append(due)
         if not times:
             return 3600.0
         return min(max(min(times) - self.clock(), 0.05), 3600.0)
 
     def deliver_due(self) -> None:
         now = self.clock()
-        try:
-            stored = self.store.reports(due_by=now)
-        except StoreError as exc:  # the reports kept in memory are delivered all the same
-            log.error("deliverer: cannot read the job store: %s", exc)
-            stored = []
-        for report in stored:
-            if self._stop.is_set():
-                return
-            try:
-                self._deliver(report, in_memory=False)
-            except StoreError as exc:
-                log.error("job %s: job store failed while delivering: %s", report.job_id, exc)
-        with self._memory_lock:
-            due = [r for r in self._memory.values() if r.next_try_at <= now]
-        for report in due:
-            if self._stop.is_set():
-                return
-            self._deliver(report, in_memory=True)
+        for box in self.outboxes:
+            for report in box.due(now):
+                if self._stop.is_set():
+                    return
+                try:
+                    self._deliver(report, box)
+                except StoreError as exc:
+                    log.error("job %s: job store failed while delivering: %s", report.job_id, exc)
 
     # --- one report ----------------------------------------------------------------------------
-    def _deliver(self, r: Report, *, in_memory: bool) -> None:
+    def _deliver(self, r: Report, box: Outbox) -> None:
         if self.clock() - r.since > self.max_age_s:
             log.error(
                 "job %s: giving up on status %s after %.0f h",
@@ -201,35 +298,15 @@ class Deliverer:
                 r.status.value,
                 (self.clock() - r.since) / 3600,
             )
-            self._finish(r, "dropped: too old", in_memory)
+            self._finish(r, box, "dropped: too old")
             return
-        if in_memory:
-            with self._memory_lock:
-                if (kept := self._memory.get(r.job_id)) is None or kept.since != r.since:
-                    return  # dropped meanwhile (the id was claimed anew)
-                self._memory[r.job_id] = _with(r, tries=r.tries + 1)
-        else:
-            self.store.trying(r.job_id, r.since)
+        if not box.count_try(r):
+            return
         try:
-            if r.tries > 0 or r.verify:
-                current = self.api.get_status(r.job_id, retry_s=0, interrupt=self._stop)
-                if current == r.status:
-                    self._finish(r, "delivered (the server already had it)", in_memory)
-                    return
-                # never overwrite a final status; a re-queued job only takes a real result
-                if current.is_final or (
-                    current == JobStatus.queued and r.status != JobStatus.finished
-                ):
-                    log.warning(
-                        "job %s: the server has it as %s now; not sending %s",
-                        r.job_id,
-                        current.value,
-                        r.status.value,
-                    )
-                    self._finish(r, f"dropped: the server has {current.value}", in_memory)
-                    return
+            if (r.tries > 0 or r.verify) and not self._still_wanted(r, box):
+                return
             with self._sending_for(r.job_id):
-                if not self._is_current(r, in_memory):
+                if not box.is_current(r):
                     log.info(
                         "job %s: its %s status is no longer wanted (the id was claimed anew)",
                         r.job_id,
@@ -243,13 +320,11 @@ class Deliverer:
                 r.job_id,
                 r.status.value,
             )
-            self._finish(r, "dropped: gone", in_memory)
-        except (ApiError, Interrupted) as exc:
-            self._later(r, exc, in_memory)
+            self._finish(r, box, "dropped: gone")
         except StoreError:
             raise
-        except Exception as exc:  # noqa: BLE001 - an odd answer delays this report, never the others
-            self._later(r, exc, in_memory)
+        except Exception as exc:  # noqa: BLE001 - the API down, an odd answer: this report waits
+            self._later(r, box, exc)
         else:
             held = self.clock() - r.since
             log.info(
@@ -258,46 +333,36 @@ class Deliverer:
                 r.status.value,
                 f" (held {held:.0f} s)" if held > 5 else "",
             )
-            self._finish(r, "delivered", in_memory)
+            self._finish(r, box, "delivered")
 
-    def _is_current(self, r: Report, in_memory: bool) -> bool:
-        """Is `r` still the report kept for its job (not replaced by a job claimed anew)?"""
-        if in_memory:
-            with self._memory_lock:
-                kept = self._memory.get(r.job_id)
-            return kept is not None and kept.since == r.since
-        try:
-            return self.store.is_current(r.job_id, r.since)
-        except StoreError:
-            return True  # cannot tell; the report was current when it was read
+    def _still_wanted(self, r: Report, box: Outbox) -> bool:
+        """An earlier try may have landed: ask the server. Finishes the report when it is there
+        already or no longer wanted. Raises what the GET raises."""
+        current = self.api.get_status(r.job_id, retry_s=0, interrupt=self._stop)
+        fate = report_fate(current, r.status)
+        if fate == ReportFate.already_there:
+            self._finish(r, box, "delivered (the server already had it)")
+        elif fate == ReportFate.unwanted:
+            log.warning(
+                "job %s: the server has it as %s now; not sending %s",
+                r.job_id,
+                current.value,
+                r.status.value,
+            )
+            self._finish(r, box, f"dropped: the server has {current.value}")
+        return fate == ReportFate.send
 
-    def _later(self, r: Report, exc: Exception, in_memory: bool) -> None:
+    def _later(self, r: Report, box: Outbox, exc: Exception) -> None:
         pause = min(self.max_pause_s, 2.0 ** min(r.tries + 1, 20)) * random.uniform(0.5, 1.0)
         if r.job_id not in self._waiting_logged:
             log.warning(
                 "job %s: status %s kept until the API takes it: %s", r.job_id, r.status.value, exc
             )
             self._waiting_logged.add(r.job_id)
-        when = self.clock() + pause
-        if in_memory:
-            with self._memory_lock:
-                if r.job_id in self._memory:
-                    self._memory[r.job_id] = _with(self._memory[r.job_id], next_try_at=when)
-        else:
-            self.store.retry_at(r.job_id, when, r.since)
+        box.retry_at(r, self.clock() + pause)
 
-    def _finish(self, r: Report, outcome: str, in_memory: bool) -> None:
+    def _finish(self, r: Report, box: Outbox, outcome: str) -> None:
         self._waiting_logged.discard(r.job_id)
-        if in_memory:
-            with self._memory_lock:
-                if (kept := self._memory.get(r.job_id)) is not None and kept.since == r.since:
-                    del self._memory[r.job_id]
-        else:
-            self.store.done(r.job_id, f"{r.status.value} {outcome}", r.details, r.since)
+        box.finish(r, outcome)
         if self.on_done is not None:
             self.on_done(r, outcome)
-
-
-def _with(r: Report, **changes: object) -> Report:
-    fields = {**r.__dict__, **changes}
-    return Report(**fields)

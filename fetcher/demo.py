@@ -13,7 +13,7 @@ import secrets
 import shutil
 import tarfile
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import docker.errors
 
@@ -26,6 +26,10 @@ from fetcher.models import (
     PathsUploadSpecs,
     SubmittedJob,
 )
+from fetcher.settings import Settings
+
+if TYPE_CHECKING:
+    from mock_api.state import MockJob
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +179,6 @@ def fresh_workdir(root: Path, on_host: bool) -> IO[str]:
 def run_demo(workdir: Path | None = None) -> int:
     """One sample job, end to end, in `workdir` (default /tmp/fetcher-demo). Returns 0 if finished."""
     from fetcher.daemon import build_daemon, connect_docker
-    from fetcher.settings import Settings
     from mock_api.server import MockServer
     from mock_api.state import MockState
 
@@ -207,20 +210,29 @@ def run_demo(workdir: Path | None = None) -> int:
             log.info(
                 "demo: mock API on %s, job %d submitted with image %s", server.url, job.id, image
             )
-            settings = Settings(
-                _env_file=None,
-                api_url=server.url,
-                access_token=token,
-                path_base=base,
-                path_host_base=host_root / "jobs",
-                poll_interval_s=1,
-                keepalive_interval_s=5,
-                exit_idle_polls=1,  # the job is in the queue before the fetcher starts
-                image_pull_policy="never",
-                shm_size="64m",
-                fetcher_id=demo_fetcher_id(host_root),
-            )
+            settings = demo_settings(server.url, token, base, host_root)
             build_daemon(settings, exit_when_idle=True, docker_client=client).run()
+    show_result(job, out, root, host_root)
+    return 0 if job.status.value == "finished" else 1
+
+
+def demo_settings(api_url: str, token: str, base: Path, host_root: Path) -> Settings:
+    return Settings(
+        _env_file=None,
+        api_url=api_url,
+        access_token=token,
+        path_base=base,
+        path_host_base=host_root / "jobs",
+        poll_interval_s=1,
+        keepalive_interval_s=5,
+        exit_idle_polls=1,  # the job is in the queue before the fetcher starts
+        image_pull_policy="never",
+        shm_size="64m",
+        fetcher_id=demo_fetcher_id(host_root),
+    )
+
+
+def show_result(job: MockJob, out: Path, root: Path, host_root: Path) -> None:
     print()
     print(f"job {job.id}: {job.status.value} ({job.history[-1]['runtime_details']})")
     seen = [h["status"] for h in job.history]
@@ -230,7 +242,6 @@ def run_demo(workdir: Path | None = None) -> int:
     print(f"outputs are in {out}{where}:")
     for path in sorted(p for p in out.rglob("*") if p.is_file()):
         print(f"  {path.relative_to(out)}  ({path.stat().st_size} bytes)")
-    return 0 if job.status.value == "finished" else 1
 
 
 def demo_job(image: str, param: Path) -> JobSpecs:

@@ -9,6 +9,7 @@ import re
 import threading
 from datetime import UTC, datetime
 from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
 
 LogFormat = Literal["text", "json"]
 
@@ -121,3 +122,23 @@ def shown(value: object, limit: int = 60, *, as_repr: bool = True) -> str:
     its repr (or, `as_repr=False`, its text with line breaks as spaces), cut at `limit`."""
     text = repr(value) if as_repr else str(value).replace("\n", " ").replace("\r", " ")
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def printable(value: object) -> str:
+    """A value's text without control characters (no terminal escapes from a job's name)."""
+    return "".join(c if c.isprintable() else "?" for c in str(value))
+
+
+def safe_url(url: str) -> str:
+    """The URL without user info, query or fragment (pre-signed URLs carry secrets there)."""
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc.rpartition("@")[2]
+        return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+    except ValueError:
+        return url.split("?", 1)[0].split("#", 1)[0].rpartition("@")[2]
+
+
+def shown_url(url: str) -> str:
+    """A URL fit for an error text: `safe_url`, quoted, at most 200 characters."""
+    return repr(safe_url(url)[:200])

@@ -44,7 +44,6 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import (
@@ -60,56 +59,29 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
-from fetcher.errors import (
-    ApiRejected,
-    ApiUnavailable,
-    AuthError,
-    BadResponse,
-    ContainerError,
-    Interrupted,
-    InvalidJobSpec,
-    JobGone,
-    TransferError,
-)
-from fetcher.logs import redact
+from fetcher.errors import Reason, api_label
+from fetcher.lifecycle import TIMED_STAGES, OutcomeKind
+from fetcher.logs import redact, safe_url
 
 log = logging.getLogger(__name__)
 
 OTHER = "other"
 
-#: How a claimed job ended (`fetcher_jobs_total{outcome}`):
-#: finished: reported `finished`; error: reported `error`; handed_back: given back `queued`
-#: (it did not fit, or the fetcher stopped before it started); gone: the server no longer has it
-#: (the user deleted it: status PUT answered 404).
-OUTCOMES = ("finished", "error", "handed_back", "gone")
+#: How a claimed job ended (`fetcher_jobs_total{outcome}`): see `fetcher.lifecycle.OutcomeKind`.
+OUTCOMES = tuple(k.value for k in OutcomeKind)
 
-#: Why a job ended in `error` (`fetcher_job_failures_total{reason}`):
-#: invalid_spec: the job spec is malformed or unsafe; transfer: an input could not be downloaded or
-#: an output not uploaded; image: the image could not be pulled; container: the container could not
-#: be created or started, or the engine failed while it ran; exit_code: the job exited non-zero;
-#: oom: the job was killed for running out of memory; time_limit: the job ran past its time limit;
-#: worker: the fetcher stopped or restarted under the job; other: anything else.
-FAILURE_REASONS = (
-    "invalid_spec",
-    "transfer",
-    "image",
-    "container",
-    "exit_code",
-    "oom",
-    "time_limit",
-    "worker",
-    OTHER,
-)
+#: Why a job ended in `error` (`fetcher_job_failures_total{reason}`): see `fetcher.errors.Reason`.
+FAILURE_REASONS = tuple(r.value for r in Reason)
 
-#: The timed stages of a job (`fetcher_stage_seconds{stage}`).
-STAGES = ("download", "pull", "run", "upload")
+#: The timed stages of a job (`fetcher_stage_seconds{stage}`): see `fetcher.lifecycle.Stage`.
+STAGES = TIMED_STAGES
 
 DIRECTIONS = ("down", "up")
 
 #: The API calls, by a short fixed name (`fetcher_api_calls_total{call}`).
 API_CALLS = ("login", "access_info", "claim", "status", "download", "upload")
 
-#: How one API call ended (after its retries): see `api_outcome`.
+#: How one API call ended (after its retries): see `fetcher.errors.api_label`.
 API_OUTCOMES = ("ok", "unavailable", "auth", "gone", "rejected", "bad_response", "error")
 
 #: Settings that `fetcher_info` may show, the only ones `set_info` accepts: none of them is a
@@ -157,36 +129,6 @@ STAGE_BUCKETS_S = (
 )
 
 
-def failure_reason(exc: BaseException, stage: str | None = None) -> str:
-    """The FAILURE_REASONS class of an exception that ended a job in `error`. A ContainerError
-    raised while `stage` is "pull" is an `image` failure."""
-    if isinstance(exc, InvalidJobSpec):
-        return "invalid_spec"
-    if isinstance(exc, TransferError):
-        return "transfer"
-    if isinstance(exc, ContainerError):
-        return "image" if stage == "pull" else "container"
-    if isinstance(exc, Interrupted):
-        return "worker"
-    return OTHER
-
-
-def api_outcome(exc: BaseException | None) -> str:
-    """The API_OUTCOMES class of how an API call ended: None = it succeeded."""
-    if exc is None:
-        return "ok"
-    for kind, name in (
-        (ApiUnavailable, "unavailable"),
-        (AuthError, "auth"),
-        (JobGone, "gone"),
-        (ApiRejected, "rejected"),
-        (BadResponse, "bad_response"),
-    ):
-        if isinstance(exc, kind):
-            return name
-    return "error"
-
-
 def settings_for_info(settings: object) -> dict[str, str]:
     """The INFO_SETTINGS of a Settings object, as strings (None = ""), ready for `set_info`."""
     out: dict[str, str] = {}
@@ -194,15 +136,6 @@ def settings_for_info(settings: object) -> dict[str, str]:
         value = getattr(settings, name, None)
         out[name] = "" if value is None else str(value)
     return out
-
-
-def _public_url(url: str) -> str:
-    """The URL without user info, query or fragment: what may be shown."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
 class Metrics:
@@ -227,6 +160,21 @@ class Metrics:
         PlatformCollector(registry=r)
         GCCollector(registry=r)
 
+        self._job_metrics(r)
+        self._state_metrics(r)
+        self._info = Info("fetcher", "Version and settings of this fetcher", registry=r)
+
+        # Known series start at 0, so that rate() and increase() see the first event.
+        for outcome in OUTCOMES:
+            self._jobs.labels(outcome)
+        for reason in FAILURE_REASONS:
+            self._failures.labels(reason)
+        for stage in STAGES:
+            self._stage.labels(stage)
+        for direction in DIRECTIONS:
+            self._bytes.labels(direction)
+
+    def _job_metrics(self, r: CollectorRegistry) -> None:
         self._claimed = Counter(
             "fetcher_jobs_claimed",
             "Jobs received from the API (claims that returned a job)",
@@ -263,6 +211,8 @@ class Metrics:
         self._retries = Counter(
             "fetcher_api_retries", "Retried tries of API calls", ["call"], registry=r
         )
+
+    def _state_metrics(self, r: CollectorRegistry) -> None:
         self._running = Gauge("fetcher_jobs_running", "Jobs running now (busy slots)", registry=r)
         self._slots = Gauge("fetcher_job_slots", "Jobs this fetcher runs at once", registry=r)
         self._gpus_used = Gauge("fetcher_gpus_in_use", "GPUs given to running jobs", registry=r)
@@ -291,17 +241,6 @@ class Metrics:
             "Size of the job images removed by the pruning policy",
             registry=r,
         )
-        self._info = Info("fetcher", "Version and settings of this fetcher", registry=r)
-
-        # Known series start at 0, so that rate() and increase() see the first event.
-        for outcome in OUTCOMES:
-            self._jobs.labels(outcome)
-        for reason in FAILURE_REASONS:
-            self._failures.labels(reason)
-        for stage in STAGES:
-            self._stage.labels(stage)
-        for direction in DIRECTIONS:
-            self._bytes.labels(direction)
 
     # --- the HTTP endpoint -----------------------------------------------------------------
     def serve(self, port: int, host: str = "0.0.0.0") -> int:
@@ -341,7 +280,7 @@ class Metrics:
 
     def job_ended(self, outcome: str, reason: str = "") -> None:
         """A claimed job ended: `outcome` from OUTCOMES; for `error`, `reason` from
-        FAILURE_REASONS (see `failure_reason`; empty = other)."""
+        FAILURE_REASONS (empty = other)."""
         outcome = self._known("outcome", outcome, OUTCOMES)
         self._jobs.labels(outcome).inc()
         if outcome == "error":
@@ -375,7 +314,7 @@ class Metrics:
         try:
             yield
         except BaseException as exc:
-            self.api_call(call, api_outcome(exc))
+            self.api_call(call, api_label(exc))
             raise
         self.api_call(call, "ok")
 
@@ -426,7 +365,7 @@ class Metrics:
                 value = settings[name]
                 text = "" if value is None else str(value)
                 if name == "api_url":
-                    text = _public_url(text)
+                    text = safe_url(text)
                 labels[name] = redact(text)
         self._info.info(labels)
 

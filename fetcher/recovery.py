@@ -12,20 +12,23 @@ Leftover job directories (queue-id names no job owns) are removed, links never f
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import threading
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
 
+from fetcher.engine.container import LABEL_JOB, JobContainer, leftover_containers
+from fetcher.engine.errors import ENGINE_ERRORS
 from fetcher.errors import ApiError, Interrupted, JobGone
 from fetcher.job import safefs
-from fetcher.job.container import ENGINE_ERRORS, LABEL_JOB, leftover_containers
-from fetcher.job.pipeline import JobDeps, Resume, container_log_path, worker_failure
-from fetcher.job.workspace import Workspace
+from fetcher.job.cleanup import clean_up
+from fetcher.job.deps import JobDeps
 from fetcher.models import JobSpecs, JobStatus, valid_queue_id
+from fetcher.outcome import worker_failure
+from fetcher.ownership import still_ours
 from fetcher.store import JobRecord
 from fetcher.worker import Adoption
 
@@ -34,21 +37,25 @@ log = logging.getLogger(__name__)
 RESTARTED = "the worker restarted before the job's container started"
 
 
+@dataclass(frozen=True)
+class ServerView:
+    """What the server said of a job: `reachable` False when it could not be asked."""
+
+    reachable: bool
+    status: JobStatus | None = None  # None: 404, the server does not know the job
+
+    @property
+    def moved_on(self) -> bool:
+        """The server no longer has the job for us: leave it alone."""
+        return self.reachable and not still_ours(self.status)
+
+    def __str__(self) -> str:
+        return "gone" if self.status is None else self.status.value
+
+
 def recover(deps: JobDeps, stop: threading.Event) -> list[Adoption]:
     """Settle what an earlier life left; returns the jobs to adopt."""
-    try:
-        containers = leftover_containers(deps.docker, deps.fetcher_id)
-    except ENGINE_ERRORS as exc:
-        log.error("recovery: cannot list this fetcher's containers: %s", exc)
-        containers = []
-    by_job: dict[str, Any] = {}
-    for c in containers:
-        job_id = valid_queue_id(c.labels.get(LABEL_JOB, ""))
-        if job_id is None:
-            log.warning("recovery: removing container %s with no valid job label", c.short_id)
-            _remove_container(c)
-        else:
-            by_job[job_id] = c
+    by_job = _containers_by_job(deps)
     records = {r.job_id: r for r in deps.store.jobs()}
     adopted: list[Adoption] = []
     for job_id in sorted(set(records) | set(by_job), key=int):
@@ -66,26 +73,39 @@ def recover(deps: JobDeps, stop: threading.Event) -> list[Adoption]:
     return adopted
 
 
+def _containers_by_job(deps: JobDeps) -> dict[str, Any]:
+    """This fetcher's containers on the engine, by queue id (one without a valid id goes)."""
+    try:
+        containers = leftover_containers(deps.docker, deps.fetcher_id)
+    except ENGINE_ERRORS as exc:
+        log.error("recovery: cannot list this fetcher's containers: %s", exc)
+        return {}
+    by_job: dict[str, Any] = {}
+    for c in containers:
+        job_id = valid_queue_id(c.labels.get(LABEL_JOB, ""))
+        if job_id is None:
+            log.warning("recovery: removing container %s with no valid job label", c.short_id)
+            _remove_container(c)
+        else:
+            by_job[job_id] = c
+    return by_job
+
+
 def settle(
     deps: JobDeps, job_id: str, rec: JobRecord | None, container: Any, stop: threading.Event
 ) -> Adoption | None:
     if rec is not None and rec.report is not None:
         log.info("job %s: its %s status waits for delivery", job_id, rec.report.status.value)
-        clean(deps, job_id, container)
+        clean(deps, job_id, container, rec)
         return None
-    status = ask_server(deps, job_id, stop)
-    if (
-        status == "gone"
-        or status == JobStatus.queued
-        or (isinstance(status, JobStatus) and status.is_final)
-    ):
-        shown = status if isinstance(status, str) else status.value
+    view = ask_server(deps, job_id, stop)
+    if view.moved_on:
         log.info(
             "job %s: left by an earlier run; the server has it as %s: leaving it alone",
             job_id,
-            shown,
+            view,
         )
-        clean(deps, job_id, container)
+        clean(deps, job_id, container, rec)
         deps.store.forget(job_id)
         return None
     spec = _spec(rec)
@@ -99,27 +119,25 @@ def settle(
         log.info(
             "job %s: its container %s outlived the fetcher; adopting it", job_id, container.short_id
         )
-        return Adoption(
-            job_id, spec, rec.cpu_cores, rec.memory_mb, list(rec.gpus), Resume(container.id)
-        )
+        return Adoption(job_id, spec, rec.cpu_cores, rec.memory_mb, list(rec.gpus), container.id)
     reason = RESTARTED if container is None else "the worker restarted and lost the job's record"
-    clean(deps, job_id, container)
-    outcome = worker_failure(deps.settings, reason)
+    clean(deps, job_id, container, rec)
+    outcome = worker_failure(deps.settings.on_worker_failure, reason)
     assert outcome.status is not None
     log.warning("job %s: %s", job_id, outcome.details)
-    deps.deliverer.submit(job_id, outcome.status, outcome.details, verify=status is None)
+    deps.deliverer.submit(job_id, outcome.status, outcome.details, verify=not view.reachable)
     return None
 
 
-def ask_server(deps: JobDeps, job_id: str, stop: threading.Event) -> JobStatus | str | None:
-    """The job's status on the server; "gone" for a 404; None if the server cannot be asked."""
+def ask_server(deps: JobDeps, job_id: str, stop: threading.Event) -> ServerView:
+    """The job's status on the server, or that it could not be asked."""
     try:
-        return deps.api.get_status(job_id, retry_s=30, interrupt=stop)
+        return ServerView(True, deps.api.get_status(job_id, retry_s=30, interrupt=stop))
     except JobGone:
-        return "gone"
+        return ServerView(True, None)
     except (ApiError, Interrupted) as exc:
         log.warning("job %s: cannot ask the server about it (%s)", job_id, exc)
-        return None
+        return ServerView(False)
 
 
 def _spec(rec: JobRecord | None) -> JobSpecs | None:
@@ -142,16 +160,13 @@ def _remove_container(c: Any) -> None:
         log.error("recovery: could not remove container %s: %s", c.short_id, exc)
 
 
-def clean(deps: JobDeps, job_id: str, container: Any) -> None:
+def clean(deps: JobDeps, job_id: str, container: Any, rec: JobRecord | None) -> None:
+    """What an earlier run left of the job: its container, directory and output copy."""
     if container is not None:
         log.info("job %s: removing container %s left by an earlier run", job_id, container.short_id)
-        _remove_container(container)
-    s = deps.settings
-    ws = Workspace(job_id, s.path_base, s.host_base)
-    if os.path.lexists(ws.path) and ws.remove():
-        log.info("job %s: removed job directory left by an earlier run", job_id)
-    with contextlib.suppress(OSError):
-        container_log_path(s, job_id).unlink(missing_ok=True)
+    job = JobContainer(deps.docker, job_id, deps.fetcher_id, deps.container_options, container)
+    spec = _spec(rec)
+    clean_up(deps, job, image=spec.handler.image_url if spec else None)
 
 
 def remove_stray_dirs(deps: JobDeps, keep: set[str]) -> None:

@@ -24,6 +24,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fetcher.errors import ConfigError
+from fetcher.statedir import StateDir
 
 PullPolicy = Literal["auto", "always", "if-not-present", "never"]
 
@@ -234,9 +235,9 @@ class Settings(BaseSettings):
         return [c.strip().upper() for c in self.job_cap_drop.split(",") if c.strip()]
 
     @property
-    def state_dir(self) -> Path:
+    def state_dir(self) -> StateDir:
         """Where the fetcher keeps its own state (job store, heartbeat, id, container logs)."""
-        return self.path_base / ".fetcher"
+        return StateDir.of(self.path_base)
 
 
 def env_name(field: str) -> str:

@@ -14,7 +14,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fetcher.store import HEARTBEAT_FILE, STORE_FILE, JobStore, StoreError
+from fetcher.logs import printable
+from fetcher.snapshot import META_KEY, DaemonSnapshot
+from fetcher.statedir import StateDir
+from fetcher.store import JobRecord, JobStore, StoreError
 
 
 def lock_held(lock: Path) -> bool | None:
@@ -35,61 +38,57 @@ def lock_held(lock: Path) -> bool | None:
 
 def gather(path_base: Path) -> dict[str, Any]:
     """Everything `status` shows, as one JSON-ready object."""
-    state = path_base / ".fetcher"
+    state = StateDir.of(path_base)
     now = time.time()
-    out: dict[str, Any] = {"path_base": str(path_base), "state_dir": str(state)}
+    out: dict[str, Any] = {"path_base": str(path_base), "state_dir": str(state.path)}
     try:
-        beat = now - (state / HEARTBEAT_FILE).stat().st_mtime
+        beat = now - state.heartbeat.stat().st_mtime
     except OSError:
         beat = None
     out["heartbeat_age_s"] = None if beat is None else round(beat, 1)
-    out["daemon_running"] = lock_held(state / "lock")
-    if not (state / STORE_FILE).exists():
+    out["daemon_running"] = lock_held(state.lock_file)
+    if not state.store.exists():
         out["error"] = f"no fetcher state under {path_base} (is PATH_BASE right?)"
         return out
     try:
-        store = JobStore(state / STORE_FILE, read_only=True)
+        store = JobStore(state.store, read_only=True)
     except StoreError as exc:
         out["error"] = str(exc)
         return out
     try:
-        snapshot = store.get_meta("daemon") or {}
+        snapshot = DaemonSnapshot.from_json(store.get_meta(META_KEY))
         jobs = store.jobs()
         history = store.history(10)
     finally:
         store.close()
-    out["daemon"] = snapshot
-    out["running"] = [
-        {
-            "job_id": r.job_id,
-            "name": r.name,
-            "stage": r.stage,
-            "elapsed_s": round(now - r.claimed_at),
-            "gpus": r.gpus,
-            "container": (r.container_id or "")[:12] or None,
-        }
-        for r in jobs
-        if r.report is None
-    ]
-    out["reports_pending"] = [
-        {
-            "job_id": r.job_id,
-            "status": r.report.status.value,
-            "held_s": round(now - r.report.since),
-            "tries": r.report.tries,
-        }
-        for r in jobs
-        if r.report is not None
-    ]
+    out["daemon"] = snapshot.to_json() if snapshot else {}
+    out["running"] = [_running(r, now) for r in jobs if r.report is None]
+    out["reports_pending"] = [_pending(r, now) for r in jobs if r.report is not None]
     out["recent"] = [
         {"job_id": h["job_id"], "at": h["at"], "outcome": h["outcome"]} for h in history
     ]
     return out
 
 
-def _printable(value: object) -> str:
-    """A job's name or an error line, without control characters (no terminal escapes)."""
-    return "".join(c if c.isprintable() else "?" for c in str(value))
+def _running(r: JobRecord, now: float) -> dict[str, Any]:
+    return {
+        "job_id": r.job_id,
+        "name": r.name,
+        "stage": r.stage.value,
+        "elapsed_s": round(now - r.claimed_at),
+        "gpus": r.gpus,
+        "container": (r.container_id or "")[:12] or None,
+    }
+
+
+def _pending(r: JobRecord, now: float) -> dict[str, Any]:
+    assert r.report is not None
+    return {
+        "job_id": r.job_id,
+        "status": r.report.status.value,
+        "held_s": round(now - r.report.since),
+        "tries": r.report.tries,
+    }
 
 
 def _ago(seconds: float | None) -> str:
@@ -110,34 +109,50 @@ def _duration(seconds: float) -> str:
 
 
 def render(info: dict[str, Any]) -> str:
-    lines: list[str] = []
-    d = info.get("daemon") or {}
-    alive = info.get("daemon_running")
-    state = {True: "running", False: "not running", None: "unknown"}[alive]
-    lines.append(
-        f"fetcher {d.get('fetcher_id', '?')} (version {d.get('version', '?')}) on"
-        f" {info['path_base']}: {state}, heartbeat {_ago(info.get('heartbeat_age_s'))}"
-    )
+    d = DaemonSnapshot.from_json(info.get("daemon")) or DaemonSnapshot()
+    state = {True: "running", False: "not running", None: "unknown"}[info.get("daemon_running")]
+    lines = [
+        f"fetcher {d.fetcher_id} (version {d.version}) on {info['path_base']}: {state},"
+        f" heartbeat {_ago(info.get('heartbeat_age_s'))}"
+    ]
     if "error" in info:
-        lines.append(info["error"])
-        return "\n".join(lines)
-    slots, free = d.get("slots") or {}, d.get("free") or {}
-    if slots:
-        gpus = ", ".join(free.get("gpus") or []) or "none"
+        return "\n".join([*lines, info["error"]])
+    lines += _daemon_lines(d)
+    lines += _job_lines(info)
+    if d.errors:
+        lines.append("recent errors:")
+        for at, text in d.errors[-5:]:
+            lines.append(f"  {_stamp(at)} {printable(text)}")
+    if info["recent"]:
+        lines.append("recent outcomes:")
+        for h in info["recent"][:5]:
+            lines.append(f"  {_stamp(h['at'])} job {h['job_id']}: {h['outcome']}")
+    return "\n".join(lines)
+
+
+def _stamp(at: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
+
+
+def _daemon_lines(d: DaemonSnapshot) -> list[str]:
+    lines = []
+    if d.slots.total:
+        gpus = ", ".join(d.free.gpus) or "none"
         lines.append(
-            f"slots: {slots.get('busy')} of {slots.get('total')} busy; free: "
-            f"{free.get('cpu_cores')} CPU cores, {free.get('memory_mb')} MB, GPUs: {gpus}"
+            f"slots: {d.slots.busy} of {d.slots.total} busy; free: "
+            f"{d.free.cpu_cores} CPU cores, {d.free.memory_mb} MB, GPUs: {gpus}"
         )
-    last_claim = d.get("last_claim")
-    api = d.get("api_problem") or "answers"
-    lines.append(
-        f"API: {api}; last claim {_ago(None if last_claim is None else time.time() - last_claim)}"
-    )
-    if d.get("claims_paused"):
-        lines.append(f"claiming paused: {_printable(str(d['claims_paused']))}")
-    lines.append(f"running: {len(info['running'])}")
+    since = None if d.last_claim is None else time.time() - d.last_claim
+    lines.append(f"API: {d.api_problem or 'answers'}; last claim {_ago(since)}")
+    if d.claims_paused:
+        lines.append(f"claiming paused: {printable(d.claims_paused)}")
+    return lines
+
+
+def _job_lines(info: dict[str, Any]) -> list[str]:
+    lines = [f"running: {len(info['running'])}"]
     for job in info["running"]:
-        name = f' "{_printable(job["name"])}"' if job.get("name") else ""
+        name = f' "{printable(job["name"])}"' if job.get("name") else ""
         gpus = ",".join(job["gpus"]) or "no GPU"
         lines.append(
             f"  job {job['job_id']}{name}: {job['stage'] or '?'}, {_duration(job['elapsed_s'])},"
@@ -149,18 +164,7 @@ def render(info: dict[str, Any]) -> str:
         lines.append(
             f"  job {r['job_id']}: {r['status']}, held {_duration(r['held_s'])}, {r['tries']} tries"
         )
-    errors = d.get("errors") or []
-    if errors:
-        lines.append("recent errors:")
-        for at, text in errors[-5:]:
-            stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
-            lines.append(f"  {stamp} {_printable(text)}")
-    if info["recent"]:
-        lines.append("recent outcomes:")
-        for h in info["recent"][:5]:
-            stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(h["at"]))
-            lines.append(f"  {stamp} job {h['job_id']}: {h['outcome']}")
-    return "\n".join(lines)
+    return lines
 
 
 def path_base_from_environment(env_file: str | None = None) -> Path | None:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from fetcher.errors import FetcherError
+from fetcher.lifecycle import Phase, Stage
 from fetcher.models import JobStatus
 
 SCHEMA = """
@@ -57,13 +58,7 @@ CREATE TABLE IF NOT EXISTS history (
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 HISTORY_KEEP = 200
-# what lives in the state directory (PATH_BASE/.fetcher), for the daemon and `fetcher status`
-STORE_FILE = "jobs.sqlite"
-HEARTBEAT_FILE = "heartbeat"
-
-CLAIMED = "claimed"
-STARTED = "started"
-REPORTING = "reporting"
+REPORTING = Phase.reporting.value
 
 
 class StoreError(FetcherError):
@@ -86,14 +81,14 @@ class Report:
 @dataclass(frozen=True)
 class JobRecord:
     job_id: str
-    phase: str
+    phase: Phase
     spec: dict[str, Any] | None
     name: str | None
     cpu_cores: int
     memory_mb: int
     gpus: list[str] = field(default_factory=list)
     container_id: str | None = None
-    stage: str = ""
+    stage: Stage = Stage.claimed
     claimed_at: float = 0.0
     updated_at: float = 0.0
     report: Report | None = None
@@ -170,10 +165,10 @@ class JobStore:
             db.execute("DELETE FROM jobs WHERE job_id = ?", (job_id,))
             db.execute(
                 "INSERT INTO jobs (job_id, phase, spec, name, cpu_cores, memory_mb, gpus,"
-                " claimed_at, updated_at, stage) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'claimed')",
+                " claimed_at, updated_at, stage) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     job_id,
-                    CLAIMED,
+                    Phase.claimed.value,
                     json.dumps(spec),
                     name,
                     cpu_cores,
@@ -181,6 +176,7 @@ class JobStore:
                     ",".join(gpus),
                     now,
                     now,
+                    Stage.claimed.value,
                 ),
             )
         if old is None or old[0] is None:
@@ -191,14 +187,14 @@ class JobStore:
         with self._tx() as db:
             db.execute(
                 "UPDATE jobs SET phase = ?, container_id = ?, updated_at = ? WHERE job_id = ?",
-                (STARTED, container_id, time.time(), job_id),
+                (Phase.started.value, container_id, time.time(), job_id),
             )
 
-    def stage(self, job_id: str, stage: str) -> None:
+    def stage(self, job_id: str, stage: Stage) -> None:
         with self._tx() as db:
             db.execute(
                 "UPDATE jobs SET stage = ?, updated_at = ? WHERE job_id = ?",
-                (stage, time.time(), job_id),
+                (stage.value, time.time(), job_id),
             )
 
     def forget(self, job_id: str) -> None:
@@ -215,16 +211,35 @@ class JobStore:
         with self._tx() as db:
             updated = db.execute(
                 "UPDATE jobs SET phase = ?, report_status = ?, report_details = ?, report_since = ?,"
-                " report_tries = 0, report_verify = ?, next_try_at = 0, stage = 'reporting',"
+                " report_tries = 0, report_verify = ?, next_try_at = 0, stage = ?,"
                 " updated_at = ? WHERE job_id = ?",
-                (REPORTING, status.value, details, now, int(verify), now, job_id),
+                (
+                    REPORTING,
+                    status.value,
+                    details,
+                    now,
+                    int(verify),
+                    Stage.reporting.value,
+                    now,
+                    job_id,
+                ),
             ).rowcount
             if not updated:
                 db.execute(
                     "INSERT INTO jobs (job_id, phase, claimed_at, updated_at, stage, report_status,"
                     " report_details, report_since, report_verify) VALUES"
-                    " (?, ?, ?, ?, 'reporting', ?, ?, ?, ?)",
-                    (job_id, REPORTING, now, now, status.value, details, now, int(verify)),
+                    " (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        job_id,
+                        REPORTING,
+                        now,
+                        now,
+                        Stage.reporting.value,
+                        status.value,
+                        details,
+                        now,
+                        int(verify),
+                    ),
                 )
         return Report(job_id, status, details, now, 0, verify)
 
@@ -247,8 +262,8 @@ class JobStore:
         """Is this report (job id and `since`) still the one kept for the job?"""
         return bool(
             self._read(
-                "SELECT 1 FROM jobs WHERE job_id = ? AND phase = 'reporting' AND report_since = ?",
-                (job_id, since),
+                "SELECT 1 FROM jobs WHERE job_id = ? AND phase = ? AND report_since = ?",
+                (job_id, REPORTING, since),
             )
         )
 
@@ -256,17 +271,17 @@ class JobStore:
         """Count a try before it is made: after a crash, the next try asks the server first."""
         with self._tx() as db:
             db.execute(
-                "UPDATE jobs SET report_tries = report_tries + 1 WHERE job_id = ? AND (? IS NULL OR"
-                " (phase = 'reporting' AND report_since = ?))",
-                (job_id, since, since),
+                "UPDATE jobs SET report_tries = report_tries + 1 WHERE job_id = ?"
+                " AND (? IS NULL OR (phase = ? AND report_since = ?))",
+                (job_id, since, REPORTING, since),
             )
 
     def retry_at(self, job_id: str, when: float, since: float | None = None) -> None:
         with self._tx() as db:
             db.execute(
-                "UPDATE jobs SET next_try_at = ? WHERE job_id = ? AND (? IS NULL OR"
-                " (phase = 'reporting' AND report_since = ?))",
-                (when, job_id, since, since),
+                "UPDATE jobs SET next_try_at = ? WHERE job_id = ?"
+                " AND (? IS NULL OR (phase = ? AND report_since = ?))",
+                (when, job_id, since, REPORTING, since),
             )
 
     def retry_all_now(self) -> None:
@@ -280,9 +295,9 @@ class JobStore:
         the row is still this report, when `since` names it)."""
         with self._tx() as db:
             db.execute(
-                "DELETE FROM jobs WHERE job_id = ? AND (? IS NULL OR"
-                " (phase = 'reporting' AND report_since = ?))",
-                (job_id, since, since),
+                "DELETE FROM jobs WHERE job_id = ?"
+                " AND (? IS NULL OR (phase = ? AND report_since = ?))",
+                (job_id, since, REPORTING, since),
             )
             db.execute(
                 "INSERT INTO history (job_id, at, outcome, details) VALUES (?, ?, ?, ?)",
@@ -340,15 +355,22 @@ def _record(r: sqlite3.Row) -> JobRecord:
             spec = None
     return JobRecord(
         job_id=r["job_id"],
-        phase=r["phase"],
+        phase=Phase(r["phase"]),
         spec=spec,
         name=r["name"],
         cpu_cores=int(r["cpu_cores"]),
         memory_mb=int(r["memory_mb"]),
         gpus=[g for g in (r["gpus"] or "").split(",") if g],
         container_id=r["container_id"],
-        stage=r["stage"] or "",
+        stage=_stage(r["stage"]),
         claimed_at=float(r["claimed_at"]),
         updated_at=float(r["updated_at"]),
         report=_report(r) if r["phase"] == REPORTING and r["report_status"] else None,
     )
+
+
+def _stage(value: str | None) -> Stage:
+    try:
+        return Stage(value or Stage.claimed)
+    except ValueError:  # written by another version
+        return Stage.claimed

@@ -1,18 +1,14 @@
 """The worker loop: poll → claim what fits → dispatch → wait. Knows no HTTP and no Docker.
 
 Stopping: the first SIGTERM/SIGINT stops claiming and lets running jobs finish; the second (or the
-drain timeout) stops running jobs, which are handed back to the queue. Signals are not handled in
-a signal handler: the handler only records the signal's number in a pipe (`SignalRelay`), and a
-thread of its own calls `handle_signal`, which may take locks like any thread. Every wait of the
-loop takes the stop event. One pass of the loop is guarded: an exception is logged and the loop
-goes on.
+drain timeout) stops running jobs, which are handed back to the queue. Signals reach
+`handle_signal` from a thread of their own (`fetcher.signals`). Every wait of the loop takes the
+stop event. One pass of the loop is guarded: an exception is logged and the loop goes on.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import select
 import signal
 import threading
 import time
@@ -21,29 +17,46 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Protocol
 
+from fetcher.cancel import Cancel, CancelKind
 from fetcher.errors import ApiError, AuthError, Interrupted, InvalidJobSpec
-from fetcher.job.keepalive import SHUTDOWN, Cancel
+from fetcher.leftovers import (
+    LEFTOVER_RETRY_S,
+    LEFTOVER_TRIES_BEFORE_IDLE_EXIT,
+    Leftover,
+    Leftovers,
+)
 from fetcher.models import ClaimOffer, ClaimResult, JobSpecs
-from fetcher.resources import Allocation, ResourcePool
+from fetcher.pool import Allocation, NoFit, ResourcePool
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class Adoption:
-    """A job an earlier life of this fetcher left running (or ended but unreported): run it on from
-    `resume` (opaque to the loop) with the share it held."""
+    """A job an earlier life of this fetcher left running (or ended but unreported): run it on
+    from its container (`container_id`) with the share it held."""
 
     job_id: str
     spec: JobSpecs
     cpu_cores: int
     memory_mb: int
     gpus: list[str] = field(default_factory=list)
-    resume: object = None
+    container_id: str = ""
+
+
+@dataclass(frozen=True)
+class JobStart:
+    """What a job thread runs: a claimed job with its share, or an adopted one (`resume`: the id
+    of the container an earlier life started)."""
+
+    job_id: str
+    spec: JobSpecs
+    alloc: Allocation
+    resume: str | None = None
 
 
 class JobSource(Protocol):
-    """The server and the fetcher's state, as the loop sees them."""
+    """The server and the fetcher's state, as the loop sees them (`fetcher.source`)."""
 
     def recover(self, stop: threading.Event) -> list[Adoption]:
         """What an earlier life left behind: clean up, and the jobs to run on."""
@@ -67,13 +80,9 @@ class JobSource(Protocol):
         """The API answers again after a failure."""
 
 
-# Tries again to remove what a job left on the engine (a container the engine would not remove,
-# which may still hold its GPU); True once it is gone.
-Leftover = Callable[[], bool]
-# Runs one job to its end; returns a Leftover when the job's share must stay reserved meanwhile.
-Execute = Callable[[str, JobSpecs, Allocation, Cancel, object], Leftover | None]
-LEFTOVER_RETRY_S = 30.0
-LEFTOVER_TRIES_BEFORE_IDLE_EXIT = 3  # --exit-when-idle leaves a container that outlived these
+# Runs one job to its end; returns a Leftover when the job's share must stay reserved meanwhile
+# (its container would not go).
+Execute = Callable[[JobStart, Cancel], Leftover | None]
 
 
 @dataclass
@@ -86,57 +95,7 @@ class LoopOptions:
     drain_timeout_s: float | None = None
     max_backoff_s: float = 60.0
     force_grace_s: float = 40.0  # after a forced stop, how long job threads get to end
-
-
-class SignalRelay:
-    """SIGTERM and SIGINT, handled in a thread instead of a signal handler.
-
-    The handler installed is a no-op: the interpreter's C-level handler writes the signal's number
-    to a pipe (`signal.set_wakeup_fd`), and this thread reads it and calls `on_signal`. A signal
-    that arrives while the main thread holds a lock can therefore never deadlock the daemon."""
-
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-    def __init__(self, on_signal: Callable[[int], None]) -> None:
-        self.on_signal = on_signal
-        self._read, self._write = os.pipe()
-        os.set_blocking(self._write, False)
-        self._closed = threading.Event()
-        self._old: dict[int, object] = {}
-        self._old_fd = -1
-        self._thread = threading.Thread(target=self._run, name="signals", daemon=True)
-
-    def install(self) -> SignalRelay:
-        """Call from the main thread."""
-        self._old_fd = signal.set_wakeup_fd(self._write, warn_on_full_buffer=False)
-        for sig in self.SIGNALS:
-            self._old[sig] = signal.signal(sig, _recorded)
-        self._thread.start()
-        return self
-
-    def uninstall(self) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)  # type: ignore[arg-type]
-        signal.set_wakeup_fd(self._old_fd)
-        self._closed.set()
-        os.write(self._write, b"\0")
-
-    def _run(self) -> None:
-        while not self._closed.is_set():
-            ready, _, _ = select.select([self._read], [], [], 1.0)
-            if not ready:
-                continue
-            for signum in os.read(self._read, 64):
-                if self._closed.is_set() or signum == 0:
-                    continue
-                try:
-                    self.on_signal(signum)
-                except Exception:  # a relay that dies would make the daemon deaf
-                    log.exception("worker: handling signal %d failed", signum)
-
-
-def _recorded(_signum: int, _frame: FrameType | None) -> None:
-    """The Python-level handler: nothing (the wakeup fd already carries the signal)."""
+    leftover_retry_s: float = LEFTOVER_RETRY_S  # how often a container that would not go is retried
 
 
 class Worker:
@@ -162,9 +121,7 @@ class Worker:
         self.idle_polls = 0
         self._wake = threading.Event()
         self._running: dict[str, tuple[threading.Thread, Cancel]] = {}
-        # a pool key holding an ended job's share -> (how to retry its removal, when next, tries)
-        self._leftovers: dict[str, tuple[Leftover, float, int]] = {}
-        self._leftover_seq = 0
+        self.leftovers = Leftovers(pool, options.leftover_retry_s)
         self._lock = threading.Lock()
         self._api_problem: str | None = None
         self._backoff_s = options.poll_interval_s
@@ -195,7 +152,7 @@ class Worker:
         with self._lock:
             cancels = [cancel for _thread, cancel in self._running.values()]
         for cancel in cancels:
-            cancel.set(reason, SHUTDOWN)
+            cancel.set(reason, CancelKind.shutdown)
         self._wake.set()
 
     # --- the loop ------------------------------------------------------------------------------
@@ -229,26 +186,7 @@ class Worker:
             self.source.housekeeping(len(self.running_jobs))
         except Exception as exc:  # noqa: BLE001 - a full disk must not stop the loop
             log.error("worker: housekeeping failed (%s: %s); going on", type(exc).__name__, exc)
-        self._retry_leftovers()
-
-    def _retry_leftovers(self) -> None:
-        now = time.monotonic()
-        with self._lock:
-            due = [(k, r, n) for k, (r, at, n) in self._leftovers.items() if at <= now]
-        for key, retry, tries in due:
-            try:
-                gone = retry()
-            except Exception as exc:  # noqa: BLE001 - tried again later
-                log.error("%s: removing its container failed: %s", key, exc)
-                gone = False
-            with self._lock:
-                if gone:
-                    self._leftovers.pop(key, None)
-                else:
-                    self._leftovers[key] = (retry, now + LEFTOVER_RETRY_S, tries + 1)
-            if gone:
-                self.pool.release(key)
-                log.info("%s: its container is removed at last; its share is free again", key)
+        self.leftovers.retry_due()
 
     def _idle(self, why: str) -> float:
         """One more pass without work; --exit-when-idle leaves after EXIT_IDLE_POLLS of them."""
@@ -266,13 +204,8 @@ class Worker:
     def _stuck_on_leftovers(self) -> bool:
         """Nothing runs, and every share held is a leftover's that failed to go several times."""
         with self._lock:
-            return (
-                not self._running
-                and bool(self._leftovers)
-                and all(
-                    n >= LEFTOVER_TRIES_BEFORE_IDLE_EXIT for _, _, n in self._leftovers.values()
-                )
-            )
+            running = bool(self._running)
+        return not running and self.leftovers.stuck()
 
     def _pass(self) -> float:
         """One pass: housekeeping, then one claim if a slot is free. Returns how long to wait."""
@@ -343,62 +276,44 @@ class Worker:
             self.source.hand_back(job_id, "the worker is stopping; the job was not started")
             return
         alloc = self.pool.allocate(job_id, spec.hardware)
-        if isinstance(alloc, str):
+        if isinstance(alloc, NoFit):
             log.warning("job %s: does not fit what is free (%s); handing it back", job_id, alloc)
-            self.source.hand_back(job_id, alloc)
+            self.source.hand_back(job_id, alloc.reason)
             return
         try:
             self.source.accept(job_id, spec, alloc)
         except Exception as exc:  # noqa: BLE001 - the job runs even if the store fails
             log.error("job %s: could not note the job durably (%s); running it anyway", job_id, exc)
-        self._start(job_id, spec, alloc, None)
+        self._start(JobStart(job_id, spec, alloc))
 
     def _adopt(self, job: Adoption) -> None:
         alloc = self.pool.allocate_exact(job.job_id, job.cpu_cores, job.memory_mb, job.gpus)
-        self._start(job.job_id, job.spec, alloc, job.resume)
+        self._start(JobStart(job.job_id, job.spec, alloc, job.container_id))
 
-    def _start(self, job_id: str, spec: JobSpecs, alloc: Allocation, resume: object) -> None:
+    def _start(self, job: JobStart) -> None:
         cancel = Cancel()
         thread = threading.Thread(
-            target=self._job_thread,
-            args=(job_id, spec, alloc, cancel, resume),
-            name=f"job-{job_id}",
-            daemon=True,
+            target=self._job_thread, args=(job, cancel), name=f"job-{job.job_id}", daemon=True
         )
         with self._lock:
-            self._running[job_id] = (thread, cancel)
+            self._running[job.job_id] = (thread, cancel)
         if self.force_event.is_set():
-            cancel.set("worker shut down", SHUTDOWN)
+            cancel.set("worker shut down", CancelKind.shutdown)
         thread.start()
 
-    def _job_thread(
-        self, job_id: str, spec: JobSpecs, alloc: Allocation, cancel: Cancel, resume: object
-    ) -> None:
+    def _job_thread(self, job: JobStart, cancel: Cancel) -> None:
         leftover: Leftover | None = None
         try:
-            leftover = self.execute(job_id, spec, alloc, cancel, resume)
+            leftover = self.execute(job, cancel)
         except BaseException:  # execute reports its own failures; this is the last guard
-            log.exception("job %s: crashed the job thread", job_id)
+            log.exception("job %s: crashed the job thread", job.job_id)
         finally:
             if leftover is None:
-                self.pool.release(job_id)
-            else:
-                # the container may still run on its GPU: keep its share out of any offer (under
-                # a key of its own, so that the same queue id can be claimed anew) until it is gone
-                with self._lock:  # job threads end concurrently: one number each
-                    self._leftover_seq += 1
-                    key = f"job {job_id} (ended, #{self._leftover_seq})"  # an id may be reused
-                self.pool.rename(job_id, key)
-                with self._lock:  # retried only once its share is held under `key`
-                    self._leftovers[key] = (leftover, time.monotonic() + LEFTOVER_RETRY_S, 0)
-                log.error(
-                    "job %s: its container is still on the engine; its CPU, memory and GPU(s) stay"
-                    " reserved until it is removed (tried again every %.0f s)",
-                    job_id,
-                    LEFTOVER_RETRY_S,
-                )
+                self.pool.release(job.job_id)
+            else:  # the container may still run on its GPU
+                self.leftovers.keep(job.job_id, leftover)
             with self._lock:
-                self._running.pop(job_id, None)
+                self._running.pop(job.job_id, None)
             self._wake.set()
 
     def _api_failed(self, exc: ApiError) -> float:

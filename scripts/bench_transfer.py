@@ -87,13 +87,13 @@ def main() -> int:
 
         t0 = time.monotonic()
         with (work / "down.bin").open("w+b") as fh:
-            api.download_file(str(src), fh)
+            api.files.download_file(str(src), fh)
         t_down = time.monotonic() - t0
         after_down = peak_rss_mib()
 
         t0 = time.monotonic()
         with (work / "down.bin").open("rb") as fh:
-            api.upload_file(job_id, fh, "down.bin", UploadType.output, "bench")
+            api.files.upload_file(job_id, fh, "down.bin", UploadType.output, "bench")
         t_up = time.monotonic() - t0
         peak = peak_rss_mib()
         landed = data / "out/output/bench/down.bin"

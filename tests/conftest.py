@@ -9,7 +9,7 @@ from typing import Any
 import docker.errors
 import pytest
 
-from fetcher.job.container import LABEL, LABEL_ID
+from fetcher.engine.container import LABEL, LABEL_ID
 from mock_api.server import MockServer
 from mock_api.state import MockState
 from tests.helpers import API_KEY, IMAGE, SESSION, TOKEN, Env

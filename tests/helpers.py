@@ -249,10 +249,10 @@ def four_gpus() -> FakeNvml:
 def download_to(api: WorkerApi, file_id: str, dest: Path) -> int:
     """`WorkerApi.download_file` into a plain file (the fetcher itself writes through a workspace)."""
     with dest.open("w+b") as fh:
-        return api.download_file(file_id, fh)
+        return api.files.download_file(file_id, fh)
 
 
 def upload_from(api: WorkerApi, job_id: str, path: Path, kind: UploadType, base_path: str) -> int:
     """`WorkerApi.upload_file` of a plain file, under its own name."""
     with path.open("rb") as fh:
-        return api.upload_file(job_id, fh, path.name, kind, base_path)
+        return api.files.upload_file(job_id, fh, path.name, kind, base_path)

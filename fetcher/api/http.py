@@ -17,7 +17,6 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import requests
 import urllib3.exceptions
@@ -33,27 +32,41 @@ from fetcher.errors import (
     Interrupted,
     JobGone,
 )
-from fetcher.logs import redact
+from fetcher.logs import redact, safe_url, shown_url
 
 log = logging.getLogger(__name__)
 
 TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 MAX_ANSWER_BYTES = 32 * 1024 * 1024  # a claim with limit=1 is a few KB; a server may send anything
 _NEVER = threading.Event()
+#: a file request's refusal class (TransferError), or None: the API's own errors
+Refused = Callable[..., Exception] | None
 
 
-def read_json(resp: requests.Response, what: str) -> Any:
+def bad_answer(message: str, refused: Refused = None) -> Exception:
+    """An answer that cannot be used: BadResponse, or for a file request its refusal class."""
+    if refused is None:
+        return BadResponse(message)
+    return refused(message, api_label="bad_response")
+
+
+def read_json(resp: requests.Response, what: str, refused: Refused = None) -> Any:
     """The answer's JSON (its body was read, bounded, by `Http.send`). Whatever goes wrong while
-    decoding it (bytes that are not JSON, JSON nested too deep for the parser) is a BadResponse."""
+    decoding it (bytes that are not JSON, JSON nested too deep for the parser) is a BadResponse
+    (see `bad_answer`)."""
     try:
         return json.loads(resp.content)
     except RecursionError:
-        raise BadResponse(f"{what}: the answer is JSON nested too deep") from None
+        raise bad_answer(f"{what}: the answer is JSON nested too deep", refused) from None
     except Exception as exc:  # noqa: BLE001 - ValueError, UnicodeDecodeError, MemoryError, ...
-        raise BadResponse(f"{what}: the answer is not JSON ({type(exc).__name__})") from None
+        raise bad_answer(
+            f"{what}: the answer is not JSON ({type(exc).__name__})", refused
+        ) from None
 
 
-def _read_bounded(resp: requests.Response, what: str, deadline_s: float) -> None:
+def _read_bounded(
+    resp: requests.Response, what: str, deadline_s: float, refused: Refused = None
+) -> None:
     """Read the whole body now, at most MAX_ANSWER_BYTES (a server may send gigabytes) and within
     `deadline_s` (the read timeout bounds each recv, and a server may send a byte now and then for
     ever), so that `resp.content` and `resp.json()` work as usual. A body cut off raises the
@@ -72,8 +85,8 @@ def _read_bounded(resp: requests.Response, what: str, deadline_s: float) -> None
             parts.append(piece)
             size += len(piece)
             if size > MAX_ANSWER_BYTES:
-                raise BadResponse(
-                    f"{what}: the answer is larger than {MAX_ANSWER_BYTES // 2**20} MB"
+                raise bad_answer(
+                    f"{what}: the answer is larger than {MAX_ANSWER_BYTES // 2**20} MB", refused
                 )
     resp._content = b"".join(parts)
     resp._content_consumed = True  # type: ignore[attr-defined]
@@ -88,21 +101,6 @@ class Transient(Exception):
         super().__init__(message)
         self.status_code = status_code
         self.retry_after_s = retry_after_s
-
-
-def safe_url(url: str) -> str:
-    """The URL without user info, query or fragment (pre-signed URLs carry secrets there)."""
-    try:
-        parts = urlsplit(url)
-        netloc = parts.netloc.rpartition("@")[2]
-        return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
-    except ValueError:
-        return url.split("?", 1)[0].split("#", 1)[0].rpartition("@")[2]
-
-
-def shown_url(url: str) -> str:
-    """A URL fit for an error text: `safe_url`, quoted, at most 200 characters."""
-    return repr(safe_url(url)[:200])
 
 
 def _detail(resp: requests.Response) -> str:
@@ -255,26 +253,54 @@ class Http:
         job_id: str | None = None,
         on_response: Callable[..., None] | None = None,
         session: requests.Session | None = None,
+        refused: Refused = None,
     ) -> requests.Response:
-        """One try: send, and map the answer. Raises Transient for a failure worth retrying.
-        `on_response` sees every answer, each redirect's too, and may raise to refuse it;
-        `session` replaces the helper's own (whose headers it does not carry)."""
+        """One try: send, and map the answer (`error_for_status`). Raises Transient for a failure
+        worth retrying. `on_response` sees every answer, each redirect's too, and may raise to
+        refuse it; `session` replaces the helper's own (whose headers it does not carry);
+        `refused`: the class of a refusal of a file request (see `error_for_status`)."""
+        resp = self._request(
+            method,
+            url,
+            what,
+            session=session or self.session,
+            stream=stream,
+            refused=refused,
+            headers=dict(headers or {}),
+            params=params,
+            json=json,
+            data=data,
+            hooks={"response": [on_response]} if on_response else None,
+        )
+        if resp.status_code in expected:
+            return resp
+        status = resp.status_code
+        detail = _detail(resp)
+        resp.close()
+        raise error_for_status(status, detail, what, job_id, _retry_after(resp), refused)
+
+    def _request(
+        self,
+        method: str,
+        url: str,
+        what: str,
+        *,
+        session: requests.Session,
+        stream: bool,
+        refused: Refused,
+        **kw: Any,
+    ) -> requests.Response:
+        """The request, its body read (bounded) unless `stream`; a failure to get an answer at
+        all is Transient (the connection) or a bad answer (what led here was wrong)."""
         try:
-            resp = (session or self.session).request(
-                method,
-                url,
-                headers=dict(headers or {}),
-                params=params,
-                json=json,
-                data=data,
-                stream=True,
-                timeout=self.timeout,
-                hooks={"response": [on_response]} if on_response else None,
-            )
+            resp = session.request(method, url, stream=True, timeout=self.timeout, **kw)
             if not stream:
-                _read_bounded(resp, what, self.answer_deadline_s)
+                _read_bounded(resp, what, self.answer_deadline_s, refused)
+            return resp
         except (urllib3.exceptions.LocationValueError, requests.exceptions.InvalidURL) as exc:
-            raise BadResponse(f"{what}: cannot use the URL given ({type(exc).__name__})") from None
+            raise bad_answer(
+                f"{what}: cannot use the URL given ({type(exc).__name__})", refused
+            ) from None
         except (
             requests.ConnectionError,
             requests.Timeout,
@@ -287,20 +313,33 @@ class Http:
             # a scheme requests has no adapter for, no host, a redirect loop, a header it refuses:
             # the answer that led here was wrong, and another try would be the same (requests'
             # exceptions are OSErrors: left alone they would pass for a local disk's failure)
-            raise BadResponse(
-                f"{what}: {method} {shown_url(url)} failed: {type(exc).__name__}"
+            raise bad_answer(
+                f"{what}: {method} {shown_url(url)} failed: {type(exc).__name__}", refused
             ) from None
-        if resp.status_code in expected:
-            return resp
-        status = resp.status_code
-        detail = _detail(resp)
-        resp.close()
-        if status in TRANSIENT_STATUS:
-            raise Transient(f"HTTP {status} {detail}", status, _retry_after(resp))
-        if status in (401, 403):
-            raise AuthError(f"{what}: HTTP {status}: {detail}", status)
-        if status == 404 and job_id is not None:
-            raise JobGone(
-                f"job {job_id}: {what}: the job is no longer this worker's (HTTP 404)", 404
-            )
-        raise ApiRejected(f"{what}: HTTP {status}: {detail}", status)
+
+
+def error_for_status(
+    status: int,
+    detail: str,
+    what: str,
+    job_id: str | None = None,
+    retry_after_s: float = 0.0,
+    refused: Refused = None,
+) -> Exception:
+    """The one mapping of an HTTP error answer: Transient (429, 5xx: worth another try),
+    AuthError (401, 403), JobGone (404 on a job), else ApiRejected. With `refused` (a file
+    request's class, TransferError), a refusal that another try would not change (403, 404, 4xx)
+    is that class instead: the file, not this worker, is the problem."""
+    if status in TRANSIENT_STATUS:
+        return Transient(f"HTTP {status} {detail}", status, retry_after_s)
+    if status == 401 or (status == 403 and refused is None):
+        return AuthError(f"{what}: HTTP {status}: {detail}", status)
+    if status == 404 and job_id is not None:
+        return JobGone(f"job {job_id}: {what}: the job is no longer this worker's (HTTP 404)", 404)
+    if refused is not None:
+        return refused(f"{what}: HTTP {status}: {detail}", api_label=_label(status))
+    return ApiRejected(f"{what}: HTTP {status}: {detail}", status)
+
+
+def _label(status: int) -> str:
+    return "auth" if status in (401, 403) else "rejected"

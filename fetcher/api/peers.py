@@ -1,5 +1,6 @@
 """Where a server's file request may send the daemon: never to this box or a link-local address.
 
+`origin` says which origin a URL names (the bearer token goes to the API's own origin only).
 `is_local_host` judges a URL's host before the request (every address its name resolves to).
 Names can resolve differently a moment later (DNS rebinding), so `checked_session` also checks
 the address each new connection actually reached, before a byte is sent on it.
@@ -11,12 +12,15 @@ import contextlib
 import ipaddress
 import socket
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 import urllib3
 import urllib3.connection
+from urllib3.exceptions import LocationParseError
+from urllib3.util import parse_url
 
-from fetcher.errors import BadResponse
+from fetcher.errors import TransferError
 
 METADATA_HOSTS = frozenset({"fd00:ec2::254"})  # AWS's IPv6 metadata service (not link-local)
 
@@ -67,7 +71,39 @@ def is_local_host(host: str, port: int | None = None) -> bool:
     return any(a is not None and is_local_address(a) for a in addresses)
 
 
-class LocalPeerRefused(BadResponse):
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def origin(url: str) -> tuple[str, str, int] | None:
+    """`(scheme, host, port)` of an http(s) URL, normalised so that every spelling of one origin
+    compares equal: scheme and host in lower case, the default port (80, 443) made explicit, IPv6
+    brackets dropped and the address written one way, a trailing dot on the host and everything
+    after the authority (path, trailing slash, query) ignored. None for anything else."""
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:  # a port that is not a number, or out of range
+        return None
+    scheme = parts.scheme.lower()
+    host = norm_host(parts.hostname or "")
+    if scheme not in DEFAULT_PORTS or not host:
+        return None
+    found = scheme, host, DEFAULT_PORTS[scheme] if port is None else port
+    # The connection is made where urllib3 (under requests) parses the host, and the two parsers
+    # disagree on some spellings (`http://other\@api/`: urlsplit reads `api`, urllib3 `other`).
+    # Only a URL both read the same way is an origin at all.
+    try:
+        u3 = parse_url(url.strip())
+    except LocationParseError:
+        return None
+    u3_scheme = (u3.scheme or "").lower()
+    u3_port = u3.port if u3.port is not None else DEFAULT_PORTS.get(u3_scheme)
+    if (u3_scheme, norm_host(u3.host or ""), u3_port) != found:
+        return None
+    return found
+
+
+class LocalPeerRefused(TransferError):
     """A connection for a file request reached this box or a link-local address."""
 
 
@@ -81,7 +117,8 @@ def _check_peer(sock: socket.socket, host: str) -> None:
         # not an OSError: urllib3 would take it for a connection failure and retry it
         raise LocalPeerRefused(
             f"the file URL's host {host!r} connected to {peer.compressed}, this box or a"
-            " link-local address; refused"
+            " link-local address; refused",
+            api_label="bad_response",
         )
 
 

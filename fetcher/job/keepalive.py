@@ -16,16 +16,19 @@ import threading
 from collections import deque
 from typing import Protocol
 
+from fetcher.cancel import Cancel, CancelKind
 from fetcher.errors import Interrupted, JobGone
 from fetcher.models import JobStatus
+from fetcher.ownership import still_ours
 
 log = logging.getLogger(__name__)
 
-GONE = "gone"  # the server no longer has the job for us: nothing to report
-SHUTDOWN = "shutdown"  # the worker stops: hand the job back
+GONE_REASON = "the job is gone (deleted by its user, or re-queued)"
 
 
 class StatusSink(Protocol):
+    """The status calls of the worker-facing API (`fetcher.api.client.WorkerApi`)."""
+
     def put_status(
         self,
         job_id: str,
@@ -39,43 +42,6 @@ class StatusSink(Protocol):
     def get_status(
         self, job_id: str, *, retry_s: float | None = None, interrupt: threading.Event | None = None
     ) -> JobStatus: ...
-
-
-class Cancel:
-    """Why a job must stop: set once, by the keep-alive (gone) or the worker (shutdown)."""
-
-    def __init__(self) -> None:
-        self.event = threading.Event()
-        self.reason: str | None = None
-        self.kind: str | None = None
-        self._lock = threading.Lock()
-        self._listeners: list[threading.Event] = []
-
-    def set(self, reason: str, kind: str = SHUTDOWN) -> None:
-        with self._lock:
-            if self.event.is_set():
-                return
-            self.reason, self.kind = reason, kind
-            listeners = list(self._listeners)
-        self.event.set()
-        for event in listeners:
-            event.set()
-
-    def subscribe(self, event: threading.Event) -> None:
-        """Also set `event` when the job is cancelled (at once if it already is): a wait for
-        something else can then end on either."""
-        with self._lock:
-            self._listeners.append(event)
-            already = self.event.is_set()
-        if already:
-            event.set()
-
-    def is_set(self) -> bool:
-        return self.event.is_set()
-
-    @property
-    def gone(self) -> bool:
-        return self.kind == GONE
 
 
 class KeepAlive:
@@ -136,6 +102,16 @@ class KeepAlive:
                 return self._changes[0], True
             return self._current, False
 
+    def _failed(self, exc: Exception, failing: str | None) -> str:
+        """Log a failure once (until another one, or a success, comes); returns its text."""
+        text = f"{type(exc).__name__}: {exc}"
+        if text != failing:
+            log.warning("job %s: keep-alive failed, will keep trying: %s", self.job_id, text)
+        return text
+
+    def _gone(self, why: str) -> None:
+        self.cancel.set(why, CancelKind.gone)
+
     def _still_ours(self) -> bool:
         """Before the first PUT of an adopted job: does the server still have it running for us?
         Sets the cancel (gone) when it does not. Retries at each interval until it can tell."""
@@ -146,28 +122,24 @@ class KeepAlive:
                     self.job_id, retry_s=min(self.interval_s, 30.0), interrupt=self._halt
                 )
             except JobGone:
-                self.cancel.set("the job is gone (deleted by its user, or re-queued)", GONE)
+                self._gone(GONE_REASON)
                 return False
             except Interrupted:
                 return False
             except Exception as exc:  # noqa: BLE001 - log once, try again later
-                text = f"{type(exc).__name__}: {exc}"
-                if text != failing:
-                    log.warning("job %s: cannot ask the server about it yet: %s", self.job_id, text)
-                    failing = text
+                failing = self._failed(exc, failing)
                 self._wake.wait(self.interval_s)
                 self._wake.clear()
                 continue
-            if status == JobStatus.queued or status.is_final:
+            if not still_ours(status):
                 log.warning(
                     "job %s: the server has it as %s (re-queued while the fetcher was away):"
                     " stopping it here",
                     self.job_id,
                     status.value,
                 )
-                self.cancel.set(f"the server has the job as {status.value}", GONE)
-                return False
-            return True
+                self._gone(f"the server has the job as {status.value}")
+            return still_ours(status)
         return False
 
     def _run(self) -> None:
@@ -180,30 +152,22 @@ class KeepAlive:
             if not change and not ping_due:
                 if self._closing.is_set():
                     return
-                woke = self._wake.wait(self.interval_s)  # a change, a stop, or the interval
+                ping_due = not self._wake.wait(self.interval_s)  # a change, a stop, the interval
                 self._wake.clear()
-                ping_due = not woke
                 continue
             try:
-                self.api.put_status(
-                    self.job_id, status, interrupt=self._halt, retry_s=min(self.interval_s, 30.0)
-                )
+                self._put(status, change)
             except JobGone:
                 log.warning(
                     "job %s: the server no longer has this job for us (404): stopping it",
                     self.job_id,
                 )
-                self.cancel.set("the job is gone (deleted by its user, or re-queued)", GONE)
+                self._gone(GONE_REASON)
                 return
             except Interrupted:
                 return
             except Exception as exc:  # noqa: BLE001 - anything else: log once, try again later
-                text = f"{type(exc).__name__}: {exc}"
-                if text != failing:
-                    log.warning(
-                        "job %s: keep-alive failed, will keep trying: %s", self.job_id, text
-                    )
-                    failing = text
+                failing = self._failed(exc, failing)
                 if self._closing.is_set():
                     return
                 self._wake.wait(self.interval_s)
@@ -213,10 +177,16 @@ class KeepAlive:
             if failing is not None:
                 log.info("job %s: keep-alive delivered again", self.job_id)
                 failing = None
-            self.pings += 1
             ping_due = False
-            if change:
-                with self._lock:
-                    if self._changes and self._changes[0] == status:
-                        self._changes.popleft()
-                self.sent.append(status)
+
+    def _put(self, status: JobStatus, change: bool) -> None:
+        """One PUT of `status`; a change is taken off the queue once it reached the server."""
+        self.api.put_status(
+            self.job_id, status, interrupt=self._halt, retry_s=min(self.interval_s, 30.0)
+        )
+        self.pings += 1
+        if change:
+            with self._lock:
+                if self._changes and self._changes[0] == status:
+                    self._changes.popleft()
+            self.sent.append(status)

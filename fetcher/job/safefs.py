@@ -153,24 +153,10 @@ def walk_files(
     directories deeper than `max_depth` (not descended). Iterative: the stack holds at most
     `max_depth` open directories. Each entry listed is taken from `budget`: TooManyEntries as soon
     as it is spent (so a directory of millions of files costs neither memory nor hours)."""
-    stack: list[tuple[int, tuple[str, ...], list[os.DirEntry[str]]]] = []
-
-    def push(fd: int, prefix: tuple[str, ...]) -> None:
-        entries: list[os.DirEntry[str]] = []
-        try:
-            with os.scandir(fd) as it:
-                for entry in it:
-                    if budget is not None:
-                        budget.take()
-                    entries.append(entry)
-        except BaseException:
-            os.close(fd)
-            raise
-        entries.sort(key=lambda e: e.name, reverse=True)
-        stack.append((fd, prefix, entries))
-
-    push(os.dup(root_fd), ())
+    # open directories, each with its entries still to look at; every fd in it is closed at the end
+    stack: list[tuple[int, tuple[str, ...], list[os.DirEntry[str]]]] = [(os.dup(root_fd), (), [])]
     try:
+        stack[-1][2].extend(_listed(stack[-1][0], budget))
         while stack:
             fd, prefix, entries = stack[-1]
             if not entries:
@@ -184,17 +170,10 @@ def walk_files(
             except FileNotFoundError:
                 continue
             if stat.S_ISDIR(st.st_mode):
-                if len(parts) > max_depth:
-                    if skipped:
-                        skipped(parts, f"more than {max_depth} directories deep")
-                    continue
-                try:
-                    child = os.open(entry.name, DIR_FLAGS, dir_fd=fd)
-                except OSError as exc:
-                    if skipped:
-                        skipped(parts, f"cannot be opened ({exc.strerror})")
-                    continue
-                push(child, parts)
+                child = _descend(fd, entry.name, parts, max_depth, skipped)
+                if child is not None:
+                    stack.append((child, parts, []))
+                    stack[-1][2].extend(_listed(child, budget))
             elif stat.S_ISREG(st.st_mode):
                 yield Found(parts, st.st_size)
             elif skipped:
@@ -202,6 +181,36 @@ def walk_files(
     finally:
         for fd, _, _ in stack:
             os.close(fd)
+
+
+def _listed(fd: int, budget: EntryBudget | None) -> list[os.DirEntry[str]]:
+    """The entries of the directory open in `fd`, in reverse name order (popped from the end),
+    each taken from `budget`."""
+    entries: list[os.DirEntry[str]] = []
+    with os.scandir(fd) as it:
+        for entry in it:
+            if budget is not None:
+                budget.take()
+            entries.append(entry)
+    entries.sort(key=lambda e: e.name, reverse=True)
+    return entries
+
+
+def _descend(
+    fd: int, name: str, parts: tuple[str, ...], max_depth: int, skipped: Skipped | None
+) -> int | None:
+    """The subdirectory `name` of `fd` opened (no link followed), or None when it is too deep or
+    cannot be opened (told to `skipped`)."""
+    if len(parts) > max_depth:
+        if skipped:
+            skipped(parts, f"more than {max_depth} directories deep")
+        return None
+    try:
+        return os.open(name, DIR_FLAGS, dir_fd=fd)
+    except OSError as exc:
+        if skipped:
+            skipped(parts, f"cannot be opened ({exc.strerror})")
+        return None
 
 
 def _kind(mode: int) -> str:

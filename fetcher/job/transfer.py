@@ -13,20 +13,10 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
-import requests
-
-from fetcher.api.client import WorkerApi
-from fetcher.errors import (
-    ApiError,
-    ApiUnavailable,
-    AuthError,
-    Interrupted,
-    JobGone,
-    TransferError,
-    WorkerTrouble,
-)
+from fetcher.api.files import FileRequests
+from fetcher.errors import Interrupted, JobGone, as_fetcher_error
 from fetcher.job.workspace import Input, Layout, OutputFile, OutputLimit, Workspace
 from fetcher.models import UploadType
 
@@ -107,24 +97,16 @@ _END = object()
 
 
 def _named(subject: str, exc: Exception) -> Exception:
-    """The same failure, its message starting with the file it is about."""
-    if isinstance(exc, TransferError):
-        return TransferError(f"{subject}: {exc}")
-    if isinstance(exc, JobGone | Interrupted):
+    """The same failure, its message starting with the file it is about (a stop or a job gone keep
+    their own words). A failure of this box's disk becomes WorkerTrouble (`as_fetcher_error`)."""
+    err = as_fetcher_error(exc)
+    if err is None or isinstance(err, JobGone | Interrupted):
         return exc
-    if isinstance(exc, ApiUnavailable | AuthError):
-        return type(exc)(f"{subject}: {exc}", exc.status_code)
-    if isinstance(exc, ApiError):
-        return TransferError(f"{subject}: {exc}")
-    if isinstance(exc, requests.RequestException):  # an OSError, but not this box's
-        return TransferError(f"{subject}: {type(exc).__name__}")
-    if isinstance(exc, OSError):
-        return WorkerTrouble(f"{subject}: this box's file system: {exc.strerror or exc}")
-    return exc
+    return err.named(subject)
 
 
 def download_inputs(
-    api: WorkerApi,
+    api: FileRequests,
     job_id: str,
     layout: Layout,
     ws: Workspace,
@@ -161,8 +143,29 @@ def download_inputs(
     return total
 
 
+def with_container_log(
+    job_id: str, layout: Layout, files: list[OutputFile], container_log: Path | None
+) -> tuple[list[OutputFile], OutputFile | None]:
+    """`files` with the container's log added as `<log dir>/container.log` (which replaces a file
+    of the job's own of that name), and that entry; unchanged when there is no log directory."""
+    log_dir = layout.output_dir(UploadType.log)
+    if log_dir is None or container_log is None or not container_log.is_file():
+        return files, None
+    ours = OutputFile(UploadType.log, log_dir.rel, CONTAINER_LOG, (), container_log.stat().st_size)
+    key = (ours.kind, ours.base_path, ours.name)
+    kept = [f for f in files if (f.kind, f.base_path, f.name) != key]
+    if len(kept) != len(files):
+        log.warning(
+            "job %s: not uploading the job's own %s/%s: the container's log goes there",
+            job_id,
+            log_dir.rel,
+            CONTAINER_LOG,
+        )
+    return [*kept, ours], ours
+
+
 def upload_outputs(
-    api: WorkerApi,
+    api: FileRequests,
     job_id: str,
     layout: Layout,
     ws: Workspace,
@@ -175,37 +178,18 @@ def upload_outputs(
     max_files: int | None = None,
     max_bytes: int | None = None,
 ) -> int:
-    """Upload every file under each `files_up` directory, `base_path` being its directory relative
-    to the job directory (so it starts with the `files_up` directory), and the container's log as
-    `<log dir>/container.log` from where the fetcher wrote it. Outputs over `max_files` or
+    """Upload every file under each `files_up` directory (`base_path`: its directory relative to
+    the job directory) and the container's log (`with_container_log`). Outputs over `max_files` or
     `max_bytes`: only the container's log is uploaded, then OutputLimit is raised.
     Raises JobGone, TransferError, ApiUnavailable, AuthError, Interrupted."""
     started = time.monotonic()
     too_much: OutputLimit | None = None
     try:
-        files = ws.output_files(layout, max_files=max_files, max_bytes=max_bytes)
+        found = ws.output_files(layout, max_files=max_files, max_bytes=max_bytes)
     except OutputLimit as exc:
-        too_much, files = exc, []
-    log_dir = layout.output_dir(UploadType.log)
-    ours: OutputFile | None = None
-    if log_dir is not None and container_log is not None and container_log.is_file():
-        ours = OutputFile(
-            UploadType.log, log_dir.rel, CONTAINER_LOG, (), container_log.stat().st_size
-        )
-        clash = [
-            f
-            for f in files
-            if (f.kind, f.base_path, f.name) == (ours.kind, ours.base_path, ours.name)
-        ]
-        if clash:
-            log.warning(
-                "job %s: not uploading the job's own %s/%s: the container's log goes there",
-                job_id,
-                log_dir.rel,
-                CONTAINER_LOG,
-            )
-            files = [f for f in files if f not in clash]
-        files.append(ours)
+        too_much, found = exc, []
+    files, ours = with_container_log(job_id, layout, found, container_log)
+    how: dict[str, Any] = {"interrupt": cancel, "retry_s": retry_s}
 
     def one(item: OutputFile) -> int:
         subject = f"output {item.base_path}/{item.name}"
@@ -217,15 +201,7 @@ def upload_outputs(
                 log.warning("job %s: %s is no longer a regular file; skipped", job_id, subject)
                 return 0
             with fh:
-                size = api.upload_file(
-                    job_id,
-                    fh,
-                    item.name,
-                    item.kind,
-                    item.base_path,
-                    interrupt=cancel,
-                    retry_s=retry_s,
-                )
+                size = api.upload_file(job_id, fh, item.name, item.kind, item.base_path, **how)
         except Exception as exc:  # noqa: BLE001 - named, then raised again
             raise _named(subject, exc) from None
         if counted:

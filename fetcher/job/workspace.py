@@ -15,7 +15,7 @@ import logging
 import os
 import secrets
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -263,41 +263,20 @@ class Workspace:
         root = self._root_fd()
         try:
             for out in layout.outputs:
-                try:
-                    top = safefs.open_subdir(root, list(out.parts))
-                except OSError:
-                    log.info(
-                        "job %s: no %s directory %s to upload", self.job_id, out.kind.value, out.rel
-                    )
-                    continue
-                try:
-                    skipped = functools.partial(self._skipped, out)
-                    files = safefs.walk_files(
-                        top,
-                        max_depth=max(UPLOAD_MAX_DEPTH - len(out.parts), 0),
-                        skipped=skipped,
-                        budget=budget,
-                    )
-                    for f in files:
-                        item = self._output(out, f)
-                        if item is None:
-                            continue
-                        found.append(item)
-                        total += item.size
-                        if max_bytes is not None and total > max_bytes:
-                            raise OutputLimit(
-                                f"outputs: more than {max_bytes // 2**20} MiB in the files_up"
-                                " directories (JOB_OUTPUT_MAX_MB); nothing uploaded but the"
-                                " container's log"
-                            )
-                except safefs.TooManyEntries:
-                    raise OutputLimit(
-                        f"outputs: more than {max_files} files and directories in the files_up"
-                        " directories (JOB_OUTPUT_MAX_FILES); nothing uploaded but the container's"
-                        " log"
-                    ) from None
-                finally:
-                    os.close(top)
+                for item in self._outputs_of(root, out, budget):
+                    found.append(item)
+                    total += item.size
+                    if max_bytes is not None and total > max_bytes:
+                        raise OutputLimit(
+                            f"outputs: more than {max_bytes // 2**20} MiB in the files_up"
+                            " directories (JOB_OUTPUT_MAX_MB); nothing uploaded but the"
+                            " container's log"
+                        )
+        except safefs.TooManyEntries:
+            raise OutputLimit(
+                f"outputs: more than {max_files} files and directories in the files_up"
+                " directories (JOB_OUTPUT_MAX_FILES); nothing uploaded but the container's log"
+            ) from None
         finally:
             os.close(root)
             if self._skips > SKIPPED_LOGGED:
@@ -307,6 +286,29 @@ class Workspace:
                     self._skips - SKIPPED_LOGGED,
                 )
         return found
+
+    def _outputs_of(
+        self, root: int, out: OutputDir, budget: safefs.EntryBudget | None
+    ) -> Iterator[OutputFile]:
+        """The files to upload under one `files_up` directory (none when it is missing)."""
+        try:
+            top = safefs.open_subdir(root, list(out.parts))
+        except OSError:
+            log.info("job %s: no %s directory %s to upload", self.job_id, out.kind.value, out.rel)
+            return
+        try:
+            files = safefs.walk_files(
+                top,
+                max_depth=max(UPLOAD_MAX_DEPTH - len(out.parts), 0),
+                skipped=functools.partial(self._skipped, out),
+                budget=budget,
+            )
+            for f in files:
+                item = self._output(out, f)
+                if item is not None:
+                    yield item
+        finally:
+            os.close(top)
 
     def _skipped(self, out: OutputDir, parts: tuple[str, ...], why: str) -> None:
         self._skips += 1

@@ -327,7 +327,7 @@ def test_api_down_then_back(env: Env) -> None:
 
 def test_rejected_is_raised_for_422(env: Env) -> None:
     with pytest.raises(ApiRejected, match="422"):
-        api(env)._call("GET", "/jobs", what="claim")
+        api(env).session.call("GET", "/jobs", what="claim", name="claim")
 
 
 # --- the mock-api command ---------------------------------------------------------------------

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from fetcher.daemon import build_daemon
-from fetcher.job.container import LABEL_ID, LABEL_JOB
+from fetcher.engine.container import LABEL_ID, LABEL_JOB
 from fetcher.models import HardwareSpecs
 from mock_api.state import Faults
 from tests.helpers import TOKEN, Env, FakeNvml, fetcher_id, four_gpus, statuses, wait_for

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from fetcher.daemon import build_daemon
-from fetcher.job.container import LABEL_ID
+from fetcher.engine.container import LABEL_ID
 from fetcher.models import JobStatus
 from fetcher.settings import Settings
 from mock_api.state import ApiFailure, Faults, MockJob
@@ -338,7 +338,7 @@ def test_a_final_put_answering_500_for_ever_does_not_delay_the_loop_or_the_heart
         submitted = time.monotonic()
         wait_for(lambda: later.status.value == "finished", 30, "the next job finished")
         assert time.monotonic() - submitted < 10
-        heartbeat = settings.state_dir / "heartbeat"
+        heartbeat = settings.state_dir.heartbeat
         assert time.time() - heartbeat.stat().st_mtime < 5
         assert daemon.pending_reports() == [str(stuck.id)]
         # And once the server forgets the job (user deletion: GET answers 404), it is dropped

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from fetcher.demo import DEMO_DIR, DEMO_JOB_REPO, demo_fetcher_id
-from fetcher.job.container import LABEL, LABEL_ID
+from fetcher.engine.container import LABEL, LABEL_ID
 from scripts import docker_tasks
 from tests.helpers import IMAGE, TOKEN, Env, fetcher_id, wait_for
 

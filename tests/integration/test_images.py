@@ -11,8 +11,8 @@ from typing import Any
 import docker.errors
 import pytest
 
-from fetcher.images import DAY_S, prune_images
-from fetcher.job.container import LABEL, LABEL_ID
+from fetcher.engine.container import LABEL, LABEL_ID
+from fetcher.images.policy import DAY_S, prune_images
 from tests.helpers import IMAGE, SESSION, fetcher_id
 
 pytestmark = pytest.mark.docker

@@ -20,7 +20,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from fetcher.daemon import build_daemon
-from fetcher.job.container import LABEL_ID
+from fetcher.engine.container import LABEL_ID
 from mock_api.server import free_port
 from tests.helpers import IMAGE, Env, fetcher_id, wait_for
 from tests.integration.test_daemon import fetcher_process, in_thread
@@ -186,10 +186,8 @@ def test_the_pruner_removes_an_old_job_image_and_keeps_one_in_use(env: Env, engi
         assert daemon.deps.images is not None
         for tag in tags:
             daemon.deps.images.used(tag, time.time() - 30 * 86400)
-        from fetcher.daemon import ImagePruner
-
         # When the pruner runs
-        gone = ImagePruner(daemon.deps, daemon.worker.stop_event).prune_once()
+        gone = daemon._image_upkeep().prune_once()
         daemon.lock.close()
         # Then the old one is gone, the one in use is not, and the ledger forgot only the old
         assert gone == [tags[0]]

@@ -74,7 +74,7 @@ def test_exit_code_3_is_an_error_with_the_log_tail(env: Env, engine: Any) -> Non
 
 
 def containers_of(engine: Any, job_id: int) -> list[Any]:
-    from fetcher.job.container import LABEL_ID, LABEL_JOB
+    from fetcher.engine.container import LABEL_ID, LABEL_JOB
 
     found = engine.api.containers(all=True, filters={"label": f"{LABEL_JOB}={job_id}"})
     return [c for c in found if (c.get("Labels") or {}).get(LABEL_ID, "").startswith(SESSION)]
@@ -241,8 +241,8 @@ def test_stage_functions_are_usable_on_their_own(env: Env, engine: Any, tmp_path
     import threading
 
     from fetcher.api.client import WorkerApi
-    from fetcher.job.container import ContainerOptions, JobContainer, Limits
-    from fetcher.job.keepalive import Cancel
+    from fetcher.cancel import Cancel
+    from fetcher.engine.container import ContainerOptions, JobContainer, Limits
     from fetcher.job.transfer import download_inputs, upload_outputs
     from fetcher.job.workspace import Workspace, plan_layout
     from fetcher.models import ClaimOffer
@@ -255,14 +255,14 @@ def test_stage_functions_are_usable_on_their_own(env: Env, engine: Any, tmp_path
     ws = Workspace(jid, tmp_path, tmp_path)
     ws.create(layout)
     stop = threading.Event()
-    download_inputs(api, jid, layout, ws, cancel=stop)
+    download_inputs(api.files, jid, layout, ws, cancel=stop)
     box = JobContainer(engine, jid, fetcher_id("standalone"), ContainerOptions(shm_size="64m"))
     try:
         box.start(spec, ws, [], Limits())
         assert box.wait(Cancel()).exit_code == 0
     finally:
         box.remove()
-    upload_outputs(api, jid, layout, ws, container_log=None, cancel=stop)
+    upload_outputs(api.files, jid, layout, ws, container_log=None, cancel=stop)
     assert Path(job.paths_upload["output"], "output", "out.txt").read_text() == "42"
     assert ws.remove() and not ws.path.exists()
 

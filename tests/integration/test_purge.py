@@ -18,8 +18,9 @@ from typing import Any
 import pytest
 from docker.models.containers import ContainerCollection
 
-from fetcher.job import container as container_module
-from fetcher.job.container import LABEL_ID, ContainerOptions, JobContainer
+from fetcher.engine import purge as purge_module
+from fetcher.engine.container import LABEL_ID, ContainerOptions
+from fetcher.engine.purge import purge
 from fetcher.job.workspace import Layout, Workspace
 from tests.helpers import IMAGE, fetcher_id
 
@@ -44,16 +45,16 @@ def hanging_image(engine: Any) -> Iterator[str]:
 def test_the_purge_container_ends_within_a_bound(
     engine: Any, hanging_image: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(container_module, "PURGE_TIMEOUT_S", 5, raising=False)
+    monkeypatch.setattr(purge_module, "PURGE_TIMEOUT_S", 5)
     # Given a job directory, and the job's image whose /bin/sh hangs
     base = tmp_path / "base"
     base.mkdir()
     ws = Workspace("5", base, base)
     ws.create(Layout((), ()))
     fid = fetcher_id("purge")
-    job = JobContainer(engine, "5", fid, ContainerOptions(stop_grace_s=1))
+    opts = ContainerOptions(stop_grace_s=1)
     # When the fetcher purges the directory with that image
-    t = threading.Thread(target=job.purge, args=(ws, hanging_image), daemon=True)
+    t = threading.Thread(target=purge, args=(engine, ws, hanging_image, fid, opts), daemon=True)
     t.start()
     t.join(60)
     try:
@@ -92,7 +93,7 @@ def test_the_purge_container_is_bounded_like_the_job(
     monkeypatch.setattr(ContainerCollection, "run", run)
     monkeypatch.setattr(ContainerCollection, "create", create)
     # When it purges a job directory
-    JobContainer(engine, "6", fid, opts).purge(ws, IMAGE)
+    purge(engine, ws, IMAGE, fid, opts)
     # Then the stranger's image runs with the job's bounds
     assert seen.get("pids_limit") == 256, seen
     assert "MKNOD" in (seen.get("cap_drop") or []), seen

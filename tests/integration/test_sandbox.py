@@ -13,7 +13,7 @@ import docker.errors
 import pytest
 
 from fetcher.daemon import build_daemon
-from fetcher.job.container import LABEL_ID
+from fetcher.engine.container import LABEL_ID
 from tests.helpers import IMAGE, Env, fetcher_id, statuses, wait_for
 
 pytestmark = pytest.mark.docker

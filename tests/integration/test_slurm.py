@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from fetcher.job.container import LABEL, LABEL_ID
+from fetcher.engine.container import LABEL, LABEL_ID
 from tests.conftest import IN_CI
 from tests.helpers import TOKEN, Env, fetcher_id, statuses
 

@@ -228,7 +228,7 @@ def test_retry_waits_stop_at_once_when_interrupted(rsps: responses.RequestsMock)
 
     started = time.monotonic()
     with pytest.raises(Interrupted):
-        api._call("GET", "/jobs/1/status", what="get status", interrupt=stop)
+        api.session.call("GET", "/jobs/1/status", what="get status", name="status", interrupt=stop)
     assert time.monotonic() - started < 5
 
 

@@ -8,8 +8,8 @@ from typing import Any
 import docker.errors
 import pytest
 
+from fetcher.engine.pull import ensure_image
 from fetcher.errors import ContainerError, WorkerTrouble
-from fetcher.job.container import ensure_image
 from fetcher.models import JobSpecs
 
 

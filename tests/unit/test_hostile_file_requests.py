@@ -168,7 +168,7 @@ def test_one_odd_answer_does_not_hold_back_every_other_final_status(tmp_path: Pa
 
 
 def test_urls_in_error_texts_lose_user_info_query_and_fragment() -> None:
-    from fetcher.api.http import safe_url, shown_url
+    from fetcher.logs import safe_url, shown_url
 
     url = "https://user:pw@s3.test:9000/b/k?X-Amz-Signature=s3cret#frag"
     assert safe_url(url) == "https://s3.test:9000/b/k"
@@ -185,7 +185,7 @@ def test_a_name_that_resolves_to_this_box_only_when_connecting_is_refused_too(
     import json
     import threading
 
-    from fetcher.api import client as client_module
+    from fetcher.api import files as files_module
     from fetcher.api.http import new_session
     from fetcher.api.peers import checked_adapter
 
@@ -214,9 +214,9 @@ def test_a_name_that_resolves_to_this_box_only_when_connecting_is_refused_too(
     try:
         api = make_api(base)
         # as if the API were elsewhere, and the file URL's name had looked public when checked
-        api._local_api = False
-        api._file_session = new_session(checked_adapter())
-        monkeypatch.setattr(client_module, "is_local_host", lambda *_: False)
+        api.files._local_api = False
+        api.files._file_session = new_session(checked_adapter())
+        monkeypatch.setattr(files_module, "is_local_host", lambda *_: False)
         with pytest.raises(TransferError, match=r"connected to 127\.0\.0\.1, this box"):
             download_to(api, "data/x.bin", tmp_path / "x")
     finally:

@@ -6,12 +6,13 @@ import threading
 
 import pytest
 
+from fetcher.cancel import Cancel
 from fetcher.errors import ApiUnavailable, InvalidJobSpec
-from fetcher.job.keepalive import Cancel
+from fetcher.host import Host
 from fetcher.models import ClaimOffer, ClaimResult, HandlerSpecs, HardwareSpecs, JobSpecs
-from fetcher.resources import Allocation, Host, ResourcePool
+from fetcher.pool import Allocation, ResourcePool
 from fetcher.settings import Settings
-from fetcher.worker import Adoption, LoopOptions, Worker
+from fetcher.worker import Adoption, JobStart, LoopOptions, Worker
 
 JOB = JobSpecs(handler=HandlerSpecs(image_url="img"), hardware=HardwareSpecs(cpu_cores=1))
 
@@ -52,9 +53,8 @@ class Answers:
 def run(answers: Answers, polls: int) -> tuple[int, list[str]]:
     done: list[str] = []
 
-    def execute(
-        job_id: str, spec: JobSpecs, alloc: Allocation, cancel: Cancel, resume: object
-    ) -> None:
+    def execute(job: JobStart, cancel: Cancel) -> None:
+        job_id = job.job_id
         done.append(job_id)
 
     options = LoopOptions(

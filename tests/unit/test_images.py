@@ -12,8 +12,8 @@ import docker.errors
 import pytest
 import requests
 
-from fetcher.image_ledger import ImageLedger
-from fetcher.images import DAY_S, ImageUse, gb_to_bytes, plan_prune, prune_images
+from fetcher.images.ledger import ImageLedger
+from fetcher.images.policy import DAY_S, ImageUse, gb_to_bytes, plan_prune, prune_images
 from fetcher.metrics import Metrics
 
 NOW = 1_700_000_000.0
@@ -302,7 +302,7 @@ def test_a_ledger_that_cannot_be_written_logs_and_keeps_going(
     ],
 )
 def test_auto_pulls_latest_and_untagged_images_every_time(image: str, policy: str) -> None:
-    from fetcher.job.container import effective_policy
+    from fetcher.engine.pull import effective_policy
 
     assert effective_policy(image, "auto") == policy
     assert effective_policy(image, "never") == "never"

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from fetcher.cancel import Cancel, CancelKind
 from fetcher.errors import ApiUnavailable, AuthError, BadResponse, ConfigError, JobGone
-from fetcher.job.keepalive import Cancel, KeepAlive
+from fetcher.job.keepalive import KeepAlive
 from fetcher.models import JobStatus
 from fetcher.settings import load_settings
 
@@ -132,8 +133,8 @@ def test_cancel_wakes_its_subscribers_once_with_the_first_reason() -> None:
     cancel = Cancel()
     early, late = threading.Event(), threading.Event()
     cancel.subscribe(early)
-    cancel.set("the job is gone", "gone")
-    cancel.set("worker shut down", "shutdown")
+    cancel.set("the job is gone", CancelKind.gone)
+    cancel.set("worker shut down", CancelKind.shutdown)
     cancel.subscribe(late)
     assert early.is_set() and late.is_set()
     assert cancel.gone and cancel.reason == "the job is gone"
@@ -202,7 +203,9 @@ def test_dotenv_and_legacy_names_are_read(monkeypatch: pytest.MonkeyPatch, tmp_p
 def test_the_keepalive_never_outlives_its_job_even_when_reporting_fails(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from fetcher import outcome
     from fetcher.delivery import Deliverer
+    from fetcher.job import deps as job_deps
     from fetcher.job import pipeline
     from fetcher.models import JobSpecs
     from fetcher.settings import Settings
@@ -216,13 +219,13 @@ def test_the_keepalive_never_outlives_its_job_even_when_reporting_fails(
         raise RuntimeError("a bug while classifying")
 
     monkeypatch.setattr(pipeline, "run_steps", boom)
-    monkeypatch.setattr(pipeline, "classify", broken_classify)
+    monkeypatch.setattr(outcome, "of_failure", broken_classify)
     sink = Sink()
     store = JobStore(tmp_path / "jobs.sqlite")
     settings = Settings(
         _env_file=None, api_url="http://x", access_token="tok-12345", path_base=tmp_path
     )
-    deps = pipeline.JobDeps(settings, sink, None, store, Deliverer(store, sink), "f")  # type: ignore[arg-type]
+    deps = job_deps.JobDeps(settings, sink, None, store, Deliverer(store, sink), "f")  # type: ignore[arg-type]
     spec = JobSpecs.model_validate({"handler": {"image_url": "img"}})
     before = {t.name for t in threading.enumerate()}
     # When it runs, the bug escapes to the job thread's last guard ...
@@ -287,7 +290,7 @@ def test_no_claim_while_path_base_has_too_little_free_space(
     from types import SimpleNamespace
     from typing import Any
 
-    from fetcher import daemon
+    from fetcher import source as source_module
     from fetcher.models import ClaimOffer, ClaimResult
 
     asked: list[ClaimOffer] = []
@@ -301,7 +304,7 @@ def test_no_claim_while_path_base_has_too_little_free_space(
     deps: Any = SimpleNamespace(
         settings=settings, api=api, metrics=SimpleNamespace(claim_succeeded=lambda: None)
     )
-    source = daemon.ApiJobSource(deps, None, tmp_path / "hb", None)  # type: ignore[arg-type]
+    source = source_module.ApiJobSource(deps, None, None)  # type: ignore[arg-type]
     free = {"mb": 100}
     monkeypatch.setattr(
         shutil, "disk_usage", lambda _p: SimpleNamespace(free=free["mb"] * 2**20, total=0, used=0)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from fetcher.job.container import LogFollower
+from fetcher.engine.output import LogFollower
 
 
 def test_the_whole_stream_is_kept_up_to_the_cap_and_then_hung_up(tmp_path: Path) -> None:

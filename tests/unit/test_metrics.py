@@ -16,7 +16,10 @@ from fetcher.errors import (
     Interrupted,
     InvalidJobSpec,
     JobGone,
+    Reason,
     TransferError,
+    api_label,
+    classify,
 )
 from fetcher.logs import register_secret
 from fetcher.metrics import (
@@ -24,8 +27,6 @@ from fetcher.metrics import (
     OUTCOMES,
     STAGE_BUCKETS_S,
     Metrics,
-    api_outcome,
-    failure_reason,
     settings_for_info,
 )
 from fetcher.settings import Settings
@@ -277,18 +278,18 @@ def test_two_metrics_objects_do_not_collide() -> None:
 
 
 @pytest.mark.parametrize(
-    ("exc", "stage", "reason"),
+    ("exc", "reason"),
     [
-        (InvalidJobSpec("1", "files_down", "absolute path"), None, "invalid_spec"),
-        (TransferError("download failed"), "download", "transfer"),
-        (ContainerError("pull access denied"), "pull", "image"),
-        (ContainerError("could not select device driver"), "run", "container"),
-        (Interrupted("stop requested"), "run", "worker"),
-        (ValueError("a bug"), None, "other"),
+        (InvalidJobSpec("1", "files_down", "absolute path"), "invalid_spec"),
+        (TransferError("download failed"), "transfer"),
+        (ContainerError("pull access denied", reason=Reason.image), "image"),
+        (ContainerError("could not select device driver"), "container"),
+        (Interrupted("stop requested"), "worker"),
+        (ValueError("a bug"), "worker"),
     ],
 )
-def test_failure_reason_classes(exc: Exception, stage: str | None, reason: str) -> None:
-    assert failure_reason(exc, stage) == reason
+def test_each_failure_carries_its_reason_class(exc: Exception, reason: str) -> None:
+    assert classify(exc)[1] == reason
     assert reason in FAILURE_REASONS
 
 
@@ -303,4 +304,4 @@ def test_failure_reason_classes(exc: Exception, stage: str | None, reason: str) 
     ],
 )
 def test_api_outcome_classes(exc: Exception | None, outcome: str) -> None:
-    assert api_outcome(exc) == outcome
+    assert api_label(exc) == outcome

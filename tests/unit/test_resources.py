@@ -2,8 +2,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from fetcher.host import Gpu, Host, detect_gpus, detect_host
 from fetcher.models import HardwareSpecs
-from fetcher.resources import Allocation, Gpu, Host, ResourcePool, detect_gpus, detect_host
+from fetcher.pool import Allocation, NoFit, ResourcePool
 from fetcher.settings import Settings
 from tests.helpers import FakeNvml, four_gpus
 
@@ -59,7 +60,7 @@ def test_one_slot_per_gpu_each_job_its_own_gpu() -> None:
     assert all(isinstance(a, Allocation) for a in allocs)
     assert len({a.gpus[0].uuid for a in allocs if isinstance(a, Allocation)}) == 4
     assert pool.offer([]) is None
-    assert isinstance(pool.allocate("5", HardwareSpecs()), str)
+    assert isinstance(pool.allocate("5", HardwareSpecs()), NoFit)
     pool.release("2")
     offer = pool.offer(["g"])
     assert offer is not None and offer.gpu_mem == 40960 and offer.groups == ["g"]
@@ -95,7 +96,7 @@ def test_box_without_gpus_offers_gpu_mem_zero_and_refuses_gpu_jobs() -> None:
     offer = pool.offer([])
     assert offer is not None and offer.gpu_mem == 0 and offer.gpu_model is None
     assert pool.max_jobs == 1
-    assert pool.allocate("1", HardwareSpecs(gpu_mem=1)) == "needs a GPU; this host has none"
+    assert pool.allocate("1", HardwareSpecs(gpu_mem=1)) == NoFit("needs a GPU; this host has none")
     cpu_job = pool.allocate("2", HardwareSpecs())
     assert isinstance(cpu_job, Allocation) and cpu_job.gpus == [] and cpu_job.memory_mb == 1000
 
@@ -104,8 +105,9 @@ def test_a_job_stating_no_share_gets_one_slots_share_counted_and_limited() -> No
     # Review finding: null-hardware jobs (the user-facing API's default) were held to 2000 MB and
     # one core; then, held to the whole box but counted as 2000 MB, four of them promised the box
     # four times over. One slot's share is both what is counted and what is enforced.
+    from fetcher.host import Host
     from fetcher.models import HardwareSpecs
-    from fetcher.resources import Allocation, Host, ResourcePool
+    from fetcher.pool import Allocation, ResourcePool
 
     one_gpu = ResourcePool(Host(16, 64000, (gpu(0),)), None)
     whole = one_gpu.allocate("1", HardwareSpecs())

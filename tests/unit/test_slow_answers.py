@@ -134,7 +134,7 @@ def test_a_trickling_download_stops_soon_after_the_job_is_cancelled(
     def download() -> None:
         with (tmp_path / "in.bin").open("wb") as out:
             try:
-                outcome["result"] = api.download_file("data/x.bin", out, interrupt=cancel)
+                outcome["result"] = api.files.download_file("data/x.bin", out, interrupt=cancel)
             except Exception as exc:
                 outcome["result"] = exc
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from fetcher.resources import Gpu, detect_gpus, detect_host, pick_slurm_gpus, slurm_gpu_selection
+from fetcher.host import Gpu, detect_gpus, detect_host, pick_slurm_gpus, slurm_gpu_selection
 from fetcher.settings import Settings
 from tests.helpers import FakeNvml, four_gpus
 

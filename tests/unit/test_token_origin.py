@@ -14,8 +14,9 @@ import pytest
 import responses
 
 from fetcher.api.auth import FixedToken
-from fetcher.api.client import WorkerApi, origin
+from fetcher.api.client import WorkerApi
 from fetcher.api.http import Http
+from fetcher.api.peers import origin
 from fetcher.models import FileHTTPRequest, UploadType
 from tests.helpers import download_to, upload_from
 
@@ -121,7 +122,7 @@ def test_headers_for_the_own_origin_hold_exactly_one_authorization() -> None:
         url="http://localhost/files/f/download",
         headers={"authorization": "Bearer old", "AUTHORIZATION": "Bearer older", "x": "1"},
     )
-    headers = api._headers_for(req)
+    headers = api.files._headers_for(req)
     assert [k for k in headers if k.lower() == "authorization"] == ["Authorization"]
     assert headers == {"x": "1", "Authorization": BEARER}
 
@@ -129,7 +130,7 @@ def test_headers_for_the_own_origin_hold_exactly_one_authorization() -> None:
 def test_a_foreign_requests_headers_are_kept_as_given() -> None:
     api = make_api("http://127.0.0.1:80")
     req = FileHTTPRequest(method="get", url="https://s3.test/b/k", headers={"x-amz-acl": "p"})
-    assert api._headers_for(req) == {"x-amz-acl": "p"}
+    assert api.files._headers_for(req) == {"x-amz-acl": "p"}
 
 
 def test_the_upload_to_the_apis_own_route_carries_one_bearer(

@@ -19,8 +19,9 @@ from pathlib import Path
 import pytest
 
 from fetcher.api.auth import FixedToken
-from fetcher.api.client import WorkerApi, origin
+from fetcher.api.client import WorkerApi
 from fetcher.api.http import Http
+from fetcher.api.peers import origin
 from fetcher.errors import FetcherError
 
 TOKEN = "review-token-0123456789"
@@ -81,7 +82,7 @@ def test_a_backslash_url_never_carries_the_token_to_another_host(
         )
         # When the file is downloaded (whether that works is beside the point)
         with (tmp_path / "f").open("w+b") as fh, contextlib.suppress(FetcherError):
-            api.download_file("f", fh, retry_s=0.5)
+            api.files.download_file("f", fh, retry_s=0.5)
     finally:
         api_server.shutdown()
         api_server.server_close()

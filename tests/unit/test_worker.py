@@ -9,11 +9,12 @@ import time
 
 import pytest
 
+from fetcher.cancel import Cancel
 from fetcher.errors import ApiUnavailable, Interrupted, InvalidJobSpec
-from fetcher.job.keepalive import Cancel
+from fetcher.host import Host
 from fetcher.models import ClaimOffer, ClaimResult, HandlerSpecs, HardwareSpecs, JobSpecs
-from fetcher.resources import Allocation, Host, ResourcePool
-from fetcher.worker import Adoption, LoopOptions, Worker
+from fetcher.pool import Allocation, ResourcePool
+from fetcher.worker import Adoption, JobStart, LoopOptions, Worker
 
 
 def spec(**hw: int) -> JobSpecs:
@@ -75,9 +76,8 @@ class Jobs:
         self.cancelled: list[tuple[str, str | None]] = []
         self.release = threading.Event()
 
-    def __call__(
-        self, job_id: str, spec: JobSpecs, alloc: Allocation, cancel: Cancel, resume: object = None
-    ) -> None:
+    def __call__(self, job: JobStart, cancel: Cancel) -> None:
+        job_id = job.job_id
         self.started.append(job_id)
         while not self.release.is_set():
             if cancel.event.wait(0.01):
@@ -206,9 +206,7 @@ def test_drain_timeout_forces_the_stop() -> None:
 
 
 def test_a_crashing_job_does_not_take_the_loop_down() -> None:
-    def explode(
-        job_id: str, spec: JobSpecs, alloc: Allocation, cancel: Cancel, resume: object
-    ) -> None:
+    def explode(job: JobStart, cancel: Cancel) -> None:
         raise RuntimeError("bug")
 
     source = FakeSource([{"1": spec()}, {"2": spec()}, {}])
@@ -293,14 +291,13 @@ def test_after_exit_when_idle_the_first_signal_still_only_drains() -> None:
 def test_adopted_jobs_hold_their_share_and_run_first() -> None:
     jobs = Jobs()
     jobs.release.set()
-    adopted = Adoption("5", spec(), 2, 500, [], resume="container-abc")
+    adopted = Adoption("5", spec(), 2, 500, [], container_id="container-abc")
     source = FakeSource([{}], adopted=[adopted])
     pool = ResourcePool(Host(8, 8000, ()), 1, 1, 100)
     seen: list[object] = []
 
-    def execute(
-        job_id: str, spec: JobSpecs, alloc: Allocation, cancel: Cancel, resume: object
-    ) -> None:
+    def execute(job: JobStart, cancel: Cancel) -> None:
+        job_id, alloc, resume = job.job_id, job.alloc, job.resume
         seen.append((job_id, alloc.cpu_cores, alloc.memory_mb, resume))
 
     w = Worker(source, pool, execute, LoopOptions(poll_interval_s=0.01, exit_when_idle=True))
@@ -314,17 +311,14 @@ def test_a_container_the_engine_would_not_remove_keeps_its_gpu_out_of_offers(
     # Review finding: when the engine failed to remove a job's container (which may still run on
     # its GPU), the GPU was offered to the next job at once. Here the same queue id, claimed anew
     # (ids are reused), leaves a second such container: neither GPU may be offered.
-    from fetcher import worker as worker_module
-    from fetcher.resources import Gpu
+    from fetcher.host import Gpu
 
-    monkeypatch.setattr(worker_module, "LEFTOVER_RETRY_S", 0.05)
     engine_fixed = threading.Event()
     removal_tries: list[str] = []
     ran: list[tuple[str, list[str]]] = []
 
-    def execute(
-        job_id: str, spec: JobSpecs, alloc: Allocation, cancel: Cancel, resume: object
-    ) -> object:
+    def execute(job: JobStart, cancel: Cancel) -> object:
+        job_id, alloc = job.job_id, job.alloc
         ran.append((job_id, [g.uuid for g in alloc.gpus]))
 
         def leftover() -> bool:
@@ -337,7 +331,7 @@ def test_a_container_the_engine_would_not_remove_keeps_its_gpu_out_of_offers(
     pool = ResourcePool(Host(8, 8000, gpus), 2, 1, 100)
     answers: list[object] = [{"1": spec(gpu_mem=1000)}]
     source = FakeSource(answers)
-    w = Worker(source, pool, execute, LoopOptions(poll_interval_s=0.01))  # type: ignore[arg-type]
+    w = Worker(source, pool, execute, LoopOptions(poll_interval_s=0.01, leftover_retry_s=0.05))  # type: ignore[arg-type]
 
     def claimed_anew() -> None:  # the same id again once its first run ended (not while it runs)
         if len(ran) == 1 and not w.running_jobs and len(source.offers) < 100:
@@ -374,14 +368,11 @@ def wait_until(predicate: object, timeout_s: float = 10.0) -> None:
 def test_exit_when_idle_is_not_held_for_ever_by_a_container_that_will_not_go(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from fetcher import worker as worker_module
 
-    monkeypatch.setattr(worker_module, "LEFTOVER_RETRY_S", 0.01)
     tries: list[int] = []
 
-    def execute(
-        job_id: str, spec: JobSpecs, alloc: Allocation, cancel: Cancel, resume: object
-    ) -> object:
+    def execute(job: JobStart, cancel: Cancel) -> object:
+
         def never_gone() -> bool:  # the engine never removes it
             tries.append(1)
             return False
@@ -390,7 +381,12 @@ def test_exit_when_idle_is_not_held_for_ever_by_a_container_that_will_not_go(
 
     pool = ResourcePool(Host(8, 8000, ()), 1, 1, 100)
     source = FakeSource([{"1": spec()}])
-    w = Worker(source, pool, execute, LoopOptions(poll_interval_s=0.01, exit_when_idle=True))  # type: ignore[arg-type]
+    w = Worker(
+        source,
+        pool,
+        execute,  # type: ignore[arg-type]
+        LoopOptions(poll_interval_s=0.01, exit_when_idle=True, leftover_retry_s=0.01),
+    )
     t, out = run_in_thread(w)
     t.join(10)
     assert not t.is_alive(), "an --exit-when-idle worker waited for ever on a leftover container"

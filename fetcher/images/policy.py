@@ -1,5 +1,5 @@
-"""Pruning of the job images the fetcher pulled: a pure policy (`plan_prune`) and its application
-on the engine (`prune_images`).
+"""Which job images may go: a pure policy (`plan_prune`) and its application on the engine
+(`prune_images`).
 
 Only images named in the fetcher's ledger (image reference -> when a job last used it, see
 `fetcher.image_ledger`) are ever looked at: never the user's other images, never the fetcher's
@@ -119,23 +119,25 @@ def prune_images(
         log.warning("images: pruning skipped: the engine did not answer (%s)", exc)
         return gone
     plan = plan_prune(images, now, keep_days, max_total_bytes, in_use)
-    removed, removed_bytes = 0, 0
-    for image in plan:
-        refs = _remove(client, image)
-        gone.extend(refs)
-        if len(refs) == len(image.refs):
-            removed += 1
-            removed_bytes += image.size_bytes
+    removed = [image for image in plan if _remove_all(client, image, gone)]
+    removed_bytes = sum(image.size_bytes for image in removed)
     if metrics is not None:
-        metrics.images_pruned(removed, removed_bytes)
+        metrics.images_pruned(len(removed), removed_bytes)
     if plan:
         log.info(
             "images: pruned %d of %d job images (%.1f GB)",
-            removed,
+            len(removed),
             len(images),
             removed_bytes / 1e9,
         )
     return gone
+
+
+def _remove_all(client: Any, image: ImageUse, gone: list[str]) -> bool:
+    """Remove every ledger ref of `image` (each one removed goes to `gone`); True when all went."""
+    refs = _remove(client, image)
+    gone.extend(refs)
+    return len(refs) == len(image.refs)
 
 
 def _resolve(client: Any, ledger: Mapping[str, float], gone: list[str]) -> list[ImageUse]:

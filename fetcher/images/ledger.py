@@ -1,8 +1,8 @@
 """The job images the fetcher used, and when: image ref -> Unix time a job last used it, kept in
-`PATH_BASE/.fetcher/images.json` so that image pruning (fetcher.images) still knows them after a
-restart. Only refs in this ledger are ever pruned.
+`PATH_BASE/.fetcher/images.json` so that image pruning (fetcher.images.policy) still knows them
+after a restart. Only refs in this ledger are ever pruned.
 
-    ledger = ImageLedger(settings.state_dir / LEDGER_FILE)
+    ledger = ImageLedger(settings.state_dir.images)
     ledger.used(spec.handler.image_url)          # when a job's container is started
     ledger.forget(prune_images(client, ledger.snapshot(), ...))
 """
@@ -19,8 +19,6 @@ from collections.abc import Iterable
 from pathlib import Path
 
 log = logging.getLogger(__name__)
-
-LEDGER_FILE = "images.json"
 
 
 class ImageLedger:

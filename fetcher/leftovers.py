@@ -1,0 +1,78 @@
+"""Containers the engine would not remove when their job ended: their job's share (which may be a
+GPU the container still runs on) stays reserved, under a key of its own, until a retry removes
+them (every LEFTOVER_RETRY_S, from the loop's housekeeping)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from fetcher.pool import ResourcePool
+
+log = logging.getLogger(__name__)
+
+# Tries again to remove what a job left on the engine; True once it is gone.
+Leftover = Callable[[], bool]
+LEFTOVER_RETRY_S = 30.0
+LEFTOVER_TRIES_BEFORE_IDLE_EXIT = 3  # --exit-when-idle leaves a container that outlived these
+
+
+@dataclass
+class _Held:
+    retry: Leftover
+    next_at: float
+    tries: int = 0
+
+
+class Leftovers:
+    def __init__(self, pool: ResourcePool, retry_s: float = LEFTOVER_RETRY_S) -> None:
+        self.pool = pool
+        self.retry_s = retry_s
+        self._held: dict[str, _Held] = {}
+        self._seq = 0
+        self._lock = threading.Lock()
+
+    def keep(self, job_id: str, retry: Leftover) -> None:
+        """The job ended, its container did not go: keep its share out of any offer, under a key
+        of its own (the same queue id may be claimed anew), until `retry` removes it."""
+        with self._lock:  # job threads end concurrently: one number each
+            self._seq += 1
+            key = f"job {job_id} (ended, #{self._seq})"  # an id may be reused
+        self.pool.rename(job_id, key)
+        with self._lock:  # retried only once its share is held under `key`
+            self._held[key] = _Held(retry, time.monotonic() + self.retry_s)
+        log.error(
+            "job %s: its container is still on the engine; its CPU, memory and GPU(s) stay"
+            " reserved until it is removed (tried again every %.0f s)",
+            job_id,
+            self.retry_s,
+        )
+
+    def retry_due(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            due = [(key, held) for key, held in self._held.items() if held.next_at <= now]
+        for key, held in due:
+            try:
+                gone = held.retry()
+            except Exception as exc:  # noqa: BLE001 - tried again later
+                log.error("%s: removing its container failed: %s", key, exc)
+                gone = False
+            with self._lock:
+                if gone:
+                    self._held.pop(key, None)
+                else:
+                    held.next_at, held.tries = now + self.retry_s, held.tries + 1
+            if gone:
+                self.pool.release(key)
+                log.info("%s: its container is removed at last; its share is free again", key)
+
+    def stuck(self) -> bool:
+        """Some shares are held, each by a container that failed to go several times."""
+        with self._lock:
+            return bool(self._held) and all(
+                h.tries >= LEFTOVER_TRIES_BEFORE_IDLE_EXIT for h in self._held.values()
+            )

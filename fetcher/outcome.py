@@ -1,0 +1,114 @@
+"""How a job ended, and so what is reported: the one place that decides between `finished`,
+`error`, a hand-back and "gone".
+
+- The container ran to its end: `finished` on exit code 0, else `error` with how it ended.
+- A step failed: the failure's `fault` decides (see `fetcher.errors`). The job's own fault is
+  `error`; this worker's is a hand-back (`queued`, or `error` with ON_WORKER_FAILURE=error); a job
+  the server no longer has for us is `gone` (nothing is reported). A job stopped because the
+  worker shuts down is handed back whatever the failure its stop caused.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Literal
+
+from fetcher.cancel import Cancel
+from fetcher.engine.container import RunResult
+from fetcher.errors import Fault, Reason, WorkerTrouble, as_fetcher_error
+from fetcher.lifecycle import OutcomeKind
+from fetcher.models import JobStatus
+
+log = logging.getLogger(__name__)
+
+WorkerFailurePolicy = Literal["hand-back", "error"]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    kind: OutcomeKind
+    details: str  # runtime_details: the first line says how the job ended
+    reason: Reason = Reason.other  # for an error: its class
+    fault: Fault = Fault.job
+    gpu_related: bool = False  # a worker failure of the job's GPU (its quarantine counts these)
+    container_left: str | None = None  # a container the engine would not remove (may hold a GPU)
+
+    @property
+    def status(self) -> JobStatus | None:
+        return self.kind.status
+
+    @property
+    def first_line(self) -> str:
+        return self.details.splitlines()[0] if self.details else ""
+
+
+def of_run(result: RunResult) -> Outcome:
+    """The outcome of a container that ran to its end (or was stopped at its time limit)."""
+    if result.exit_code == 0 and not result.ended_by:
+        return Outcome(OutcomeKind.finished, "exit_code: 0")
+    reason = (
+        Reason.oom
+        if result.oom_killed
+        else Reason.time_limit
+        if result.ended_by
+        else Reason.exit_code
+    )
+    return Outcome(OutcomeKind.error, result.describe(), reason)
+
+
+def failed(
+    text: str, result: RunResult | None, reason: Reason, fault: Fault = Fault.job
+) -> Outcome:
+    """An `error`; after the container ended its report still starts with how it ended."""
+    if result is None:
+        return Outcome(OutcomeKind.error, text, reason, fault)
+    tail = f"\n{result.log_tail}" if result.log_tail else ""
+    return Outcome(OutcomeKind.error, f"{result.first_line()}\n{text}{tail}", reason, fault)
+
+
+def worker_failure(
+    policy: WorkerFailurePolicy,
+    text: str,
+    result: RunResult | None = None,
+    *,
+    gpu_related: bool = False,
+) -> Outcome:
+    """This worker, not the job, failed: a hand-back (or `error`, by ON_WORKER_FAILURE)."""
+    if policy == "error":
+        return failed(f"worker failure: {text}", result, Reason.worker, Fault.worker)
+    return Outcome(
+        OutcomeKind.handed_back,
+        f"handed back by the worker: {text}",
+        Reason.worker,
+        Fault.worker,
+        gpu_related,
+    )
+
+
+def of_failure(
+    exc: Exception,
+    job_id: str,
+    cancel: Cancel,
+    policy: WorkerFailurePolicy,
+    result: RunResult | None = None,
+) -> Outcome:
+    """What an exception that ended a job's steps means for it. A bug of the fetcher is logged
+    with its traceback (once) and is this worker's failure."""
+    err = as_fetcher_error(exc)
+    fault = err.fault if err is not None else Fault.worker
+    if cancel.gone or fault == Fault.gone:
+        return Outcome(OutcomeKind.gone, cancel.reason or str(exc), Reason.other, Fault.gone)
+    if err is None:
+        log.exception("job %s: unexpected failure", job_id)
+        text = f"fetcher internal error: {type(exc).__name__}: {exc}"
+    elif cancel.shutdown:
+        text = cancel.reason or "the worker stopped"
+    elif fault == Fault.job:
+        log.error("job %s: %s", job_id, err.detail(job_id))
+        return failed(err.detail(job_id), result, err.reason)
+    else:
+        text = err.detail(job_id)
+    log.error("job %s: %s", job_id, text)
+    gpu = isinstance(err, WorkerTrouble) and err.gpu_related and not cancel.shutdown
+    return worker_failure(policy, text, result, gpu_related=gpu)

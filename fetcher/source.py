@@ -1,0 +1,137 @@
+"""ApiJobSource: the worker-facing API and the fetcher's durable state, as the worker loop needs
+them (`fetcher.worker.JobSource`): crash recovery, claims (paused while PATH_BASE is nearly full),
+noting a claimed job, reporting invalid or unfitting jobs, and the housekeeping of every pass
+(heartbeat, metrics gauges, the status snapshot)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import threading
+import time
+
+from fetcher import __version__
+from fetcher.errors import ApiError, InvalidJobSpec, Reason
+from fetcher.job.deps import JobDeps
+from fetcher.lifecycle import OutcomeKind
+from fetcher.logs import RecentErrors
+from fetcher.models import ClaimOffer, ClaimResult, JobSpecs, JobStatus
+from fetcher.pool import Allocation, ResourcePool
+from fetcher.recovery import recover
+from fetcher.snapshot import META_KEY, DaemonSnapshot, Free, Slots
+from fetcher.worker import Adoption
+
+log = logging.getLogger(__name__)
+
+CLAIM_RETRY_S = 5.0  # the loop has its own backoff between claims
+
+
+class ApiJobSource:
+    def __init__(self, deps: JobDeps, pool: ResourcePool, errors: RecentErrors) -> None:
+        self.deps = deps
+        self.pool = pool
+        self.errors = errors
+        self.api_problem: str | None = None
+        self.last_claim: float | None = None
+        self.paused: str | None = None  # why no claim is made now (shown by `fetcher status`)
+
+    def recover(self, stop: threading.Event) -> list[Adoption]:
+        return recover(self.deps, stop)
+
+    def claim(self, offer: ClaimOffer, stop: threading.Event) -> ClaimResult:
+        self.paused = self._disk_too_low()
+        if self.paused is not None:
+            return ClaimResult(paused=self.paused)
+        try:
+            result = self.deps.api.claim_jobs(offer, retry_s=CLAIM_RETRY_S, interrupt=stop)
+        except ApiError as exc:
+            self.api_problem = str(exc)
+            raise
+        self.api_problem = None
+        self.last_claim = time.time()
+        self.deps.metrics.claim_succeeded()
+        return result
+
+    def _disk_too_low(self) -> str | None:
+        """Why not to claim now: PATH_BASE has less free space than MIN_FREE_DISK_MB (a job
+        claimed then would fail on the disk and be handed back), or cannot be read. Logged when
+        the reason comes and when it goes."""
+        s = self.deps.settings
+        if not s.min_free_disk_mb:
+            return None
+        try:
+            free_mb = shutil.disk_usage(s.path_base).free // 2**20
+        except OSError as exc:
+            why: str | None = f"PATH_BASE cannot be read: {exc}"
+        else:
+            why = (
+                f"{free_mb} MB free under PATH_BASE (MIN_FREE_DISK_MB={s.min_free_disk_mb})"
+                if free_mb < s.min_free_disk_mb
+                else None
+            )
+        if (why is None) != (self.paused is None):
+            if why is not None:
+                log.error("worker: claiming no job: %s", why)
+            else:
+                log.info("worker: claiming again (%d MB free under PATH_BASE)", free_mb)
+        return why
+
+    def accept(self, job_id: str, spec: JobSpecs, alloc: Allocation) -> None:
+        self.deps.metrics.job_claimed()
+        with self.deps.deliverer.claiming(job_id):  # a report of an earlier job of this id stops
+            replaced = self.deps.store.claimed(
+                job_id,
+                spec.model_dump(mode="json"),
+                name=spec.meta.job_name if isinstance(spec.meta.job_name, str) else None,
+                cpu_cores=alloc.cpu_cores,
+                memory_mb=alloc.memory_mb,
+                gpus=[g.uuid for g in alloc.gpus],
+            )
+        if replaced is not None:
+            log.warning(
+                "job %s: claimed anew; the %s status still waiting for its earlier run is dropped"
+                " (the server has moved on from it)",
+                job_id,
+                replaced.status.value,
+            )
+
+    def reject(self, invalid: InvalidJobSpec) -> None:
+        log.error("%s", invalid)
+        self.deps.metrics.job_claimed()
+        self.deps.metrics.job_ended(OutcomeKind.error, Reason.invalid_spec)
+        self.deps.deliverer.submit(invalid.job_id, JobStatus.error, invalid.detail(invalid.job_id))
+
+    def hand_back(self, job_id: str, reason: str) -> None:
+        self.deps.metrics.job_claimed()
+        self.deps.metrics.job_ended(OutcomeKind.handed_back, Reason.worker)
+        self.deps.deliverer.submit(job_id, JobStatus.queued, f"handed back by the worker: {reason}")
+
+    def housekeeping(self, running: int) -> None:
+        self.deps.settings.state_dir.heartbeat.touch()
+        snap = self.snapshot()
+        m = self.deps.metrics
+        m.set_slots(snap.slots.busy, snap.slots.total)
+        m.set_gpus(len(snap.gpus) - len(snap.free.gpus), len(snap.gpus))
+        m.set_outbox(len(snap.reports_pending))
+        self.deps.store.set_meta(META_KEY, snap.to_json())
+
+    def snapshot(self) -> DaemonSnapshot:
+        pool = self.pool.snapshot()
+        return DaemonSnapshot(
+            pid=os.getpid(),
+            fetcher_id=self.deps.fetcher_id,
+            version=__version__,
+            updated=time.time(),
+            slots=Slots(pool.busy, pool.slots),
+            free=Free(pool.free_cpu_cores, pool.free_memory_mb, pool.free_gpus),
+            gpus=pool.gpus,
+            reports_pending=self.deps.deliverer.pending(),
+            api_problem=self.api_problem,
+            claims_paused=self.paused,
+            last_claim=self.last_claim,
+            errors=self.errors.lines(),
+        )
+
+    def api_reachable(self) -> None:
+        self.deps.deliverer.retry_now()
