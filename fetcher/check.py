@@ -17,7 +17,8 @@ import requests
 from fetcher.api.client import WorkerApi
 from fetcher.api.http import Http, Transient
 from fetcher.errors import ApiError, AuthError, FetcherError, JobGone
-from fetcher.host import Gpu, detect_gpus
+from fetcher.gpu.nvml import Gpu
+from fetcher.host import detect_gpus
 from fetcher.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -12,13 +12,16 @@ from typing import IO, Any
 
 import docker
 
-from fetcher import __version__
+from fetcher import __version__, leftovers
 from fetcher.api.client import WorkerApi
 from fetcher.cancel import Cancel
 from fetcher.delivery import Deliverer
 from fetcher.engine.container import Limits, remove_container
 from fetcher.errors import ConfigError, api_label
-from fetcher.host import Host, detect_gpus, detect_host
+from fetcher.gpu.board import GpuBoard
+from fetcher.gpu.nvml import Nvml
+from fetcher.gpu.watch import GpuWatch
+from fetcher.host import Host, detect_host, open_nvml
 from fetcher.images.ledger import ImageLedger
 from fetcher.images.upkeep import ImageUpkeep
 from fetcher.job.deps import JobDeps
@@ -27,6 +30,7 @@ from fetcher.leftovers import Leftover
 from fetcher.logs import RecentErrors
 from fetcher.metrics import Metrics, settings_for_info
 from fetcher.pool import ResourcePool
+from fetcher.quarantine import Quarantine
 from fetcher.settings import Settings
 from fetcher.signals import SignalRelay
 from fetcher.source import ApiJobSource
@@ -44,6 +48,7 @@ class Daemon:
     host: Host
     lock: IO[str]
     errors: RecentErrors
+    nvml: Nvml | None = None
 
     def install_signal_handlers(self) -> SignalRelay:
         """From the main thread, before `run` (so that recovery can be interrupted too)."""
@@ -60,9 +65,18 @@ class Daemon:
             log.info("worker: metrics on http://%s:%d/metrics", s.metrics_host, port)
         self.deps.deliverer.start()
         upkeep = self._image_upkeep().start()
+        watch = (
+            None if self.deps.gpus is None else GpuWatch(self.deps.gpus, s.gpu_sample_interval_s)
+        )
+        if watch is not None:
+            watch.start()
         try:
             return self.worker.run()
         finally:
+            if watch is not None:
+                watch.stop()
+            if self.nvml is not None:
+                self.nvml.close()
             upkeep.stop()
             self.deps.deliverer.stop(flush_s=10.0)
             self.deps.metrics.close()
@@ -107,8 +121,17 @@ def build_daemon(
     except BaseException:
         lock.close()
         raise
-    host = detect_host(deps.docker.info(), settings, detect_gpus(nvml))
-    pool = ResourcePool.from_settings(host, settings)
+    gpu_lib = open_nvml(nvml)
+    host = detect_host(deps.docker.info(), settings, gpu_lib.devices() if gpu_lib.ok else [])
+    if host.gpus:
+        deps.gpus = GpuBoard(
+            gpu_lib,
+            list(host.gpus),
+            deps.quarantine,
+            settings.gpu_foreign_memory_max_mb,
+            settings.xid_ignored,
+        )
+    pool = ResourcePool.from_settings(host, settings, deps.gpus)
     log.info(
         "worker: fetcher %s, %d CPU cores, %d MB, GPUs: %s",
         deps.fetcher_id,
@@ -120,7 +143,7 @@ def build_daemon(
     source = ApiJobSource(deps, pool, errors)
     options = loop_options(settings, exit_when_idle, max_jobs)
     worker = Worker(source, pool, executor(deps), options, stop_event=stop, force_event=force)
-    return Daemon(worker, deps, host, lock, errors)
+    return Daemon(worker, deps, host, lock, errors, gpu_lib)
 
 
 def job_deps(settings: Settings, client: Any, force: threading.Event) -> JobDeps:
@@ -139,6 +162,7 @@ def job_deps(settings: Settings, client: Any, force: threading.Event) -> JobDeps
         settings.state_dir.identity(settings.fetcher_id),
         metrics=metrics,
         images=ImageLedger(settings.state_dir.images),
+        quarantine=Quarantine(settings.quarantine_after_failures),
     )
 
 
@@ -155,6 +179,7 @@ def executor(deps: JobDeps) -> Execute:
             limits=Limits(job.alloc.cpu_cores, job.alloc.memory_mb),
             resume=job.resume,
         )
+        deps.quarantine.record(outcome, [g.uuid for g in job.alloc.gpus])
         left = outcome.container_left
         return None if left is None else lambda: remove_container(deps.docker, left) is None
 
@@ -171,6 +196,7 @@ def loop_options(settings: Settings, exit_when_idle: bool, max_jobs: int | None)
         drain_timeout_s=settings.drain_timeout_s,
         max_backoff_s=settings.api_backoff_max_s,
         force_grace_s=settings.stop_grace_s + 30,
+        leftover_retry_s=leftovers.LEFTOVER_RETRY_S,
     )
 
 

@@ -136,11 +136,15 @@ class Interrupted(FetcherError):
 class WorkerTrouble(FetcherError):
     """This box, not the job, is at fault (the engine, the disk, the GPU runtime, a mount): the
     job is handed back so that another worker can run it. `gpu_related`: the failure is the GPU's
-    (its runtime failed to give it to the container), which counts towards its quarantine."""
+    (its runtime failed to give it to the container), which counts towards its quarantine;
+    `lasting` False: an expected, passing event (an engine restart), which counts for nothing."""
 
-    def __init__(self, message: str = "", *, gpu_related: bool = False) -> None:
+    def __init__(
+        self, message: str = "", *, gpu_related: bool = False, lasting: bool = True
+    ) -> None:
         super().__init__(message)
         self.gpu_related = gpu_related
+        self.lasting = lasting
 
 
 class JobError(FetcherError):

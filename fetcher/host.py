@@ -9,31 +9,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from fetcher.gpu.nvml import Gpu, Nvml
 from fetcher.settings import Settings
 
 log = logging.getLogger(__name__)
-
-# NVML's nvmlDeviceGetArchitecture values
-ARCHITECTURES = {
-    2: "kepler",
-    3: "maxwell",
-    4: "pascal",
-    5: "volta",
-    6: "turing",
-    7: "ampere",
-    8: "ada",
-    9: "hopper",
-    10: "blackwell",
-}
-
-
-@dataclass(frozen=True)
-class Gpu:
-    index: int
-    uuid: str
-    model: str
-    memory_mb: int
-    archi: str | None
 
 
 @dataclass(frozen=True)
@@ -43,44 +22,22 @@ class Host:
     gpus: tuple[Gpu, ...] = ()
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+def open_nvml(lib: Any = None) -> Nvml:
+    """NVML opened (`lib`: pynvml or a fake); `ok` False where there is no NVIDIA driver."""
+    nvml = Nvml(lib)
+    if not nvml.open():
+        log.info("resources: no NVIDIA GPU visible (%s)", nvml.why)
+    return nvml
 
 
-def detect_gpus(nvml: Any = None) -> list[Gpu]:
-    """The GPUs NVML shows this process; [] where there is no NVIDIA driver. `nvml`: pynvml or a fake."""
-    if nvml is None:
-        import pynvml
-
-        nvml = pynvml
+def detect_gpus(lib: Any = None) -> list[Gpu]:
+    """The GPUs (MIG instances as GPUs of their own) NVML shows this process, read once; [] where
+    there is no NVIDIA driver."""
+    nvml = open_nvml(lib)
     try:
-        nvml.nvmlInit()
-    except Exception as exc:  # noqa: BLE001 - any NVMLError (LibraryNotFound, DriverNotLoaded, ...)
-        log.info("resources: no NVIDIA GPU visible (%s)", exc)
-        return []
-    try:
-        gpus = []
-        for i in range(nvml.nvmlDeviceGetCount()):
-            handle = nvml.nvmlDeviceGetHandleByIndex(i)
-            try:
-                archi = ARCHITECTURES.get(int(nvml.nvmlDeviceGetArchitecture(handle)))
-            except Exception:  # noqa: BLE001 - old drivers lack the call
-                archi = None
-            gpus.append(
-                Gpu(
-                    index=i,
-                    uuid=_text(nvml.nvmlDeviceGetUUID(handle)),
-                    model=_text(nvml.nvmlDeviceGetName(handle)),
-                    memory_mb=int(nvml.nvmlDeviceGetMemoryInfo(handle).total) // (1024 * 1024),
-                    archi=archi,
-                )
-            )
-        return gpus
+        return nvml.devices() if nvml.ok else []
     finally:
-        try:
-            nvml.nvmlShutdown()
-        except Exception:
-            log.debug("resources: nvmlShutdown failed", exc_info=True)
+        nvml.close()
 
 
 def slurm_gpu_selection(environ: Mapping[str, str]) -> list[str] | None:
@@ -132,10 +89,10 @@ def pick_slurm_gpus(gpus: list[Gpu], selection: list[str]) -> list[Gpu]:
     uuids = [s for s in selection if s.startswith(("GPU-", "MIG-"))]
     indices = [s for s in selection if s.isdigit()]
     if uuids:
-        return [g for g in gpus if g.uuid in uuids]
+        return [g for g in gpus if g.uuid in uuids or g.parent in uuids]
     if not indices:
         return []
-    if len(gpus) <= len(indices):
+    if len({g.index for g in gpus}) <= len(indices):  # MIG instances share their GPU's index
         return list(gpus)
     return [g for g in gpus if str(g.index) in indices]
 
@@ -153,9 +110,9 @@ def detect_host(
     mem = settings.memory_mb or int(docker_info.get("MemTotal") or 0) // (1024 * 1024)
     cpu = max(cpu - settings.reserve_cpu_cores, 0)
     mem = max(mem - settings.reserve_memory_mb, 0)
-    chosen = settings.gpu_selection
+    chosen = set(settings.gpu_selection)
     if chosen:
-        gpus = [g for g in gpus if g.uuid in chosen or str(g.index) in chosen]
+        gpus = [g for g in gpus if chosen & {g.uuid, g.parent, str(g.index)}]
     else:
         slurm = slurm_gpu_selection(os.environ if environ is None else environ)
         if slurm is not None:

@@ -41,7 +41,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 from wsgiref.simple_server import WSGIServer
@@ -60,6 +60,7 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from fetcher.errors import Reason, api_label
+from fetcher.gpu.board import GpuView
 from fetcher.lifecycle import TIMED_STAGES, OutcomeKind
 from fetcher.logs import redact, safe_url
 
@@ -75,6 +76,9 @@ FAILURE_REASONS = tuple(r.value for r in Reason)
 
 #: The timed stages of a job (`fetcher_stage_seconds{stage}`): see `fetcher.lifecycle.Stage`.
 STAGES = TIMED_STAGES
+
+#: Why no job is claimed (`fetcher_claims_paused{reason}`).
+PAUSE_REASONS = ("disk", "unhealthy", "admin")
 
 DIRECTIONS = ("down", "up")
 
@@ -162,6 +166,7 @@ class Metrics:
 
         self._job_metrics(r)
         self._state_metrics(r)
+        self._gpu_metrics(r)
         self._info = Info("fetcher", "Version and settings of this fetcher", registry=r)
 
         # Known series start at 0, so that rate() and increase() see the first event.
@@ -241,6 +246,61 @@ class Metrics:
             "Size of the job images removed by the pruning policy",
             registry=r,
         )
+
+    def _gpu_metrics(self, r: CollectorRegistry) -> None:
+        self._gpu_labels: tuple[str, ...] = ()
+        self._gpu_healthy = Gauge(
+            "fetcher_gpu_healthy",
+            "1 while a GPU may be given to jobs; 0 while it is quarantined (see fetcher status)",
+            ["gpu"],
+            registry=r,
+        )
+        self._gpu_util = Gauge(
+            "fetcher_gpu_utilization_ratio",
+            "A GPU's utilisation at the last look",
+            ["gpu"],
+            registry=r,
+        )
+        self._gpu_mem = Gauge(
+            "fetcher_gpu_memory_used_bytes",
+            "A GPU's memory in use at the last look",
+            ["gpu"],
+            registry=r,
+        )
+        self._gpu_power = Gauge(
+            "fetcher_gpu_power_watts", "A GPU's power draw at the last look", ["gpu"], registry=r
+        )
+        self._job_gpu_peak = Histogram(
+            "fetcher_job_gpu_peak_memory_bytes",
+            "Peak GPU memory a job used",
+            buckets=tuple(
+                2**30 * g for g in (0.25, 0.5, 1, 2, 4, 8, 16, 24, 32, 48, 64, 80, 96, 141)
+            ),
+            registry=r,
+        )
+        self._job_gpu_util = Histogram(
+            "fetcher_job_gpu_utilization_ratio",
+            "Mean GPU utilisation of a job while it ran",
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0),
+            registry=r,
+        )
+        self._job_gpu_unused = Counter(
+            "fetcher_jobs_gpu_unused", "Jobs that never touched the GPU they were given", registry=r
+        )
+        self._heartbeat = Gauge(
+            "fetcher_heartbeat_timestamp_seconds",
+            "Unix time of the worker loop's last pass (a stuck loop stops it)",
+            registry=r,
+        )
+        self._claims_paused = Gauge(
+            "fetcher_claims_paused",
+            "1 while no job is claimed, by why: disk (PATH_BASE nearly full), unhealthy (the box or"
+            " every GPU quarantined), admin (fetcher pause)",
+            ["reason"],
+            registry=r,
+        )
+        for reason in PAUSE_REASONS:
+            self._claims_paused.labels(reason)
 
     # --- the HTTP endpoint -----------------------------------------------------------------
     def serve(self, port: int, host: str = "0.0.0.0") -> int:
@@ -343,6 +403,38 @@ class Metrics:
     def set_gpus(self, in_use: int, total: int) -> None:
         self._gpus_used.set(in_use)
         self._gpus.set(total)
+
+    def heartbeat(self) -> None:
+        """A pass of the worker loop."""
+        self._heartbeat.set(self._clock())
+
+    def set_claims_paused(self, reason: str | None) -> None:
+        """No claim is made now because of `reason` (PAUSE_REASONS), or claims go on (None)."""
+        known = None if reason is None else self._known("pause reason", reason, PAUSE_REASONS)
+        for r in PAUSE_REASONS:
+            self._claims_paused.labels(r).set(1 if r == known else 0)
+
+    def set_gpu_states(self, views: Sequence[GpuView]) -> None:
+        """Each GPU's health and use at the last look; its label is its UUID (a fixed set)."""
+        if not self._gpu_labels:
+            self._gpu_labels = tuple(v.uuid for v in views)
+        for v in views:
+            gpu = self._known("gpu", v.uuid, self._gpu_labels)
+            self._gpu_healthy.labels(gpu).set(1 if v.healthy else 0)
+            if v.utilization is not None:
+                self._gpu_util.labels(gpu).set(v.utilization / 100)
+            if v.memory_used_mb is not None:
+                self._gpu_mem.labels(gpu).set(v.memory_used_mb * 2**20)
+            if v.power_w is not None:
+                self._gpu_power.labels(gpu).set(v.power_w)
+
+    def job_gpu(self, peak_bytes: int, mean_util: float | None, unused: bool) -> None:
+        """A job's GPU figures, once its container has ended."""
+        self._job_gpu_peak.observe(peak_bytes)
+        if mean_util is not None:
+            self._job_gpu_util.observe(mean_util)
+        if unused:
+            self._job_gpu_unused.inc()
 
     def set_outbox(self, pending: int) -> None:
         """Final statuses waiting for delivery."""

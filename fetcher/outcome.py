@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Literal
 
 from fetcher.cancel import Cancel
 from fetcher.engine.container import RunResult
-from fetcher.errors import Fault, Reason, WorkerTrouble, as_fetcher_error
+from fetcher.errors import Fault, FetcherError, Reason, WorkerTrouble, as_fetcher_error
 from fetcher.lifecycle import OutcomeKind
 from fetcher.models import JobStatus
 
@@ -25,13 +26,24 @@ log = logging.getLogger(__name__)
 WorkerFailurePolicy = Literal["hand-back", "error"]
 
 
+class Trouble(StrEnum):
+    """Whether a failure was this box's lasting trouble (see `fetcher.quarantine`): `gpu` (the
+    job's GPU could not be given to it), `box` (the engine, the disk, the driver, a bug), or
+    `none` (the job's own fault, a stop, an outage of the API)."""
+
+    none = "none"
+    box = "box"
+    gpu = "gpu"
+
+
 @dataclass(frozen=True)
 class Outcome:
     kind: OutcomeKind
     details: str  # runtime_details: the first line says how the job ended
     reason: Reason = Reason.other  # for an error: its class
     fault: Fault = Fault.job
-    gpu_related: bool = False  # a worker failure of the job's GPU (its quarantine counts these)
+    trouble: Trouble = Trouble.none
+    ran: bool = False  # the job's container ran (to its end, or until it was stopped)
     container_left: str | None = None  # a container the engine would not remove (may hold a GPU)
 
     @property
@@ -46,7 +58,8 @@ class Outcome:
 def of_run(result: RunResult) -> Outcome:
     """The outcome of a container that ran to its end (or was stopped at its time limit)."""
     if result.exit_code == 0 and not result.ended_by:
-        return Outcome(OutcomeKind.finished, "exit_code: 0")
+        details = "exit_code: 0" + (f"\n{result.gpu_line}" if result.gpu_line else "")
+        return Outcome(OutcomeKind.finished, details, ran=True)
     reason = (
         Reason.oom
         if result.oom_killed
@@ -54,17 +67,22 @@ def of_run(result: RunResult) -> Outcome:
         if result.ended_by
         else Reason.exit_code
     )
-    return Outcome(OutcomeKind.error, result.describe(), reason)
+    return Outcome(OutcomeKind.error, result.describe(), reason, ran=True)
 
 
 def failed(
-    text: str, result: RunResult | None, reason: Reason, fault: Fault = Fault.job
+    text: str,
+    result: RunResult | None,
+    reason: Reason,
+    fault: Fault = Fault.job,
+    trouble: Trouble = Trouble.none,
 ) -> Outcome:
     """An `error`; after the container ended its report still starts with how it ended."""
     if result is None:
-        return Outcome(OutcomeKind.error, text, reason, fault)
-    tail = f"\n{result.log_tail}" if result.log_tail else ""
-    return Outcome(OutcomeKind.error, f"{result.first_line()}\n{text}{tail}", reason, fault)
+        return Outcome(OutcomeKind.error, text, reason, fault, trouble)
+    tail = "".join(f"\n{extra}" for extra in (result.log_tail, result.gpu_line) if extra)
+    details = f"{result.first_line()}\n{text}{tail}"
+    return Outcome(OutcomeKind.error, details, reason, fault, trouble, ran=True)
 
 
 def worker_failure(
@@ -72,17 +90,18 @@ def worker_failure(
     text: str,
     result: RunResult | None = None,
     *,
-    gpu_related: bool = False,
+    trouble: Trouble = Trouble.none,
 ) -> Outcome:
     """This worker, not the job, failed: a hand-back (or `error`, by ON_WORKER_FAILURE)."""
     if policy == "error":
-        return failed(f"worker failure: {text}", result, Reason.worker, Fault.worker)
+        return failed(f"worker failure: {text}", result, Reason.worker, Fault.worker, trouble)
     return Outcome(
         OutcomeKind.handed_back,
         f"handed back by the worker: {text}",
         Reason.worker,
         Fault.worker,
-        gpu_related,
+        trouble,
+        ran=result is not None,
     )
 
 
@@ -110,5 +129,13 @@ def of_failure(
     else:
         text = err.detail(job_id)
     log.error("job %s: %s", job_id, text)
-    gpu = isinstance(err, WorkerTrouble) and err.gpu_related and not cancel.shutdown
-    return worker_failure(policy, text, result, gpu_related=gpu)
+    return worker_failure(policy, text, result, trouble=trouble_of(err, cancel))
+
+
+def trouble_of(err: FetcherError | None, cancel: Cancel) -> Trouble:
+    """Whether a worker failure is this box's lasting trouble (see `Trouble`)."""
+    if cancel.shutdown:
+        return Trouble.none
+    if isinstance(err, WorkerTrouble):
+        return Trouble.gpu if err.gpu_related else Trouble.box if err.lasting else Trouble.none
+    return Trouble.box if err is None else Trouble.none

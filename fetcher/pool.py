@@ -10,7 +10,9 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
-from fetcher.host import Gpu, Host
+from fetcher.gpu.board import GpuBoard
+from fetcher.gpu.nvml import Gpu
+from fetcher.host import Host
 from fetcher.models import ClaimOffer, HardwareSpecs
 from fetcher.settings import Settings
 
@@ -25,10 +27,11 @@ class NoFit:
         return self.reason
 
 
-def fits(gpu: Gpu, hw: HardwareSpecs) -> bool:
-    """The job's GPU requirements (memory, model, architecture; null asks for nothing) hold."""
+def fits(gpu: Gpu, memory_mb: int, hw: HardwareSpecs) -> bool:
+    """The job's GPU requirements (memory, model, architecture; null asks for nothing) hold for
+    `gpu`, which has `memory_mb` for it."""
     return (
-        (hw.gpu_mem or 0) <= gpu.memory_mb
+        (hw.gpu_mem or 0) <= memory_mb
         and hw.gpu_model in (None, gpu.model)
         and hw.gpu_archi in (None, gpu.archi)
     )
@@ -40,6 +43,12 @@ class Allocation:
     cpu_cores: int
     memory_mb: int
     gpus: list[Gpu] = field(default_factory=list)
+    behind: str | None = None  # staged ahead: the job whose share it takes when that one ends
+    ready: threading.Event = field(default_factory=threading.Event, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.behind is None:
+            self.ready.set()
 
 
 @dataclass(frozen=True)
@@ -52,10 +61,13 @@ class PoolSnapshot:
     free_memory_mb: int
     gpus: list[str]  # "index:model:uuid" of every GPU this fetcher uses
     free_gpus: list[str]
+    staged: int = 0
 
 
 class ResourcePool:
-    """Slots and shares: each running job holds its cores, memory and GPU until released."""
+    """Slots and shares: each running job holds its cores, memory and GPU until released. With
+    STAGE_AHEAD, a job may be claimed behind a running one (`offer_ahead`, `allocate_behind`): it
+    takes that job's share, GPU included, the moment that job releases it."""
 
     def __init__(
         self,
@@ -63,8 +75,13 @@ class ResourcePool:
         max_jobs: int | None,
         default_cpu: int | None = None,
         default_memory_mb: int | None = None,
+        *,
+        board: GpuBoard | None = None,
+        stage_ahead: bool = False,
     ) -> None:
         self.host = host
+        self.board = board
+        self.stage_ahead = stage_ahead
         self.max_jobs = max_jobs or max(1, len(host.gpus))
         # a job that states no cpu_cores / memory (the user-facing API's default) gets one slot's
         # share of the box: all of it on a one-GPU box, as the upstream fetcher gave; its container
@@ -72,40 +89,66 @@ class ResourcePool:
         self.default_cpu = default_cpu or max(1, host.cpu_cores // self.max_jobs)
         self.default_memory_mb = default_memory_mb or max(1, host.memory_mb // self.max_jobs)
         self.held: dict[str, Allocation] = {}
+        self.behind: dict[str, Allocation] = {}  # a running job's id -> the job staged behind it
         self._lock = threading.Lock()
 
     @classmethod
-    def from_settings(cls, host: Host, settings: Settings) -> ResourcePool:
+    def from_settings(
+        cls, host: Host, settings: Settings, board: GpuBoard | None = None
+    ) -> ResourcePool:
         return cls(
             host,
             settings.max_parallel_jobs,
             settings.job_default_cpu_cores,
             settings.job_default_memory_mb,
+            board=board,
+            stage_ahead=settings.stage_ahead,
         )
 
-    def _free(self) -> tuple[int, int, list[Gpu]]:
+    def _free(self) -> tuple[int, int, list[tuple[Gpu, int]]]:
+        """Free cores, memory, and the GPUs that may be given now with the memory each offers."""
         cpu = self.host.cpu_cores - sum(a.cpu_cores for a in self.held.values())
         mem = self.host.memory_mb - sum(a.memory_mb for a in self.held.values())
         used = {g.uuid for a in self.held.values() for g in a.gpus}
-        return cpu, mem, [g for g in self.host.gpus if g.uuid not in used]
+        if self.board is not None:
+            return cpu, mem, self.board.offerable(used)
+        return cpu, mem, [(g, g.memory_mb) for g in self.host.gpus if g.uuid not in used]
 
     def offer(self, groups: list[str]) -> ClaimOffer | None:
         """What to ask the server for now; None when no slot is free."""
+        found = self.offer_for(groups)
+        return None if found is None else found[0]
+
+    def offer_for(self, groups: list[str]) -> tuple[ClaimOffer, Gpu | None] | None:
+        """The offer, and the GPU it is for (the free one with the most memory)."""
         with self._lock:
             if len(self.held) >= self.max_jobs:
                 return None
             cpu, mem, gpus = self._free()
             if cpu < 1 or mem < 1:
                 return None
-            best = max(gpus, key=lambda g: g.memory_mb, default=None)
-            return ClaimOffer(
-                memory=mem,
-                cpu_cores=cpu,
-                groups=groups,
-                gpu_mem=best.memory_mb if best else 0,
-                gpu_model=best.model if best else None,
-                gpu_archi=best.archi if best else None,
-            )
+            best = max(gpus, key=lambda gm: gm[1], default=None)
+            return _offer(groups, cpu, mem, best), None if best is None else best[0]
+
+    def offer_ahead(self, groups: list[str]) -> tuple[ClaimOffer, str] | None:
+        """STAGE_AHEAD: an offer for a job to stage behind a running one that has none yet (the
+        oldest such): that job's share, GPU included; and the id of the job it is behind."""
+        if not self.stage_ahead:
+            return None
+        with self._lock:
+            for job_id, alloc in self.held.items():
+                if job_id in self.behind or not alloc.ready.is_set() or not _is_job(job_id):
+                    continue
+                gpu = alloc.gpus[0] if alloc.gpus else None
+                if (
+                    gpu is not None
+                    and self.board is not None
+                    and self.board.quarantine.why(gpu.uuid)
+                ):
+                    continue
+                best = None if gpu is None else (gpu, gpu.memory_mb)
+                return _offer(groups, alloc.cpu_cores, alloc.memory_mb, best), job_id
+        return None
 
     def allocate(self, job_id: str, hw: HardwareSpecs) -> Allocation | NoFit:
         """Reserve the job's share: the cores and memory it states (else one slot's), and the
@@ -120,11 +163,32 @@ class ResourcePool:
                 return NoFit(f"needs {need_cpu} CPU cores, {cpu} free")
             if need_mem > mem:
                 return NoFit(f"needs {need_mem} MB memory, {mem} MB free")
-            fitting = sorted((g for g in gpus if fits(g, hw)), key=lambda g: g.memory_mb)
+            fitting = sorted((g for g, m in gpus if fits(g, m, hw)), key=lambda g: g.memory_mb)
             if hw.needs_gpu and not fitting:
                 return NoFit(self._no_gpu_for(hw))
             alloc = Allocation(job_id, need_cpu, need_mem, fitting[:1])
             self.held[job_id] = alloc
+            return alloc
+
+    def allocate_behind(self, job_id: str, hw: HardwareSpecs, ahead: str) -> Allocation | NoFit:
+        """Reserve, behind the running job `ahead`, the part of its share this job needs; the
+        allocation is `ready` once `ahead` releases it (see `release`)."""
+        with self._lock:
+            front = self.held.get(ahead)
+            if front is None or ahead in self.behind:
+                return NoFit(f"job {ahead}, which it was claimed behind, is no longer running")
+            need_cpu = hw.cpu_cores or self.default_cpu
+            need_mem = hw.memory or self.default_memory_mb
+            gpu = front.gpus[0] if front.gpus else None
+            if need_cpu > front.cpu_cores or need_mem > front.memory_mb:
+                return NoFit(
+                    f"needs {need_cpu} CPU cores and {need_mem} MB; the share it would take has"
+                    f" {front.cpu_cores} and {front.memory_mb} MB"
+                )
+            if hw.needs_gpu and (gpu is None or not fits(gpu, gpu.memory_mb, hw)):
+                return NoFit(self._no_gpu_for(hw))
+            alloc = Allocation(job_id, need_cpu, need_mem, [gpu] if gpu else [], behind=ahead)
+            self.behind[ahead] = alloc
             return alloc
 
     def _no_gpu_for(self, hw: HardwareSpecs) -> str:
@@ -150,6 +214,7 @@ class ResourcePool:
         with self._lock:
             cpu, mem, free = self._free()
             held = len(self.held)
+            staged = len(self.behind)
 
         def name(g: Gpu) -> str:
             return f"{g.index}:{g.model}:{g.uuid}"
@@ -160,21 +225,64 @@ class ResourcePool:
             cpu,
             mem,
             [name(g) for g in self.host.gpus],
-            [name(g) for g in free],
+            [name(g) for g, _ in free],
+            staged,
         )
 
-    def release(self, job_id: str) -> None:
+    def held_gpus(self) -> dict[str, str]:
+        """GPU UUID -> the key (job id) of the share that holds it."""
         with self._lock:
+            return {g.uuid: key for key, a in self.held.items() for g in a.gpus}
+
+    def release(self, job_id: str) -> str | None:
+        """The job gives its share back (its container has ended). A job staged behind it takes
+        the share now; its id is returned."""
+        with self._lock:
+            self.held.pop(job_id, None)
+            waiting = self.behind.pop(job_id, None)
+            if waiting is not None:
+                self.held[waiting.job_id] = waiting
+        if waiting is None:
+            return None
+        waiting.ready.set()
+        return waiting.job_id
+
+    def withdraw(self, job_id: str) -> None:
+        """A job staged ahead that will not run (its bound passed, the worker stops): it gives
+        up its place, or the share it already took."""
+        with self._lock:
+            for ahead, alloc in list(self.behind.items()):
+                if alloc.job_id == job_id:
+                    del self.behind[ahead]
             self.held.pop(job_id, None)
 
     def rename(self, job_id: str, key: str) -> None:
-        """Keep a job's share held under another key (the job ended, its container did not)."""
+        """Keep a job's share held under another key (the job ended, its container did not): a
+        job staged behind it waits until that container is gone."""
         with self._lock:
             alloc = self.held.pop(job_id, None)
             if alloc is not None:
                 self.held[key] = alloc
+            if job_id in self.behind:
+                self.behind[key] = self.behind.pop(job_id)
 
     @property
     def running(self) -> int:
         with self._lock:
             return len(self.held)
+
+
+def _is_job(key: str) -> bool:
+    """A share held by a job (not by a container that outlived its job, see fetcher.leftovers)."""
+    return not key.startswith("job ")
+
+
+def _offer(groups: list[str], cpu: int, mem: int, gpu: tuple[Gpu, int] | None) -> ClaimOffer:
+    return ClaimOffer(
+        memory=mem,
+        cpu_cores=cpu,
+        groups=groups,
+        gpu_mem=gpu[1] if gpu else 0,
+        gpu_model=gpu[0].model if gpu else None,
+        gpu_archi=gpu[0].archi if gpu else None,
+    )

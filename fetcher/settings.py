@@ -114,6 +114,46 @@ class Settings(BaseSettings):
         default=1024, ge=0, description="Claim no job while PATH_BASE has less free; 0 = no check"
     )
 
+    # --- GPUs: which are offered, quarantine, figures ------------------------------------------
+    gpu_foreign_memory_max_mb: int = Field(
+        default=256,
+        ge=0,
+        description="A GPU whose processes not started by the fetcher use more memory than this is"
+        " not offered (a shared lab box)",
+    )
+    quarantine_after_failures: int = Field(
+        default=3,
+        ge=1,
+        description="Quarantine a GPU (or the box) after this many jobs in a row failed for its own"
+        " trouble",
+    )
+    gpu_xid_ignored: str = Field(
+        default="13,31,43,45,68,109",
+        pattern=r"^[0-9, ]*$",
+        description="Xid events that do not quarantine a GPU (application errors), comma-separated",
+    )
+    gpu_sample_interval_s: float = Field(
+        default=2.0, gt=0, description="How often a running job's GPUs are sampled for its figures"
+    )
+
+    # --- throughput: stage the next job while the GPU is busy ----------------------------------
+    stage_ahead: bool = Field(
+        default=False,
+        description="Claim a job for a busy GPU, download its inputs and image, and start it the"
+        " moment the GPU is free (one per GPU)",
+    )
+    stage_ahead_max_wait_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="A staged job not started within this long is handed back",
+    )
+    stage_ahead_disk_mb: int = Field(
+        default=10240,
+        ge=0,
+        description="Stage a job only while PATH_BASE has this much more free than MIN_FREE_DISK_MB"
+        " (room for its inputs beside the running job's outputs)",
+    )
+
     # --- containers ------------------------------------------------------------------------------
     image_pull_policy: PullPolicy = Field(
         default="auto",
@@ -229,6 +269,10 @@ class Settings(BaseSettings):
     @property
     def gpu_selection(self) -> list[str]:
         return [g.strip() for g in self.gpus.split(",") if g.strip()]
+
+    @property
+    def xid_ignored(self) -> tuple[int, ...]:
+        return tuple(int(x) for x in self.gpu_xid_ignored.replace(" ", "").split(",") if x)
 
     @property
     def job_cap_drop_list(self) -> list[str]:

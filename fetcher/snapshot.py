@@ -8,6 +8,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from fetcher.gpu.board import GpuView
+
 META_KEY = "daemon"
 
 
@@ -38,6 +40,9 @@ class DaemonSnapshot:
     claims_paused: str | None = None  # why no claim is made now
     last_claim: float | None = None  # Unix time of the last claim the API answered
     errors: list[tuple[float, str]] = field(default_factory=list)  # recent ERROR lines
+    gpu_states: list[GpuView] = field(default_factory=list)
+    quarantined: dict[str, str] = field(default_factory=dict)  # GPU UUID or "box" -> why
+    staged: int = 0  # jobs staged ahead (STAGE_AHEAD), waiting for their GPU
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -53,6 +58,9 @@ class DaemonSnapshot:
         values["slots"] = Slots(**_only(Slots, values.get("slots")))
         values["free"] = Free(**_only(Free, values.get("free")))
         values["errors"] = [(float(at), str(text)) for at, text in values.get("errors") or []]
+        values["gpu_states"] = [
+            GpuView(**_only(GpuView, g)) for g in values.get("gpu_states") or []
+        ]
         return cls(**values)
 
 

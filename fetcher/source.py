@@ -18,6 +18,7 @@ from fetcher.lifecycle import OutcomeKind
 from fetcher.logs import RecentErrors
 from fetcher.models import ClaimOffer, ClaimResult, JobSpecs, JobStatus
 from fetcher.pool import Allocation, ResourcePool
+from fetcher.quarantine import BOX
 from fetcher.recovery import recover
 from fetcher.snapshot import META_KEY, DaemonSnapshot, Free, Slots
 from fetcher.worker import Adoption
@@ -35,12 +36,13 @@ class ApiJobSource:
         self.api_problem: str | None = None
         self.last_claim: float | None = None
         self.paused: str | None = None  # why no claim is made now (shown by `fetcher status`)
+        self._free_mb: int | None = None
 
     def recover(self, stop: threading.Event) -> list[Adoption]:
         return recover(self.deps, stop)
 
     def claim(self, offer: ClaimOffer, stop: threading.Event) -> ClaimResult:
-        self.paused = self._disk_too_low()
+        self.paused = self._why_not_claim()
         if self.paused is not None:
             return ClaimResult(paused=self.paused)
         try:
@@ -53,29 +55,43 @@ class ApiJobSource:
         self.deps.metrics.claim_succeeded()
         return result
 
+    def _why_not_claim(self) -> str | None:
+        """Why this box takes no job now (logged when it starts and when it ends), or None."""
+        kind, why = "unhealthy", self._unhealthy()
+        if why is None:
+            kind, why = "disk", self._disk_too_low()
+        self.deps.metrics.set_claims_paused(None if why is None else kind)
+        if why != self.paused:
+            if why is not None:
+                log.error("worker: claiming no job: %s", why)
+            elif self._free_mb is not None:
+                log.info("worker: claiming again (%d MB free under PATH_BASE)", self._free_mb)
+            else:
+                log.info("worker: claiming again")
+        return why
+
+    def _unhealthy(self) -> str | None:
+        """The box is quarantined, or every GPU it has is."""
+        box = self.deps.quarantine.why(BOX)
+        if box is not None:
+            return f"this box is quarantined: {box}"
+        return None if self.deps.gpus is None else self.deps.gpus.none_healthy()
+
     def _disk_too_low(self) -> str | None:
         """Why not to claim now: PATH_BASE has less free space than MIN_FREE_DISK_MB (a job
         claimed then would fail on the disk and be handed back), or cannot be read. Logged when
         the reason comes and when it goes."""
         s = self.deps.settings
+        self._free_mb = None
         if not s.min_free_disk_mb:
             return None
         try:
-            free_mb = shutil.disk_usage(s.path_base).free // 2**20
+            self._free_mb = free_mb = shutil.disk_usage(s.path_base).free // 2**20
         except OSError as exc:
-            why: str | None = f"PATH_BASE cannot be read: {exc}"
-        else:
-            why = (
-                f"{free_mb} MB free under PATH_BASE (MIN_FREE_DISK_MB={s.min_free_disk_mb})"
-                if free_mb < s.min_free_disk_mb
-                else None
-            )
-        if (why is None) != (self.paused is None):
-            if why is not None:
-                log.error("worker: claiming no job: %s", why)
-            else:
-                log.info("worker: claiming again (%d MB free under PATH_BASE)", free_mb)
-        return why
+            return f"PATH_BASE cannot be read: {exc}"
+        if free_mb < s.min_free_disk_mb:
+            return f"{free_mb} MB free under PATH_BASE (MIN_FREE_DISK_MB={s.min_free_disk_mb})"
+        return None
 
     def accept(self, job_id: str, spec: JobSpecs, alloc: Allocation) -> None:
         self.deps.metrics.job_claimed()
@@ -109,15 +125,20 @@ class ApiJobSource:
 
     def housekeeping(self, running: int) -> None:
         self.deps.settings.state_dir.heartbeat.touch()
+        if self.deps.gpus is not None:
+            self.deps.gpus.refresh(set(self.pool.held_gpus()))
         snap = self.snapshot()
         m = self.deps.metrics
+        m.heartbeat()
         m.set_slots(snap.slots.busy, snap.slots.total)
         m.set_gpus(len(snap.gpus) - len(snap.free.gpus), len(snap.gpus))
+        m.set_gpu_states(snap.gpu_states)
         m.set_outbox(len(snap.reports_pending))
         self.deps.store.set_meta(META_KEY, snap.to_json())
 
     def snapshot(self) -> DaemonSnapshot:
         pool = self.pool.snapshot()
+        gpus = self.deps.gpus
         return DaemonSnapshot(
             pid=os.getpid(),
             fetcher_id=self.deps.fetcher_id,
@@ -131,6 +152,9 @@ class ApiJobSource:
             claims_paused=self.paused,
             last_claim=self.last_claim,
             errors=self.errors.lines(),
+            gpu_states=[] if gpus is None else gpus.views(self.pool.held_gpus()),
+            quarantined=self.deps.quarantine.items(),
+            staged=pool.staged,
         )
 
     def api_reachable(self) -> None:

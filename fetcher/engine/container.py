@@ -66,6 +66,7 @@ class RunResult:
     oom_killed: bool = False
     log_tail: str = ""
     ended_by: str | None = None  # why the fetcher stopped it, if it did
+    gpu_line: str | None = None  # what it did with its GPU (fetcher.gpu.usage)
 
     def first_line(self) -> str:
         if self.exit_code is None:
@@ -78,9 +79,9 @@ class RunResult:
         return text
 
     def describe(self) -> str:
-        """How the job ended (always the first line), then the log's tail."""
-        first = self.first_line()
-        return f"{first}\n{self.log_tail}" if self.log_tail else first
+        """How the job ended (always the first line), then the log's tail and its GPU figures."""
+        lines = [self.first_line(), self.log_tail, self.gpu_line or ""]
+        return "\n".join(line for line in lines if line)
 
 
 def shell_command(spec: JobSpecs) -> list[str] | None:

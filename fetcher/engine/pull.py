@@ -99,3 +99,14 @@ def ensure_image(
         until_cancelled(cancel or Cancel(), lambda: pull(client, image), f"pull-{job_id}")
     except ENGINE_ERRORS as exc:
         raise engine_error(exc, "pull", f"pull of {image} failed: {docker_message(exc)}") from None
+
+
+def image_env(client: Any, image: str) -> list[str]:
+    """The image's environment (`Config.Env`: `KEY=VALUE` strings). Raises ContainerError,
+    WorkerTrouble."""
+    try:
+        attrs = client.images.get(image).attrs
+    except ENGINE_ERRORS as exc:
+        raise engine_error(exc, "pull", f"image {image}: {docker_message(exc)}") from None
+    env = (attrs.get("Config") or {}).get("Env") or []
+    return [str(e) for e in env]

@@ -8,8 +8,10 @@ from typing import Any
 from fetcher.api.client import WorkerApi
 from fetcher.delivery import Deliverer
 from fetcher.engine.container import ContainerOptions
+from fetcher.gpu.board import GpuBoard
 from fetcher.images.ledger import ImageLedger
 from fetcher.metrics import Metrics
+from fetcher.quarantine import Quarantine
 from fetcher.settings import Settings
 from fetcher.store import JobStore
 
@@ -41,6 +43,8 @@ class JobDeps:
     fetcher_id: str
     metrics: Metrics = field(default_factory=Metrics)
     images: ImageLedger | None = None  # the job images used, for pruning
+    gpus: GpuBoard | None = None  # the GPUs' state (None: no NVML)
+    quarantine: Quarantine = field(default_factory=lambda: Quarantine(3))
     container_options: ContainerOptions = field(init=False)
 
     def __post_init__(self) -> None:

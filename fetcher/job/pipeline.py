@@ -19,7 +19,8 @@ from collections.abc import Callable, Iterator
 from fetcher import outcome as outcomes
 from fetcher.cancel import Cancel
 from fetcher.engine.container import JobContainer, Limits, RunResult
-from fetcher.errors import Interrupted
+from fetcher.engine.pull import image_env
+from fetcher.errors import Interrupted, WorkerTrouble
 from fetcher.job.cleanup import clean_up
 from fetcher.job.deps import JobDeps
 from fetcher.job.keepalive import KeepAlive
@@ -86,6 +87,27 @@ class JobRun:
         except StoreError as exc:
             log.warning("job %s: could not note its container: %s", self.job_id, exc)
 
+    def track_gpus(self) -> None:
+        """Sample the job's GPUs while its container runs (fetcher.gpu.watch)."""
+        board = self.deps.gpus
+        if board is not None and self.gpu_uuids:
+            board.usage.start(self.job_id, [g for g in board.gpus if g.uuid in self.gpu_uuids])
+
+    def gpu_figures(self) -> str | None:
+        """What the job did with its GPUs, once its container ended: logged, counted in the
+        metrics, and the line for its report and its container.log."""
+        board = self.deps.gpus
+        use = None if board is None else board.usage.finish(self.job_id)
+        if use is None:
+            return None
+        line = use.summary()
+        (log.warning if use.never_used else log.info)("job %s: %s", self.job_id, line)
+        if use.sampled:
+            self.deps.metrics.job_gpu(use.peak_mb * 2**20, use.mean_util_ratio, use.never_used)
+        with contextlib.suppress(OSError), self.log_file.open("a") as out:
+            out.write(f"\n[fetcher] {line}\n")
+        return line
+
     def counted(self, direction: str) -> Callable[[int], None]:
         return lambda nbytes: self.deps.metrics.transferred(direction, nbytes)
 
@@ -125,6 +147,8 @@ def process_job(
             outcome = outcomes.of_failure(exc, job_id, run.cancel, policy, run.result)
     finally:
         run.keepalive.stop()  # whatever happened: no ping may outlive the job, none land after it
+        if deps.gpus is not None:
+            deps.gpus.usage.finish(job_id)
     # an adopted job's status on the server is asked before its report is sent (it may have been
     # re-queued while the fetcher was away, and the keep-alive may never have reached the server)
     report(deps, job_id, outcome, verify=run.adopted)
@@ -175,6 +199,20 @@ def pull(run: JobRun) -> None:
         run.container.pull(run.spec.handler.image_url, run.cancel)
     if run.deps.images is not None:
         run.deps.images.used(run.spec.handler.image_url)
+    check_cuda(run)
+
+
+def check_cuda(run: JobRun) -> None:
+    """The image's CUDA requirements against this box's driver, before the container starts: an
+    image the driver cannot run is handed back with the reason (this box's trouble, not the job's).
+    Raises WorkerTrouble."""
+    board = run.deps.gpus
+    if board is None or not run.gpu_uuids:
+        return
+    env = image_env(run.deps.docker, run.spec.handler.image_url)
+    why = board.cuda_unmet(env, dict(run.spec.app.env or {}), run.gpu_uuids)
+    if why is not None:
+        raise WorkerTrouble(why)
 
 
 def start(run: JobRun) -> None:
@@ -187,8 +225,10 @@ def start(run: JobRun) -> None:
 def wait(run: JobRun) -> None:
     with run.stage(Stage.running):
         run.keepalive.set_status(JobStatus.running)
+        run.track_gpus()
         run.container.follow_logs(run.log_file)
         run.result = run.container.wait(run.cancel, run.deps.settings.job_time_limit_s)
+        run.result.gpu_line = run.gpu_figures()
     run.check_cancel()
 
 

@@ -246,9 +246,9 @@ def test_a_container_the_engine_will_not_remove_holds_its_slot_until_it_is_gone(
     # share back at once; the next job was given the same GPU.
     import docker.api.client
 
-    from fetcher import worker as worker_module
+    from fetcher import leftovers
 
-    monkeypatch.setattr(worker_module, "LEFTOVER_RETRY_S", 1.0)
+    monkeypatch.setattr(leftovers, "LEFTOVER_RETRY_S", 1.0)
     real_remove = docker.api.client.APIClient.remove_container
     refused: list[str] = []
 

@@ -13,7 +13,7 @@ from typing import Any
 import pynvml
 import pytest
 
-from fetcher.resources import detect_gpus
+from fetcher.host import detect_gpus
 from tests.fakes.nvml import (
     APPLICATION_XIDS,
     C_SYMBOLS,

@@ -292,6 +292,7 @@ def test_no_claim_while_path_base_has_too_little_free_space(
 
     from fetcher import source as source_module
     from fetcher.models import ClaimOffer, ClaimResult
+    from fetcher.quarantine import Quarantine
 
     asked: list[ClaimOffer] = []
 
@@ -302,7 +303,11 @@ def test_no_claim_while_path_base_has_too_little_free_space(
     api = SimpleNamespace(claim_jobs=claim_jobs)
     settings = SimpleNamespace(min_free_disk_mb=1024, path_base=tmp_path)
     deps: Any = SimpleNamespace(
-        settings=settings, api=api, metrics=SimpleNamespace(claim_succeeded=lambda: None)
+        settings=settings,
+        api=api,
+        metrics=SimpleNamespace(claim_succeeded=lambda: None, set_claims_paused=lambda _r: None),
+        quarantine=Quarantine(3),
+        gpus=None,
     )
     source = source_module.ApiJobSource(deps, None, None)  # type: ignore[arg-type]
     free = {"mb": 100}

@@ -2,7 +2,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from fetcher.host import Gpu, Host, detect_gpus, detect_host
+from fetcher.gpu.nvml import Gpu
+from fetcher.host import Host, detect_gpus, detect_host
 from fetcher.models import HardwareSpecs
 from fetcher.pool import Allocation, NoFit, ResourcePool
 from fetcher.settings import Settings

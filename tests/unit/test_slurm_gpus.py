@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from fetcher.host import Gpu, detect_gpus, detect_host, pick_slurm_gpus, slurm_gpu_selection
+from fetcher.gpu.nvml import Gpu
+from fetcher.host import detect_gpus, detect_host, pick_slurm_gpus, slurm_gpu_selection
 from fetcher.settings import Settings
 from tests.helpers import FakeNvml, four_gpus
 

@@ -311,7 +311,7 @@ def test_a_container_the_engine_would_not_remove_keeps_its_gpu_out_of_offers(
     # Review finding: when the engine failed to remove a job's container (which may still run on
     # its GPU), the GPU was offered to the next job at once. Here the same queue id, claimed anew
     # (ids are reused), leaves a second such container: neither GPU may be offered.
-    from fetcher.host import Gpu
+    from fetcher.gpu.nvml import Gpu
 
     engine_fixed = threading.Event()
     removal_tries: list[str] = []
