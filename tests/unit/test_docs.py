@@ -182,13 +182,16 @@ def test_the_docs_pages_exist_and_the_readme_links_each() -> None:
 
 
 def test_the_link_check_catches_a_broken_link(tmp_path: Path) -> None:
-    page = tmp_path / "page.md"
+    root = tmp_path / "repo"
+    root.mkdir()
+    (tmp_path / "outside.md").write_text("# Outside\n")
+    page = root / "page.md"
     page.write_text(
         "# Title\n\n[ok](#title) [bad](missing.md) [anchor](#nowhere) `[code](x.md)`\n"
-        "```\n[fenced](y.md)\n```\n[web](https://example.org)\n"
+        "```\n[fenced](y.md)\n```\n[web](https://example.org) [out](../outside.md)\n"
     )
-    assert relative_links(page) == ["#title", "missing.md", "#nowhere"]
-    assert link_problem(page, "#title", tmp_path) is None
-    assert link_problem(page, "missing.md", tmp_path) is not None
-    assert link_problem(page, "#nowhere", tmp_path) is not None
-    assert link_problem(page, "../elsewhere.md", page.parent.parent / "x") is not None
+    assert relative_links(page) == ["#title", "missing.md", "#nowhere", "../outside.md"]
+    assert link_problem(page, "#title", root) is None
+    assert link_problem(page, "missing.md", root) == "missing.md: no such file"
+    assert link_problem(page, "#nowhere", root) == "#nowhere: no heading #nowhere in page.md"
+    assert link_problem(page, "../outside.md", root) == "../outside.md: outside the repository"
