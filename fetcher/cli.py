@@ -1,12 +1,15 @@
-"""The commands: `run` (the daemon), `check` (doctor), `info` (resources), `status`, `health`, `demo`."""
+"""The commands: `run` (the daemon), `check` (doctor), `info` (what would be offered), `status`,
+`health`, `pause`/`resume`, `gpu probe`/`gpu release`, `demo`."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from fetcher import __version__
 from fetcher.errors import ConfigError
@@ -37,25 +40,25 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_info(args: argparse.Namespace) -> int:
     from fetcher.daemon import connect_docker
-    from fetcher.host import detect_gpus, detect_host
+    from fetcher.gpu.board import GpuBoard
+    from fetcher.gpu.probe import offer_view
+    from fetcher.host import detect_host, open_nvml
     from fetcher.pool import ResourcePool
+    from fetcher.quarantine import Quarantine
 
     settings = _settings(args)
-    host = detect_host(connect_docker().info(), settings, detect_gpus())
-    pool = ResourcePool.from_settings(host, settings)
-    offer = pool.offer(settings.group_list)
-    print(
-        json.dumps(
-            {
-                "cpu_cores": host.cpu_cores,
-                "memory_mb": host.memory_mb,
-                "gpus": [g.__dict__ for g in host.gpus],
-                "parallel_jobs": pool.max_jobs,
-                "first_claim": offer.model_dump() if offer else None,
-            },
-            indent=2,
-        )
-    )
+    nvml = open_nvml()
+    try:
+        host = detect_host(connect_docker().info(), settings, nvml.devices() if nvml.ok else [])
+        board = None
+        if host.gpus:
+            board = GpuBoard(
+                nvml, list(host.gpus), Quarantine(1, quiet=True), settings.gpu_foreign_memory_max_mb
+            )
+        pool = ResourcePool.from_settings(host, settings, board)
+        print(json.dumps(offer_view(host, pool, board, settings.group_list), indent=2))
+    finally:
+        nvml.close()
     return 0
 
 
@@ -82,15 +85,58 @@ def cmd_health(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_status(args: argparse.Namespace) -> int:
-    from fetcher.status import main, path_base_from_environment
+def _path_base(args: argparse.Namespace) -> Path:
+    from fetcher.status import path_base_from_environment
 
     path_base = (
         Path(args.path_base) if args.path_base else path_base_from_environment(args.env_file)
     )
     if path_base is None:
         raise ConfigError("PATH_BASE: missing (set it, or pass --path-base)")
-    return main(path_base, args.json)
+    return path_base
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from fetcher.status import main
+
+    return main(_path_base(args), args.json)
+
+
+def cmd_pause(args: argparse.Namespace) -> int:
+    from fetcher import control
+    from fetcher.statedir import StateDir
+
+    pause = control.pause(StateDir.of(_path_base(args)), args.reason)
+    print(f"fetcher: {pause.describe()}; running jobs go on; `fetcher resume` to claim again")
+    return 0
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from fetcher import control
+    from fetcher.statedir import StateDir
+
+    was = control.resume(StateDir.of(_path_base(args)))
+    print("fetcher: claiming again" if was else "fetcher: was not paused")
+    return 0
+
+
+def cmd_gpu_probe(args: argparse.Namespace) -> int:
+    from fetcher.gpu.probe import probe, render
+
+    info = probe(foreign_max_mb=args.foreign_max_mb)
+    print(json.dumps(info, indent=2) if args.json else render(info))
+    return 0 if info["nvml"] == "ok" else 1
+
+
+def cmd_gpu_release(args: argparse.Namespace) -> int:
+    from fetcher import control
+    from fetcher.statedir import StateDir
+
+    keys = None if "all" in args.which else list(args.which)
+    control.request_release(StateDir.of(_path_base(args)), keys)
+    what = "every quarantine" if keys is None else ", ".join(keys)
+    print(f"fetcher: release of {what} asked; the daemon lifts it at its next pass")
+    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -127,9 +173,8 @@ def parser() -> argparse.ArgumentParser:
         "status", help="what the fetcher runs now, free resources, pending statuses, errors"
     )
     status.add_argument("--json", action="store_true", help="print one JSON object")
-    status.add_argument("--path-base", default=None, help="default: PATH_BASE (environment, .env)")
-    status.add_argument("--env-file", default=None, help="read PATH_BASE from this file")
-    status.set_defaults(fn=cmd_status)
+    _with_path_base(status).set_defaults(fn=cmd_status)
+    _admin_commands(sub)
     demo = sub.add_parser(
         "demo", help="run one sample job end to end against an in-process mock API"
     )
@@ -138,6 +183,33 @@ def parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(fn=cmd_demo)
     return p
+
+
+def _with_path_base(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    sp.add_argument("--path-base", default=None, help="default: PATH_BASE (environment, .env)")
+    sp.add_argument("--env-file", default=None, help="read PATH_BASE from this file")
+    return sp
+
+
+def _admin_commands(sub: Any) -> None:
+    pause = _with_path_base(sub.add_parser("pause", help="claim no new job; running jobs go on"))
+    pause.add_argument("--reason", default=None, help="shown in the log and `fetcher status`")
+    pause.set_defaults(fn=cmd_pause)
+    _with_path_base(sub.add_parser("resume", help="claim jobs again")).set_defaults(fn=cmd_resume)
+    gpu = sub.add_parser("gpu", help="the GPUs: probe what NVML shows, release a quarantine")
+    gsub = gpu.add_subparsers(dest="gpu_command", required=True)
+    probe = gsub.add_parser("probe", help="what NVML shows, health, and what a job would get")
+    probe.add_argument("--json", action="store_true", help="print one JSON object")
+    probe.add_argument(
+        "--foreign-max-mb",
+        type=int,
+        default=int(os.environ.get("GPU_FOREIGN_MEMORY_MAX_MB", "256")),
+        help="GPU_FOREIGN_MEMORY_MAX_MB (default: the environment's, else 256)",
+    )
+    probe.set_defaults(fn=cmd_gpu_probe)
+    release = _with_path_base(gsub.add_parser("release", help="lift quarantines"))
+    release.add_argument("which", nargs="+", metavar="UUID|box|all", help="what to release")
+    release.set_defaults(fn=cmd_gpu_release)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -167,7 +167,8 @@ def job_deps(settings: Settings, client: Any, force: threading.Event) -> JobDeps
 
 
 def executor(deps: JobDeps) -> Execute:
-    """How the loop runs a job: the pipeline, with the share the pool gave it."""
+    """How the loop runs a job: the pipeline, with the share the pool gave it (a staged job waits
+    for its share before its container starts)."""
 
     def execute(job: JobStart, cancel: Cancel) -> Leftover | None:
         outcome = process_job(
@@ -178,6 +179,8 @@ def executor(deps: JobDeps) -> Execute:
             gpu_uuids=[g.uuid for g in job.alloc.gpus],
             limits=Limits(job.alloc.cpu_cores, job.alloc.memory_mb),
             resume=job.resume,
+            turn=None if job.alloc.behind is None else job.alloc,
+            on_exit=job.ended,
         )
         deps.quarantine.record(outcome, [g.uuid for g in job.alloc.gpus])
         left = outcome.container_left

@@ -3,7 +3,8 @@
 and how it ended (`OutcomeKind`: the metrics' outcome, the report's status).
 
     claimed ──► started (its container exists) ──► reporting (a status waits for delivery) ──► gone
-    stages: claimed → preparing → downloading → pulling → starting → running → uploading → reporting
+    stages: claimed → preparing → downloading → pulling → (staged) → starting → running → uploading
+            → reporting
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class Stage(StrEnum):
     preparing = "preparing"
     downloading = "downloading"
     pulling = "pulling"
+    staged = "staged"  # STAGE_AHEAD: inputs and image ready, waiting for its GPU
     starting = "starting"
     running = "running"
     uploading = "uploading"

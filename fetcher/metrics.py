@@ -157,6 +157,7 @@ class Metrics:
         self._lock = threading.Lock()
         self._warned: set[tuple[str, str]] = set()
         self._server: WSGIServer | None = None
+        self.port: int | None = None  # where /metrics is served, once it is
         self._thread: threading.Thread | None = None
 
         r = self.registry = CollectorRegistry(auto_describe=True)
@@ -311,7 +312,7 @@ class Metrics:
             raise RuntimeError("metrics: already serving")
         server, thread = start_http_server(port, host, registry=self.registry)
         self._server, self._thread = server, thread
-        bound = int(server.server_address[1])
+        bound = self.port = int(server.server_address[1])
         log.info("metrics: serving /metrics on %s:%d", host, bound)
         return bound
 

@@ -45,10 +45,26 @@ class Allocation:
     gpus: list[Gpu] = field(default_factory=list)
     behind: str | None = None  # staged ahead: the job whose share it takes when that one ends
     ready: threading.Event = field(default_factory=threading.Event, compare=False, repr=False)
+    _listeners: list[threading.Event] = field(default_factory=list, compare=False, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.behind is None:
             self.ready.set()
+
+    def listen(self, event: threading.Event) -> None:
+        """Also set `event` when the share becomes the job's (at once if it is)."""
+        with self._lock:
+            self._listeners.append(event)
+        if self.ready.is_set():
+            event.set()
+
+    def activate(self) -> None:
+        with self._lock:
+            listeners = list(self._listeners)
+        self.ready.set()
+        for event in listeners:
+            event.set()
 
 
 @dataclass(frozen=True)
@@ -244,7 +260,7 @@ class ResourcePool:
                 self.held[waiting.job_id] = waiting
         if waiting is None:
             return None
-        waiting.ready.set()
+        waiting.activate()
         return waiting.job_id
 
     def withdraw(self, job_id: str) -> None:

@@ -28,8 +28,9 @@ BOX = "box"
 
 
 class Quarantine:
-    def __init__(self, after_failures: int) -> None:
+    def __init__(self, after_failures: int, *, quiet: bool = False) -> None:
         self.after = after_failures
+        self.quiet = quiet  # a probe's look, not the daemon's decision: nothing logged
         self._why: dict[str, str] = {}
         self._streak: dict[str, int] = {}
         self._lock = threading.Lock()
@@ -50,6 +51,8 @@ class Quarantine:
                 return False
             self._why[key] = why
             self._streak.pop(key, None)
+        if self.quiet:
+            return True
         subject = "worker" if key == BOX else f"gpu {key}"
         log.error(
             "%s: quarantined: %s; no job goes there until `fetcher gpu release %s` or a restart",
@@ -72,11 +75,12 @@ class Quarantine:
 
     def record(self, outcome: Outcome, gpus: list[str]) -> None:
         """Count a job's outcome against (or for) its GPUs and the box."""
+        last = outcome.first_line.removeprefix("handed back by the worker: ")
         if outcome.trouble == Trouble.gpu and gpus:
             for uuid in gpus:
-                self._failed(uuid, f"{outcome.first_line}")
+                self._failed(uuid, last)
         elif outcome.trouble in (Trouble.box, Trouble.gpu):
-            self._failed(BOX, f"{outcome.first_line}")
+            self._failed(BOX, last)
         elif outcome.ran:
             with self._lock:
                 for key in (BOX, *gpus):
@@ -86,4 +90,5 @@ class Quarantine:
         with self._lock:
             self._streak[key] = count = self._streak.get(key, 0) + 1
         if count >= self.after:
-            self.put(key, f"{count} jobs in a row failed for this box's trouble; the last: {last}")
+            whose = "this box's" if key == BOX else "this GPU's"
+            self.put(key, f"{count} jobs in a row failed for {whose} trouble; the last: {last}")

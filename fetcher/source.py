@@ -11,7 +11,7 @@ import shutil
 import threading
 import time
 
-from fetcher import __version__
+from fetcher import __version__, control
 from fetcher.errors import ApiError, InvalidJobSpec, Reason
 from fetcher.job.deps import JobDeps
 from fetcher.lifecycle import OutcomeKind
@@ -41,10 +41,14 @@ class ApiJobSource:
     def recover(self, stop: threading.Event) -> list[Adoption]:
         return recover(self.deps, stop)
 
-    def claim(self, offer: ClaimOffer, stop: threading.Event) -> ClaimResult:
+    def claim(
+        self, offer: ClaimOffer, stop: threading.Event, *, ahead: bool = False
+    ) -> ClaimResult:
         self.paused = self._why_not_claim()
         if self.paused is not None:
             return ClaimResult(paused=self.paused)
+        if ahead and not self._room_to_stage():
+            return ClaimResult()  # no job staged now; the running ones go on
         try:
             result = self.deps.api.claim_jobs(offer, retry_s=CLAIM_RETRY_S, interrupt=stop)
         except ApiError as exc:
@@ -57,7 +61,10 @@ class ApiJobSource:
 
     def _why_not_claim(self) -> str | None:
         """Why this box takes no job now (logged when it starts and when it ends), or None."""
-        kind, why = "unhealthy", self._unhealthy()
+        pause = control.paused(self.deps.settings.state_dir)
+        kind, why = "admin", None if pause is None else pause.describe()
+        if why is None:
+            kind, why = "unhealthy", self._unhealthy()
         if why is None:
             kind, why = "disk", self._disk_too_low()
         self.deps.metrics.set_claims_paused(None if why is None else kind)
@@ -76,6 +83,16 @@ class ApiJobSource:
         if box is not None:
             return f"this box is quarantined: {box}"
         return None if self.deps.gpus is None else self.deps.gpus.none_healthy()
+
+    def _room_to_stage(self) -> bool:
+        """A job is staged only while PATH_BASE has STAGE_AHEAD_DISK_MB more free than
+        MIN_FREE_DISK_MB: room for its inputs beside the running job's outputs."""
+        s = self.deps.settings
+        try:
+            free_mb = shutil.disk_usage(s.path_base).free // 2**20
+        except OSError:
+            return False
+        return free_mb >= s.min_free_disk_mb + s.stage_ahead_disk_mb
 
     def _disk_too_low(self) -> str | None:
         """Why not to claim now: PATH_BASE has less free space than MIN_FREE_DISK_MB (a job
@@ -125,6 +142,7 @@ class ApiJobSource:
 
     def housekeeping(self, running: int) -> None:
         self.deps.settings.state_dir.heartbeat.touch()
+        self._take_release_request()
         if self.deps.gpus is not None:
             self.deps.gpus.refresh(set(self.pool.held_gpus()))
         snap = self.snapshot()
@@ -135,6 +153,18 @@ class ApiJobSource:
         m.set_gpu_states(snap.gpu_states)
         m.set_outbox(len(snap.reports_pending))
         self.deps.store.set_meta(META_KEY, snap.to_json())
+
+    def _take_release_request(self) -> None:
+        """`fetcher gpu release`: lift the quarantines it names."""
+        keys = control.take_release(self.deps.settings.state_dir)
+        if keys is None:
+            return
+        lifted = self.deps.quarantine.lift(None if "*" in keys else keys)
+        log.info(
+            "worker: release asked for %s: %s",
+            "all" if "*" in keys else ", ".join(keys),
+            f"lifted {', '.join(lifted)}" if lifted else "nothing was quarantined",
+        )
 
     def snapshot(self) -> DaemonSnapshot:
         pool = self.pool.snapshot()

@@ -7,6 +7,8 @@
       heartbeat     touched every pass of the loop (`fetcher health`, `fetcher status`)
       images.json   the job images used, and when (image pruning)
       logs/<id>.log a running job's output (uploaded as container.log)
+      paused        `fetcher pause`: no new claims until `fetcher resume` (kept across restarts)
+      release       `fetcher gpu release`: quarantines to lift, taken by the daemon's next pass
 
 The job directories themselves are PATH_BASE/<queue id>; the job cannot reach this directory.
 """
@@ -53,6 +55,14 @@ class StateDir:
     @property
     def images(self) -> Path:
         return self.path / "images.json"
+
+    @property
+    def paused(self) -> Path:
+        return self.path / "paused"
+
+    @property
+    def release(self) -> Path:
+        return self.path / "release"
 
     def log_of(self, job_id: str) -> Path:
         """Where a job's output is kept while it runs (the job cannot reach it)."""

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fetcher import control
 from fetcher.logs import printable
 from fetcher.snapshot import META_KEY, DaemonSnapshot
 from fetcher.statedir import StateDir
@@ -47,6 +48,8 @@ def gather(path_base: Path) -> dict[str, Any]:
         beat = None
     out["heartbeat_age_s"] = None if beat is None else round(beat, 1)
     out["daemon_running"] = lock_held(state.lock_file)
+    pause = control.paused(state)
+    out["paused"] = None if pause is None else pause.describe()
     if not state.store.exists():
         out["error"] = f"no fetcher state under {path_base} (is PATH_BASE right?)"
         return out
@@ -117,7 +120,10 @@ def render(info: dict[str, Any]) -> str:
     ]
     if "error" in info:
         return "\n".join([*lines, info["error"]])
+    if info.get("paused"):
+        lines.append(f"{printable(info['paused'])} (`fetcher resume` to claim again)")
     lines += _daemon_lines(d)
+    lines += _gpu_lines(d)
     lines += _job_lines(info)
     if d.errors:
         lines.append("recent errors:")
@@ -147,6 +153,31 @@ def _daemon_lines(d: DaemonSnapshot) -> list[str]:
     if d.claims_paused:
         lines.append(f"claiming paused: {printable(d.claims_paused)}")
     return lines
+
+
+def _gpu_lines(d: DaemonSnapshot) -> list[str]:
+    lines = []
+    for g in d.gpu_states:
+        what = f"MIG instance of GPU {g.index}" if g.parent else f"GPU {g.index}"
+        head = f"  gpu {g.uuid} ({what}, {printable(g.model)}, {g.memory_mb / 1024:.0f} GiB): "
+        if g.state == "quarantined":
+            lines.append(f"{head}{printable(g.why or '')} (lift: fetcher gpu release {g.uuid})")
+            continue
+        used = []
+        if g.utilization is not None:
+            used.append(f"{g.utilization} % util")
+        if g.memory_used_mb is not None:
+            used.append(f"{g.memory_used_mb / 1024:.1f} GiB used")
+        if g.power_w is not None:
+            used.append(f"{g.power_w:.0f} W")
+        state = f"in use by job {g.job_id}" if g.job_id else printable(g.why or g.state)
+        lines.append(head + ", ".join([state, *used]))
+    box = d.quarantined.get("box")
+    if box:
+        lines.append(f"box quarantined: {printable(box)} (lift: fetcher gpu release box)")
+    if d.staged:
+        lines.append(f"staged ahead: {d.staged} job(s) waiting for their GPU")
+    return ["gpus:", *lines] if d.gpu_states else lines
 
 
 def _job_lines(info: dict[str, Any]) -> list[str]:

@@ -8,6 +8,8 @@ stop event. One pass of the loop is guarded: an exception is logged and the loop
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 import signal
 import threading
@@ -47,12 +49,14 @@ class Adoption:
 @dataclass(frozen=True)
 class JobStart:
     """What a job thread runs: a claimed job with its share, or an adopted one (`resume`: the id
-    of the container an earlier life started)."""
+    of the container an earlier life started). The pipeline calls `ended` the moment the job's
+    container has ended: its share (GPU included) goes to the next job while it uploads."""
 
     job_id: str
     spec: JobSpecs
     alloc: Allocation
     resume: str | None = None
+    ended: Callable[[], None] = lambda: None
 
 
 class JobSource(Protocol):
@@ -61,8 +65,10 @@ class JobSource(Protocol):
     def recover(self, stop: threading.Event) -> list[Adoption]:
         """What an earlier life left behind: clean up, and the jobs to run on."""
 
-    def claim(self, offer: ClaimOffer, stop: threading.Event) -> ClaimResult:
-        """Claim jobs that fit `offer`."""
+    def claim(
+        self, offer: ClaimOffer, stop: threading.Event, *, ahead: bool = False
+    ) -> ClaimResult:
+        """Claim jobs that fit `offer` (`ahead`: for a job to stage behind a running one)."""
 
     def accept(self, job_id: str, spec: JobSpecs, alloc: Allocation) -> None:
         """A claimed job is about to run here: note it (durably)."""
@@ -120,7 +126,8 @@ class Worker:
         self.claiming = True  # False once --exit-when-idle or --max-jobs ends claiming
         self.idle_polls = 0
         self._wake = threading.Event()
-        self._running: dict[str, tuple[threading.Thread, Cancel]] = {}
+        self._running: dict[str, tuple[threading.Thread, Cancel, JobStart]] = {}
+        self._finishing: set[str] = set()  # jobs whose container ended, still uploading
         self.leftovers = Leftovers(pool, options.leftover_retry_s)
         self._lock = threading.Lock()
         self._api_problem: str | None = None
@@ -144,13 +151,17 @@ class Worker:
 
     def request_stop(self) -> None:
         self.stop_event.set()
+        with self._lock:
+            staged = [c for _t, c, job in self._running.values() if not job.alloc.ready.is_set()]
+        for cancel in staged:  # not started yet: given back now, not after the running job
+            cancel.set("the worker is stopping; the job was staged and not started")
         self._wake.set()
 
     def request_force_stop(self, reason: str = "worker shut down") -> None:
         self.stop_event.set()
         self.force_event.set()
         with self._lock:
-            cancels = [cancel for _thread, cancel in self._running.values()]
+            cancels = [cancel for _thread, cancel, _job in self._running.values()]
         for cancel in cancels:
             cancel.set(reason, CancelKind.shutdown)
         self._wake.set()
@@ -217,7 +228,15 @@ class Worker:
         return self._poll_once()
 
     def _poll_once(self) -> float:
-        offer = self.pool.offer(list(self.options.groups))
+        with self._lock:
+            uploading = len(self._finishing)
+        if uploading > self.pool.max_jobs:
+            # each slot's last job may upload beside the next one; more waits (an end wakes us)
+            return self.options.poll_interval_s
+        groups = list(self.options.groups)
+        offer, ahead = self.pool.offer(groups), None
+        if offer is None and not self.stop_event.is_set():
+            offer, ahead = self.pool.offer_ahead(groups) or (None, None)
         if offer is None:
             if self.options.exit_when_idle and self._stuck_on_leftovers():
                 log.warning(
@@ -229,7 +248,7 @@ class Worker:
                 return 0
             return self.options.poll_interval_s
         try:
-            result = self.source.claim(offer, self.stop_event)
+            result = self.source.claim(offer, self.stop_event, ahead=ahead is not None)
         except Interrupted:
             return 0
         except ApiError as exc:
@@ -246,12 +265,12 @@ class Worker:
             self.claimed += 1
             self.source.reject(bad)
         if not result.jobs and not result.invalid:
-            if result.refused:
-                return self.options.poll_interval_s  # the server has something, all refused
+            if result.refused or ahead is not None:  # all refused; or no job to stage: not idle
+                return self.options.poll_interval_s
             return self._idle("no job available")
         self.idle_polls = 0
         for job_id, spec in result.jobs.items():
-            self._dispatch(job_id, spec)
+            self._dispatch(job_id, spec, ahead)
         return 0  # got something: if a slot is still free, ask again at once
 
     def _running_here(self, job_id: str) -> bool:
@@ -267,7 +286,7 @@ class Worker:
             )
         return running_here
 
-    def _dispatch(self, job_id: str, spec: JobSpecs) -> None:
+    def _dispatch(self, job_id: str, spec: JobSpecs, ahead: str | None = None) -> None:
         if self._running_here(job_id):
             return
         self.claimed += 1
@@ -275,7 +294,10 @@ class Worker:
             log.info("job %s: claimed while the worker stops; handing it back unstarted", job_id)
             self.source.hand_back(job_id, "the worker is stopping; the job was not started")
             return
-        alloc = self.pool.allocate(job_id, spec.hardware)
+        if ahead is None:
+            alloc = self.pool.allocate(job_id, spec.hardware)
+        else:
+            alloc = self.pool.allocate_behind(job_id, spec.hardware, ahead)
         if isinstance(alloc, NoFit):
             log.warning("job %s: does not fit what is free (%s); handing it back", job_id, alloc)
             self.source.hand_back(job_id, alloc.reason)
@@ -292,11 +314,14 @@ class Worker:
 
     def _start(self, job: JobStart) -> None:
         cancel = Cancel()
+        job = dataclasses.replace(job, ended=functools.partial(self._container_ended, job.job_id))
+        if job.alloc.behind is not None:
+            log.info("job %s: staged behind job %s (STAGE_AHEAD)", job.job_id, job.alloc.behind)
         thread = threading.Thread(
             target=self._job_thread, args=(job, cancel), name=f"job-{job.job_id}", daemon=True
         )
         with self._lock:
-            self._running[job.job_id] = (thread, cancel)
+            self._running[job.job_id] = (thread, cancel, job)
         if self.force_event.is_set():
             cancel.set("worker shut down", CancelKind.shutdown)
         thread.start()
@@ -309,12 +334,29 @@ class Worker:
             log.exception("job %s: crashed the job thread", job.job_id)
         finally:
             if leftover is None:
-                self.pool.release(job.job_id)
+                self._release(job.job_id)
             else:  # the container may still run on its GPU
                 self.leftovers.keep(job.job_id, leftover)
+            self.pool.withdraw(job.job_id)  # staged, and never got its share
             with self._lock:
                 self._running.pop(job.job_id, None)
+                self._finishing.discard(job.job_id)
             self._wake.set()
+
+    def _container_ended(self, job_id: str) -> None:
+        """The job's container has ended: its share goes to the next job now (a job staged
+        behind it starts at once, else the loop claims at once) while it uploads."""
+        with self._lock:
+            self._finishing.add(job_id)
+        self._release(job_id)
+        self._wake.set()
+
+    def _release(self, job_id: str) -> None:
+        successor = self.pool.release(job_id)
+        if successor is not None:
+            log.info(
+                "job %s: its share is free; job %s, staged behind it, starts", job_id, successor
+            )
 
     def _api_failed(self, exc: ApiError) -> float:
         problem = f"{type(exc).__name__}: {exc}"

@@ -16,12 +16,19 @@ import asyncio
 import logging
 import secrets
 import shutil
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
 
 from fastapi import Depends, FastAPI, Header, Query, Request
-from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from fastapi.responses import (
+    FileResponse,
+    JSONResponse,
+    PlainTextResponse,
+    Response,
+    StreamingResponse,
+)
 from starlette.datastructures import UploadFile
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -198,6 +205,9 @@ def create_app(state: MockState) -> FastAPI:
         path = state.check_in_store(file_id, "file id")
         if not path.is_file():
             raise ApiFailure(500) if path.exists() else ApiFailure(404, "File not found")
+        rate = state.faults.download_bytes_per_s
+        if rate:
+            return _throttled(path, rate)
         return FileResponse(path, filename=path.name)
 
     @app.get("/_s3/{key:path}")
@@ -333,10 +343,31 @@ def create_app(state: MockState) -> FastAPI:
     return app
 
 
+def _throttled(path: Path, rate: int) -> Response:
+    """The file at `rate` bytes per second: storage as slow as a lab's cloud bucket."""
+    chunk = max(rate // 20, 4096)
+
+    async def body() -> AsyncIterator[bytes]:
+        start = asyncio.get_running_loop().time()
+        sent = 0
+        with path.open("rb") as fh:
+            while data := fh.read(chunk):
+                yield data
+                sent += len(data)
+                ahead = sent / rate - (asyncio.get_running_loop().time() - start)
+                if ahead > 0:
+                    await asyncio.sleep(ahead)
+
+    size = path.stat().st_size
+    return StreamingResponse(body(), headers={"content-length": str(size)})
+
+
 async def _store(
     state: MockState, upload: UploadFile, job_id: int, kind: str, base_path: str, directory: Path
 ) -> None:
     """Write an uploaded file to `<directory>/<filename>` (the same name again overwrites)."""
+    if state.upload_gate is not None:
+        await asyncio.to_thread(state.upload_gate, job_id)
     upload.file.seek(0, 2)
     size = upload.file.tell()
     upload.file.seek(0)

@@ -16,6 +16,7 @@ import random
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,9 @@ class Faults(BaseModel):
     )
     ignore_hardware: bool = Field(
         default=False, description="hand out jobs without matching hardware"
+    )
+    download_bytes_per_s: int = Field(
+        default=0, ge=0, description="file downloads at this rate (slow storage); 0 = unthrottled"
     )
     seed: int | None = None
 
@@ -160,6 +164,8 @@ class MockState:
         self.upload_grants: dict[str, tuple[int, str, str, str]] = {}
         self.s3_grants: set[str] = set()
         self.requests_seen = 0
+        # tests only: called (in a worker thread) with the job id before an upload is stored
+        self.upload_gate: Callable[[int], None] | None = None
         self._down_until = 0.0
         self._rng = random.Random()
 

@@ -66,6 +66,7 @@ class RunResult:
     oom_killed: bool = False
     log_tail: str = ""
     ended_by: str | None = None  # why the fetcher stopped it, if it did
+    exited: bool = True  # the engine said it ended (False: it may still run, holding its GPU)
     gpu_line: str | None = None  # what it did with its GPU (fetcher.gpu.usage)
 
     def first_line(self) -> str:
@@ -304,7 +305,7 @@ class JobContainer:
         code = None
         if "status" in box:
             code = int(box["status"].get("StatusCode", -1))
-        return RunResult(code, self.oom_killed(), tail, stopped_by)
+        return RunResult(code, self.oom_killed(), tail, stopped_by, exited="status" in box)
 
     def oom_killed(self) -> bool:
         if self.container is None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import threading
 from collections.abc import Callable, Iterator
 
 from fetcher import outcome as outcomes
@@ -29,6 +30,7 @@ from fetcher.job.workspace import Layout, Workspace, plan_layout
 from fetcher.lifecycle import OutcomeKind, Stage
 from fetcher.models import JobSpecs, JobStatus
 from fetcher.outcome import Outcome
+from fetcher.pool import Allocation
 from fetcher.store import StoreError
 
 log = logging.getLogger(__name__)
@@ -64,6 +66,8 @@ class JobRun:
         self.log_file = s.state_dir.log_of(job_id)
         self.layout: Layout | None = None
         self.result: RunResult | None = None
+        self.turn: Allocation | None = None  # staged ahead: the share it waits for
+        self.on_exit: Callable[[], None] = lambda: None
 
     @contextlib.contextmanager
     def stage(self, stage: Stage) -> Iterator[None]:
@@ -125,9 +129,13 @@ def process_job(
     gpu_uuids: list[str] | None = None,
     limits: Limits | None = None,
     resume: str | None = None,
+    turn: Allocation | None = None,
+    on_exit: Callable[[], None] | None = None,
 ) -> Outcome:
     """Run one claimed job to its end and report it. Never raises: every failure is an Outcome.
-    `resume`: the id of the job's container, started by an earlier life of this fetcher."""
+    `resume`: the id of the job's container, started by an earlier life of this fetcher; `turn`:
+    a job staged ahead waits for this share before its container starts; `on_exit` is called the
+    moment its container has ended (its GPU is free then, while the outputs upload)."""
     run = JobRun(
         job_id,
         spec,
@@ -137,6 +145,7 @@ def process_job(
         limits or Limits(),
         adopted=resume is not None,
     )
+    run.turn, run.on_exit = turn, on_exit or (lambda: None)
     log.info("job %s: %s (%s)", job_id, "adopted" if resume else "started", spec.handler.image_url)
     run.keepalive.start(JobStatus.running if resume else JobStatus.preprocessing)
     try:
@@ -215,7 +224,32 @@ def check_cuda(run: JobRun) -> None:
         raise WorkerTrouble(why)
 
 
+def wait_for_turn(run: JobRun) -> None:
+    """A job staged ahead (STAGE_AHEAD), its inputs and image ready, waits for the share of the
+    job it was claimed behind; one not started within STAGE_AHEAD_MAX_WAIT_S is handed back, so
+    that it never waits behind an hours-long training while another worker is idle."""
+    if run.turn is None or run.turn.ready.is_set():
+        return
+    limit = run.deps.settings.stage_ahead_max_wait_s
+    woken = threading.Event()
+    run.cancel.subscribe(woken)
+    run.turn.listen(woken)
+    with run.stage(Stage.staged):
+        log.info(
+            "job %s: staged; waiting for job %s to free its share", run.job_id, run.turn.behind
+        )
+        woken.wait(limit)
+    run.check_cancel()
+    if not run.turn.ready.is_set():
+        raise WorkerTrouble(
+            f"staged ahead for {limit:.0f} s (STAGE_AHEAD_MAX_WAIT_S) and job {run.turn.behind}"
+            " still holds the GPU it waits for; handed back for another worker",
+            lasting=False,
+        )
+
+
 def start(run: JobRun) -> None:
+    wait_for_turn(run)
     with run.stage(Stage.starting):
         run.container.start(
             run.spec, run.ws, run.gpu_uuids, run.limits, cancel=run.cancel, created=run.started
@@ -229,6 +263,8 @@ def wait(run: JobRun) -> None:
         run.container.follow_logs(run.log_file)
         run.result = run.container.wait(run.cancel, run.deps.settings.job_time_limit_s)
         run.result.gpu_line = run.gpu_figures()
+    if run.result.exited:
+        run.on_exit()
     run.check_cancel()
 
 

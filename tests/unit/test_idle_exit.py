@@ -33,7 +33,9 @@ class Answers:
     def api_reachable(self) -> None:
         pass
 
-    def claim(self, offer: ClaimOffer, stop: threading.Event) -> ClaimResult:
+    def claim(
+        self, offer: ClaimOffer, stop: threading.Event, *, ahead: bool = False
+    ) -> ClaimResult:
         self.claims += 1
         answer = self.answers.pop(0) if self.answers else {}
         if isinstance(answer, Exception):

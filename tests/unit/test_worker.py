@@ -38,7 +38,9 @@ class FakeSource:
     def recover(self, stop: threading.Event) -> list[Adoption]:
         return self.adopted
 
-    def claim(self, offer: ClaimOffer, stop: threading.Event) -> ClaimResult:
+    def claim(
+        self, offer: ClaimOffer, stop: threading.Event, *, ahead: bool = False
+    ) -> ClaimResult:
         self.offers.append(offer)
         if callable(self.before_claim):
             self.before_claim()

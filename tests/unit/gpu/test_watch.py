@@ -1,0 +1,59 @@
+"""The GPU watch thread over the faithful fake: an Xid quarantines its GPU within moments; a
+running job's GPU is sampled; a driver without events still gets its samples."""
+
+from __future__ import annotations
+
+from fetcher.gpu.board import GpuBoard
+from fetcher.gpu.nvml import Nvml
+from fetcher.gpu.watch import GpuWatch
+from fetcher.quarantine import Quarantine
+from tests.fakes.nvml import FakeGpu, FakeNvml
+from tests.helpers import wait_for
+
+GiB = 1024**3
+
+
+def watched(fake: FakeNvml) -> tuple[GpuBoard, GpuWatch]:
+    nvml = Nvml(fake)
+    assert nvml.open()
+    b = GpuBoard(nvml, nvml.devices(), Quarantine(3))
+    return b, GpuWatch(b, interval_s=0.05).start()
+
+
+def test_an_xid_quarantines_its_gpu_while_the_watch_waits() -> None:
+    fake = FakeNvml([FakeGpu.a100(), FakeGpu.a100()])
+    b, watch = watched(fake)
+    try:
+        wait_for(lambda: fake.registered_events(1), 5, "the watch to register its events")
+        fake.inject_xid(1, 79)
+        wait_for(lambda: b.quarantine.why(b.gpus[1].uuid), 5, "the quarantine")
+        assert b.quarantine.why(b.gpus[0].uuid) is None
+    finally:
+        fake.interrupt_waits()
+        watch.stop()
+
+
+def test_a_running_jobs_gpu_is_sampled() -> None:
+    fake = FakeNvml([FakeGpu.a100()])
+    b, watch = watched(fake)
+    try:
+        b.usage.start("42", b.gpus)
+        fake.add_process(0, 77, 6 * GiB)
+        fake.set_utilization(0, 90)
+        wait_for(lambda: (b.usage.current("42") or b).devices[0].samples >= 2, 5, "samples")  # type: ignore[union-attr]
+        use = b.usage.finish("42")
+        assert use is not None and use.peak_mb == 6144 and use.mean_util == 90
+    finally:
+        fake.interrupt_waits()
+        watch.stop()
+
+
+def test_without_events_the_watch_still_samples() -> None:
+    fake = FakeNvml([FakeGpu.a100(supported_events=0)])
+    b, watch = watched(fake)
+    try:
+        b.usage.start("1", b.gpus)
+        fake.add_process(0, 5, GiB)
+        wait_for(lambda: (b.usage.current("1") or b).devices[0].samples >= 1, 5, "a sample")  # type: ignore[union-attr]
+    finally:
+        watch.stop()
