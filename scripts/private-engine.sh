@@ -12,13 +12,14 @@
 #   private-engine.sh status  DIR    print what runs
 #
 # DIR: an existing directory under /tmp (or $TMPDIR), at most 64 characters (the engine's sockets
-# live under it: a unix socket path is limited to 107 bytes). Layout:
+# live under it: containerd refuses a socket path over 104 bytes, and its longest is
+# DIR/x/containerd/containerd.sock.ttrpc; dockerd then gives up only after a minute). Layout:
 #   DIR/docker.sock  the API (DOCKER_HOST=unix://DIR/docker.sock)
 #   DIR/dockerd.pid DIR/dockerd.log DIR/daemon.json (empty: /etc/docker/daemon.json is never read)
 #   DIR/data         --data-root (images, containers, the managed containerd's root)
 #   DIR/x            --exec-root (the managed containerd's socket and state, runc's state, netns files)
 #   DIR/holder.pid   a `sleep` that holds the mount namespace (dockerd's mounts live in it only)
-#   DIR/options      the current mode (live-restore, own-containerd), kept across restarts
+#   DIR/options      the current mode (live-restore, own-containerd, socket-activation), kept across restarts
 # --own-containerd: a containerd of its own (DIR/ctd.sock, DIR/containerd.pid), started and stopped by
 #   this script and not by dockerd, as on hosts where containerd is a service of its own (docker-ce,
 #   Debian's docker.io under systemd): it outlives a restart or a kill of dockerd. Without it, dockerd
@@ -65,7 +66,7 @@ os.execvp(sys.argv[2], sys.argv[2:])  # nsenter execs dockerd: the same pid
 die() { echo "private-engine: $*" >&2; exit 2; }
 say() { echo "private-engine: $*" >&2; }
 
-usage() { sed -n '2,27p' "$0" >&2; exit 2; }
+usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d' >&2; exit 2; }
 
 [ $# -ge 2 ] || usage
 CMD=$1
@@ -88,7 +89,7 @@ done
 [ "$(id -u)" = 0 ] || die "needs root (a dockerd, namespaces)"
 
 # --- DIR: an existing directory under /tmp or $TMPDIR, every path built from it ---------------
-[ -d "$RAW_DIR" ] && [ ! -L "$RAW_DIR" ] || die "$RAW_DIR is not an existing directory"
+if [ ! -d "$RAW_DIR" ] || [ -L "$RAW_DIR" ]; then die "$RAW_DIR is not an existing directory"; fi
 DIR=$(realpath -e -- "$RAW_DIR")
 case "$DIR" in *[!A-Za-z0-9._/-]*) die "$DIR: only letters, digits and ._/- please" ;; esac
 allowed=0
@@ -98,7 +99,7 @@ for base in /tmp ${TMPDIR:+"$TMPDIR"}; do
   case "$DIR" in "$b"/?*) allowed=1 ;; esac
 done
 [ $allowed = 1 ] || die "$DIR is not under /tmp${TMPDIR:+ or $TMPDIR}: refused"
-[ ${#DIR} -le $MAX_DIR_LEN ] || die "$DIR is longer than $MAX_DIR_LEN characters (unix socket paths under it would pass 107 bytes)"
+[ ${#DIR} -le $MAX_DIR_LEN ] || die "$DIR is longer than $MAX_DIR_LEN characters (containerd's sockets under it would pass 104 bytes)"
 
 HASH=$(printf '%s' "$DIR" | sha256sum | cut -c1-10)
 NAME=pe-$HASH                          # netns name and cgroup parent
@@ -185,17 +186,18 @@ namespaces_up() {
   ip -n "$NAME" link set lo up
   if ! holder_pid >/dev/null; then
     # the mount namespace: a copy of the host's that receives the host's mounts (slave) and never
-    # sends its own back; the sleep holds it between two dockerds
+    # sends its own back; the sleep holds it between two dockerds. (Not `ip netns exec`: it mounts
+    # a fresh /sys, and the cgroup v1 hierarchies under /sys/fs/cgroup vanish for dockerd.)
     if [ "$SA" = 1 ]; then
       rm -f "$SOCK"
       setsid nsenter --net="$NETNS" -- unshare --mount --propagation slave -- \
         "$PYTHON" -c "$HOLD_SOCKET" "$HOLDER_PIDFILE" "$SOCK" </dev/null >/dev/null 2>&1 &
     else
+      # shellcheck disable=SC2016 # $$ and $1 are the inner shell's
       setsid nsenter --net="$NETNS" -- unshare --mount --propagation slave -- \
         sh -c 'echo $$ >"$1"; exec sleep infinity' holder "$HOLDER_PIDFILE" </dev/null >/dev/null 2>&1 &
     fi
-    local i
-    for i in $(seq 1 100); do holder_pid >/dev/null && break; sleep 0.02; done
+    for _ in $(seq 1 100); do holder_pid >/dev/null && break; sleep 0.02; done
     holder_pid >/dev/null || die "the namespace holder did not start"
     local h
     h=$(holder_pid)
@@ -222,11 +224,11 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 [plugins."io.containerd.monitor.v1.cgroups"]
   no_prometheus = true
 EOF
+  # shellcheck disable=SC2016 # $$, $1 and $@ are the inner shell's
   setsid nsenter --target "$h" --mount --net -- \
     sh -c 'echo $$ >"$1"; shift; exec "$@"' ctd "$CTD_PIDFILE" "$CONTAINERD" --config "$CTD_CONF" \
     </dev/null >>"$CTD_LOG" 2>&1 &
-  local i
-  for i in $(seq 1 200); do [ -S "$CTD_SOCK" ] && own_ctd_pid >/dev/null && return 0; sleep 0.025; done
+  for _ in $(seq 1 200); do [ -S "$CTD_SOCK" ] && own_ctd_pid >/dev/null && return 0; sleep 0.025; done
   tail -n 20 "$CTD_LOG" >&2 || true
   die "containerd did not start"
 }
@@ -322,12 +324,13 @@ down() {
   fi
   stop_dockerd TERM || stop_dockerd KILL || true
   # what is left: containers (in its cgroup parent), shims and containerd (in its mount namespace)
-  local tries
-  for tries in 1 2 3 4 5 6 7 8 9 10; do
+  for _ in 1 2 3 4 5 6 7 8 9 10; do
     local left
     left="$(cgroup_pids)"
     if h=$(holder_pid); then left="$left $(ns_pids "$h")"; fi
-    left=$(echo $left)
+    # shellcheck disable=SC2086 # one pid a word
+    left=$(printf '%s\n' $left | sort -un | tr '\n' ' ')
+    left=${left% }
     [ -n "$left" ] || break
     say "stopping what is left: $left"
     # shellcheck disable=SC2086
@@ -341,7 +344,8 @@ down() {
   fi
   [ -e "$NETNS" ] && ip netns del "$NAME"
   for c in $(cgroup_dirs); do
-    find "$c" -depth -type d -exec rmdir {} \; 2>/dev/null || say "cgroup $c is not empty"
+    find "$c" -depth -type d -exec rmdir {} \; 2>/dev/null || true
+    [ ! -d "$c" ] || say "cgroup $c is not empty: left"
   done
   # the host's mount table must hold nothing under DIR before anything is removed
   if awk -v d="$DIR/" '{ if (index($5 "/", d) == 1) found=1 } END { exit !found }' /proc/self/mountinfo; then

@@ -3,19 +3,27 @@ the fetcher's, and the engine facts the fetcher relies on (Docker 20.10 with its
 containerd, docker-py 7). Each test asserts what was observed: if an engine changes it, it fails.
 
 Facts pinned here (timeline from the signal to dockerd):
-- SIGTERM, no live-restore: the API socket goes first (~2 ms: new connections, and the pooled ones,
-  fail with ConnectionError/FileNotFoundError), then the engine stops every container at once
-  (SIGTERM, SIGKILL after the container's own stop timeout). A `wait()` already in flight is
-  answered normally, {'StatusCode': 143}, ~0.1 s after the signal; the attach stream ends in EOF.
-  After the restart the container is `exited 143, Error ""`, FinishedAt ~15 ms after the signal:
-  nothing in inspect or the events tells it from a `docker stop` or the job's own SIGTERM.
+- SIGTERM, no live-restore: the API socket goes first (~2 ms: a new connection fails with
+  ConnectionError/FileNotFoundError; a kept-alive one may still be answered until dockerd exits),
+  then the engine stops every container at once (SIGTERM, SIGKILL after the container's own stop
+  timeout, which dockerd waits for). A `wait()` already in flight is answered normally,
+  {'StatusCode': 143}, ~0.1 s after the signal; the attach stream ends in EOF. After the restart
+  the container is `exited 143, Error ""`, FinishedAt ~15 ms after the signal: nothing in inspect
+  or the events tells it from a `docker stop` or the job's own SIGTERM. An unless-stopped
+  container (the fetcher's) gets SIGTERM with the jobs, keeps its network until its SIGKILL, and
+  is started again with the engine.
 - SIGKILL, no live-restore: wait() raises ChunkedEncodingError, the attach stream ends in EOF, the
   API refuses; the container runs on (its shim). The next dockerd stops it while it restores,
-  before its API answers (events kill/die/stop), and an unless-stopped container stays stopped.
+  before its API answers (events kill/die/stop), and an unless-stopped container stays stopped
+  (one with `always` is started again).
 - live-restore: the container runs on; wait() raises ChunkedEncodingError and the attach stream
   ends (EOF) when dockerd exits; after the restart wait() works, the engine's log holds all output
   (what was written while dockerd was down is stamped when the new dockerd read it), and
-  `logs(since=<the moment the attach stream ended>)` is exactly what the stream missed.
+  `logs(since=<the moment the attach stream ended>)` is exactly what the stream missed; a
+  re-attach misses it. A job that ends while dockerd is down keeps its exit code and FinishedAt,
+  and loses what it wrote meanwhile.
+- socket activation (systemd's docker.socket): a new connection during the restart is accepted
+  and waits (no refusal): it is answered by the next dockerd, after its restore.
 """
 
 from __future__ import annotations
@@ -607,3 +615,56 @@ def test_sigterm_with_socket_activation(engines: Callable[..., PrivateEngine]) -
     assert {k: asked["state"][k] for k in STATE_STOPPED_143} == STATE_STOPPED_143
     assert t_signal < engine_time(asked["state"]["FinishedAt"]) < job.wait_at
     second_job_finishes(engine)
+
+
+def test_fetchers_container_keeps_its_network_until_its_stop_timeout(
+    engines: Callable[..., PrivateEngine], tmp_path: Path
+) -> None:
+    """The fetcher in a container gets SIGTERM with the jobs when the engine shuts down, and
+    until its own stop timeout passes (dockerd waits as long as a container's stop timeout asks,
+    past its --shutdown-timeout) it still reaches the host: it can hand its jobs back then."""
+    engine = engines()
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "x").write_text("hi\n")
+    server = subprocess.Popen(
+        ["nsenter", f"--net=/run/netns/{engine.name}", "/usr/bin/python3", "-m", "http.server",
+         "8000", "--bind", "172.17.0.1", "--directory", str(served)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        out = tmp_path / "out"
+        out.mkdir()
+        ask = r'printf "GET /x HTTP/1.0\r\n\r\n" | nc -w 1 172.17.0.1 8000 | grep -q hi'
+        loop = (
+            f'trap "T=1" TERM; T=0; until {ask}; do sleep 0.1; done; echo UP >>/out/net; '
+            f"while true; do if [ $T = 1 ]; then {ask} && echo OK >>/out/net || echo FAIL >>/out/net; fi; "
+            "sleep 0.3; done"
+        )
+        api = engine.client.api
+        standin = api.create_container(
+            IMAGE,
+            ["/bin/sh", "-c", loop],
+            stop_timeout=3,
+            host_config=api.create_host_config(
+                restart_policy={"Name": "unless-stopped"},
+                binds={str(out): {"bind": "/out", "mode": "rw"}},
+            ),
+        )["Id"]
+        api.start(standin)
+        until(lambda: (out / "net").exists(), 15, "the stand-in reaches the host")
+        pid = pid_of(engine.client.containers.get(standin))
+        t_signal = time.time()
+        engine.sigterm()
+        assert gone(pid)
+        results = (out / "net").read_text().split()
+        assert results[0] == "UP"
+        assert len(results) >= 1 + 7  # asked every 0.3 s for 3 s
+        assert set(results[1:]) == {"OK"}
+        engine.start()
+        finished = engine_time(api.inspect_container(standin)["State"]["FinishedAt"])
+        assert 3 < finished - t_signal < 3.5  # SIGKILL after its stop timeout
+        second_job_finishes(engine)
+    finally:
+        server.terminate()
+        server.wait(10)
