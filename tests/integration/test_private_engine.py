@@ -526,19 +526,33 @@ def test_live_restore_job_runs_on_and_its_log_is_whole(
     reattached = engine.client.api.attach_socket(
         job.container.id, params={"stdout": 1, "stderr": 1, "stream": 1, "logs": 0}
     )
+    followed: list[bytes] = []  # what a follower of the engine's log from there on gets
+    follower = threading.Thread(
+        target=lambda: followed.extend(
+            engine.new_client(timeout=None)
+            .containers.get(job.container.id)
+            .logs(stream=True, follow=True, since=t_eof)
+        ),
+        daemon=True,
+    )
+    follower.start()
     job.container.reload()
     assert job.container.status == "running"
     assert job.container.attrs["RestartCount"] == 0
     # wait() works again and gets the job's real end
     assert job.container.wait(timeout=30) == {"Error": None, "StatusCode": 0}
     again = b"".join(d for _k, d in frames_iter(reattached, tty=False)).decode()
+    follower.join(10)
+    assert not follower.is_alive()  # the follow ends with the container
 
     attached = job.output().splitlines()
     rest = [line for _t, line in log_lines(job.container, since=t_eof)]
     whole = [line for _t, line in log_lines(job.container)]
     assert whole == [f"line {i}" for i in range(total)]
-    # the engine's log since the attach stream ended is exactly what the stream missed
+    # the engine's log since the attach stream ended is exactly what the stream missed, and a
+    # follower from there on gets it all, up to the job's end
     assert attached + rest == whole
+    assert b"".join(followed).decode().splitlines() == rest
     # what the job wrote while dockerd was down is stamped when the new dockerd read it
     stamped = log_lines(job.container, since=t_eof)
     assert stamped[0][0] > t_start
