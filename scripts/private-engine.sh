@@ -19,6 +19,7 @@
 #   DIR/data         --data-root (images, containers, the managed containerd's root)
 #   DIR/x            --exec-root (the managed containerd's socket and state, runc's state, netns files)
 #   DIR/holder.pid   a `sleep` that holds the mount namespace (dockerd's mounts live in it only)
+#   DIR/tmp          TMPDIR of dockerd and containerd (containerd's stack dumps)
 #   DIR/options      the current mode (live-restore, own-containerd, socket-activation), kept across restarts
 # --own-containerd: a containerd of its own (DIR/ctd.sock, DIR/containerd.pid), started and stopped by
 #   this script and not by dockerd, as on hosts where containerd is a service of its own (docker-ce,
@@ -225,7 +226,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
   no_prometheus = true
 EOF
   # shellcheck disable=SC2016 # $$, $1 and $@ are the inner shell's
-  setsid nsenter --target "$h" --mount --net -- \
+  TMPDIR=$DIR/tmp setsid nsenter --target "$h" --mount --net -- \
     sh -c 'echo $$ >"$1"; shift; exec "$@"' ctd "$CTD_PIDFILE" "$CONTAINERD" --config "$CTD_CONF" \
     </dev/null >>"$CTD_LOG" 2>&1 &
   for _ in $(seq 1 200); do [ -S "$CTD_SOCK" ] && own_ctd_pid >/dev/null && return 0; sleep 0.025; done
@@ -244,7 +245,9 @@ start_dockerd() {
   local h
   h=$(holder_pid) || die "no namespace holder: run up first"
   [ -f "$CONF" ] || echo '{}' >"$CONF"
-  mkdir -p "$DATA" "$EXEC"
+  # TMPDIR: containerd writes its stack dumps there (containerd.<pid>.stacks.log) when dockerd
+  # kills it (SIGUSR1 first) for failing its health checks
+  mkdir -p "$DATA" "$EXEC" "$DIR/tmp"
   local args=(
     -H "unix://$SOCK" --pidfile "$PIDFILE" --data-root "$DATA" --exec-root "$EXEC"
     --config-file "$CONF" --cgroup-parent "/$NAME" --exec-opt native.cgroupdriver=cgroupfs
@@ -259,10 +262,10 @@ start_dockerd() {
   echo "=== $(date -u +%FT%T.%NZ) start ${args[*]}" >>"$LOG"
   if [ "$SA" = 1 ]; then
     args[1]=fd://
-    setsid "$PYTHON" -c "$HAND_SOCKET" "$h" nsenter --target "$h" --mount --net -- "$DOCKERD" "${args[@]}" \
+    TMPDIR=$DIR/tmp setsid "$PYTHON" -c "$HAND_SOCKET" "$h" nsenter --target "$h" --mount --net -- "$DOCKERD" "${args[@]}" \
       </dev/null >>"$LOG" 2>&1 &
   else
-    setsid nsenter --target "$h" --mount --net -- "$DOCKERD" "${args[@]}" </dev/null >>"$LOG" 2>&1 &
+    TMPDIR=$DIR/tmp setsid nsenter --target "$h" --mount --net -- "$DOCKERD" "${args[@]}" </dev/null >>"$LOG" 2>&1 &
   fi
   wait_api 60 $!
 }
@@ -351,7 +354,7 @@ down() {
   if awk -v d="$DIR/" '{ if (index($5 "/", d) == 1) found=1 } END { exit !found }' /proc/self/mountinfo; then
     die "mounts under $DIR in the host's mount namespace: not removing anything"
   fi
-  rm -rf --one-file-system -- "$DATA" "$EXEC" "$SOCK" "$PIDFILE" "$HOLDER_PIDFILE" "$CTD_SOCK" \
+  rm -rf --one-file-system -- "$DATA" "$EXEC" "$DIR/tmp" "$SOCK" "$PIDFILE" "$HOLDER_PIDFILE" "$CTD_SOCK" \
     "$CTD_PIDFILE" "$CTD_CONF" "$CONF" "$OPTIONS"
   say "down: $DIR"
 }

@@ -80,6 +80,7 @@ class PrivateEngine:
         self._client: Any = None
         self._containerd: int | None = None  # the managed containerd when dockerd was signalled
         self.timings: dict[str, float] = {}  # seconds each step took, last time
+        self.notes: list[str] = []  # what went oddly (shown by the tests' fixture)
 
     # --- lifecycle ---------------------------------------------------------------------------
     def __enter__(self) -> PrivateEngine:
@@ -112,6 +113,9 @@ class PrivateEngine:
             with contextlib.suppress(Exception):
                 self._client.close()
             self._client = None
+        dumps = sorted(p.name for p in (self.dir / "tmp").glob("containerd.*.stacks.log"))
+        if dumps:  # dockerd killed its containerd for failing its health checks
+            self.notes.append(f"containerd stack dumps: {dumps}")
         try:
             if self.dir.is_dir():
                 self._script("down", step="down")
@@ -139,7 +143,7 @@ class PrivateEngine:
             pid = _pid_of(self.dir / pidfile, marker)
             if pid is not None:
                 left.append(f"process {pid} ({pidfile})")
-        for name in ("data", "x", "docker.sock"):
+        for name in ("data", "x", "tmp", "docker.sock"):
             if (self.dir / name).exists():
                 left.append(str(self.dir / name))
         return left

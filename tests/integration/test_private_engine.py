@@ -99,7 +99,7 @@ def engines(tmp_path: Path, docker_client: Any) -> Iterator[Callable[..., Privat
     yield make
     for engine in made:
         engine.close()
-        print(f"private engine {engine.dir}: {engine.timings}")
+        print(f"private engine {engine.dir}: {engine.timings} {engine.notes}")
         assert engine.leftovers() == []
 
 
