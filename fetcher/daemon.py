@@ -17,6 +17,7 @@ from fetcher.api.client import WorkerApi
 from fetcher.cancel import Cancel
 from fetcher.delivery import Deliverer
 from fetcher.engine.container import Limits, remove_container
+from fetcher.engine.health import EngineHealth
 from fetcher.errors import ConfigError, api_label
 from fetcher.gpu.board import GpuBoard
 from fetcher.gpu.nvml import Nvml
@@ -31,11 +32,12 @@ from fetcher.logs import RecentErrors
 from fetcher.metrics import Metrics, settings_for_info
 from fetcher.pool import ResourcePool
 from fetcher.quarantine import Quarantine
+from fetcher.recovery import ENGINE_LOST_KEY
 from fetcher.settings import Settings
 from fetcher.signals import SignalRelay
 from fetcher.source import ApiJobSource
 from fetcher.statedir import keep_to_ourselves
-from fetcher.store import JobStore
+from fetcher.store import JobStore, StoreError
 from fetcher.worker import Execute, JobStart, LoopOptions, Worker
 
 log = logging.getLogger(__name__)
@@ -163,7 +165,17 @@ def job_deps(settings: Settings, client: Any, force: threading.Event) -> JobDeps
         metrics=metrics,
         images=ImageLedger(settings.state_dir.images),
         quarantine=Quarantine(settings.quarantine_after_failures),
+        engine=EngineHealth(client, on_lost=lambda at: remember_engine_lost(store, at)),
     )
+
+
+def remember_engine_lost(store: JobStore, at: float) -> None:
+    """Kept for crash recovery: a job container that ended after this moment may have been
+    stopped by the engine's restart (recovery hands it back instead of reporting its exit)."""
+    try:
+        store.set_meta(ENGINE_LOST_KEY, at)
+    except StoreError as exc:
+        log.warning("worker: could not note the engine's loss in the job store: %s", exc)
 
 
 def executor(deps: JobDeps) -> Execute:
@@ -184,7 +196,10 @@ def executor(deps: JobDeps) -> Execute:
         )
         deps.quarantine.record(outcome, [g.uuid for g in job.alloc.gpus])
         left = outcome.container_left
-        return None if left is None else lambda: remove_container(deps.docker, left) is None
+        if left is None:
+            return None
+        away = deps.engine is not None and deps.engine.lost_at is not None
+        return Leftover(lambda: remove_container(deps.docker, left) is None, engine_away=away)
 
     return execute
 

@@ -14,15 +14,23 @@ from fetcher.pool import ResourcePool
 
 log = logging.getLogger(__name__)
 
-# Tries again to remove what a job left on the engine; True once it is gone.
-Leftover = Callable[[], bool]
+
+@dataclass(frozen=True)
+class Leftover:
+    """A container a job left on the engine: `retry` tries its removal again (True once it is
+    gone); `engine_away`: the engine did not answer (a restart, said once elsewhere), not refused."""
+
+    retry: Callable[[], bool]
+    engine_away: bool = False
+
+
 LEFTOVER_RETRY_S = 30.0
 LEFTOVER_TRIES_BEFORE_IDLE_EXIT = 3  # --exit-when-idle leaves a container that outlived these
 
 
 @dataclass
 class _Held:
-    retry: Leftover
+    retry: Callable[[], bool]
     next_at: float
     tries: int = 0
 
@@ -35,16 +43,17 @@ class Leftovers:
         self._seq = 0
         self._lock = threading.Lock()
 
-    def keep(self, job_id: str, retry: Leftover) -> None:
+    def keep(self, job_id: str, left: Leftover) -> None:
         """The job ended, its container did not go: keep its share out of any offer, under a key
-        of its own (the same queue id may be claimed anew), until `retry` removes it."""
+        of its own (the same queue id may be claimed anew), until it is removed. With the engine
+        away (a restart, already said once), this is expected: no ERROR."""
         with self._lock:  # job threads end concurrently: one number each
             self._seq += 1
             key = f"job {job_id} (ended, #{self._seq})"  # an id may be reused
         self.pool.rename(job_id, key)
         with self._lock:  # retried only once its share is held under `key`
-            self._held[key] = _Held(retry, time.monotonic() + self.retry_s)
-        log.error(
+            self._held[key] = _Held(left.retry, time.monotonic() + self.retry_s)
+        (log.info if left.engine_away else log.error)(
             "job %s: its container is still on the engine; its CPU, memory and GPU(s) stay"
             " reserved until it is removed (tried again every %.0f s)",
             job_id,

@@ -128,7 +128,8 @@ def of_failure(
         return failed(err.detail(job_id), result, err.reason)
     else:
         text = err.detail(job_id)
-    log.error("job %s: %s", job_id, text)
+    expected = isinstance(err, WorkerTrouble) and not err.lasting  # an engine restart
+    (log.warning if expected else log.error)("job %s: %s", job_id, text)
     return worker_failure(policy, text, result, trouble=trouble_of(err, cancel))
 
 

@@ -22,6 +22,7 @@ from pydantic import ValidationError
 
 from fetcher.engine.container import LABEL_JOB, JobContainer, leftover_containers
 from fetcher.engine.errors import ENGINE_ERRORS
+from fetcher.engine.health import finished_at
 from fetcher.errors import ApiError, Interrupted, JobGone
 from fetcher.job import safefs
 from fetcher.job.cleanup import clean_up
@@ -35,6 +36,8 @@ from fetcher.worker import Adoption
 log = logging.getLogger(__name__)
 
 RESTARTED = "the worker restarted before the job's container started"
+ENGINE_STOPPED = "the Docker engine restarted and stopped the job's container (exit code {code})"
+ENGINE_LOST_KEY = "engine_lost_at"  # store meta: when this fetcher last saw its engine go away
 
 
 @dataclass(frozen=True)
@@ -57,20 +60,47 @@ def recover(deps: JobDeps, stop: threading.Event) -> list[Adoption]:
     """Settle what an earlier life left; returns the jobs to adopt."""
     by_job = _containers_by_job(deps)
     records = {r.job_id: r for r in deps.store.jobs()}
+    engine_lost_at = deps.store.get_meta(ENGINE_LOST_KEY)
     adopted: list[Adoption] = []
     for job_id in sorted(set(records) | set(by_job), key=int):
         if stop.is_set():
             log.info("recovery: stop requested; the rest is settled at the next start")
             break
         try:
-            found = settle(deps, job_id, records.get(job_id), by_job.get(job_id), stop)
+            container, rec = by_job.get(job_id), records.get(job_id)
+            unreported = rec is None or rec.report is None
+            if unreported and stopped_by_engine(deps, container, engine_lost_at):
+                hand_back(deps, job_id, rec, container, engine_stopped(container))
+                continue
+            found = settle(deps, job_id, rec, container, stop)
         except Exception:
             log.exception("job %s: recovery failed; leaving it for the next start", job_id)
             continue
         if found is not None:
             adopted.append(found)
     remove_stray_dirs(deps, keep={a.job_id for a in adopted} | set(records))
+    if engine_lost_at is not None:
+        deps.store.set_meta(ENGINE_LOST_KEY, None)
     return adopted
+
+
+def stopped_by_engine(deps: JobDeps, container: Any, lost_at: object) -> bool:
+    """A container that ended after this fetcher last saw its engine go away, on an engine
+    without live-restore: the engine's restart stopped it, not the job (whose exit it reports
+    all the same: no field of the container tells the two apart)."""
+    if container is None or not isinstance(lost_at, int | float):
+        return False
+    if str(getattr(container, "status", "")) != "exited":
+        return False
+    end = finished_at(container)
+    if end is None or end < lost_at - 2.0:
+        return False
+    return deps.engine is None or not deps.engine.live_restore()
+
+
+def engine_stopped(container: Any) -> str:
+    code = container.attrs.get("State", {}).get("ExitCode")
+    return ENGINE_STOPPED.format(code=code)
 
 
 def _containers_by_job(deps: JobDeps) -> dict[str, Any]:
@@ -121,12 +151,26 @@ def settle(
         )
         return Adoption(job_id, spec, rec.cpu_cores, rec.memory_mb, list(rec.gpus), container.id)
     reason = RESTARTED if container is None else "the worker restarted and lost the job's record"
+    hand_back(deps, job_id, rec, container, reason, verify=not view.reachable)
+    return None
+
+
+def hand_back(
+    deps: JobDeps,
+    job_id: str,
+    rec: JobRecord | None,
+    container: Any,
+    reason: str,
+    *,
+    verify: bool = True,
+) -> None:
+    """Clean up what the job left and give it back to the queue (the deliverer asks the server
+    first when `verify`: the job may have been re-queued meanwhile)."""
     clean(deps, job_id, container, rec)
     outcome = worker_failure(deps.settings.on_worker_failure, reason)
     assert outcome.status is not None
     log.warning("job %s: %s", job_id, outcome.details)
-    deps.deliverer.submit(job_id, outcome.status, outcome.details, verify=not view.reachable)
-    return None
+    deps.deliverer.submit(job_id, outcome.status, outcome.details, verify=verify)
 
 
 def ask_server(deps: JobDeps, job_id: str, stop: threading.Event) -> ServerView:
@@ -164,7 +208,9 @@ def clean(deps: JobDeps, job_id: str, container: Any, rec: JobRecord | None) -> 
     """What an earlier run left of the job: its container, directory and output copy."""
     if container is not None:
         log.info("job %s: removing container %s left by an earlier run", job_id, container.short_id)
-    job = JobContainer(deps.docker, job_id, deps.fetcher_id, deps.container_options, container)
+    job = JobContainer(
+        deps.docker, job_id, deps.fetcher_id, deps.container_options, container, engine=deps.engine
+    )
     spec = _spec(rec)
     clean_up(deps, job, image=spec.handler.image_url if spec else None)
 

@@ -142,6 +142,9 @@ class ApiJobSource:
 
     def housekeeping(self, running: int) -> None:
         self.deps.settings.state_dir.heartbeat.touch()
+        engine = self.deps.engine
+        if engine is not None and engine.lost_at is not None and engine.alive():
+            engine.back()
         self._take_release_request()
         if self.deps.gpus is not None:
             self.deps.gpus.refresh(set(self.pool.held_gpus()))
@@ -186,6 +189,14 @@ class ApiJobSource:
             quarantined=self.deps.quarantine.items(),
             staged=pool.staged,
         )
+
+    def stopping(self) -> None:
+        """A stop signal: where the fetcher runs in a container, an engine restart stops it
+        together with the jobs, its API already gone; noting that lets the next start hand
+        back the jobs the restart stopped (`fetcher.recovery`)."""
+        engine = self.deps.engine
+        if engine is not None and not engine.alive(timeout_s=2.0):
+            engine.lost("it does not answer as the fetcher is told to stop")
 
     def api_reachable(self) -> None:
         self.deps.deliverer.retry_now()

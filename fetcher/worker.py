@@ -82,6 +82,9 @@ class JobSource(Protocol):
     def housekeeping(self, running: int) -> None:
         """Every pass: refresh the heartbeat."""
 
+    def stopping(self) -> None:
+        """The worker was told to stop (its first signal)."""
+
     def api_reachable(self) -> None:
         """The API answers again after a failure."""
 
@@ -139,6 +142,7 @@ class Worker:
         name = signal.Signals(signum).name
         self.signals += 1
         if self.signals == 1:
+            self.source.stopping()
             log.info(
                 "worker: %s: no new jobs; waiting for %d running job(s) to finish (again to stop them)",
                 name,

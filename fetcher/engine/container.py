@@ -13,7 +13,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from docker.utils.socket import frames_iter
 
 from fetcher.cancel import Cancel
 from fetcher.engine.errors import ENGINE_ERRORS, docker_message, engine_error
+from fetcher.engine.health import EngineHealth, finished_at, parse_docker_time
 from fetcher.engine.output import LogFollower, hang_up
 from fetcher.engine.pull import ensure_image
 from fetcher.errors import Interrupted, WorkerTrouble
@@ -103,11 +105,15 @@ class JobContainer:
     container: Any = None
     follower: LogFollower | None = None
     left_behind: str | None = None  # the id of a container `remove` could not remove
+    engine: EngineHealth | None = None  # shared by every job: the log says once it went away
     name: str = field(init=False)
     _output: Any = field(default=None, init=False, repr=False)  # attached before the start
+    _ended: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.name = f"decode-job-{self.job_id}-{self.fetcher_id}"
+        if self.engine is None:
+            self.engine = EngineHealth(self.client)
 
     def start(
         self,
@@ -215,24 +221,53 @@ class JobContainer:
         opened before the start; for a container adopted after a restart (maybe ended already),
         from the engine's log."""
         sock = self._output
-        chunks: Iterable[bytes]
-        if sock is not None:
-            chunks = (data for _kind, data in frames_iter(sock, tty=False))
-        else:
-            try:
-                chunks = self.container.logs(stream=True, follow=True, stdout=True, stderr=True)
-            except ENGINE_ERRORS as exc:
-                log.warning("job %s: cannot read the container's output: %s", self.job_id, exc)
-                chunks = ()
         self.follower = LogFollower(
             self.job_id,
-            chunks,
+            self._output_chunks(sock),
             dest,
             self.options.log_max_bytes,
             self.options.log_tail_bytes,
             hang_up=lambda: hang_up(sock),
         ).start()
         self._output = None  # the follower hangs it up from now on (`remove` did until here)
+
+    def _output_chunks(self, sock: Any) -> Iterator[bytes]:
+        """The job's output: from the attach socket (or, adopted, the engine's log), then, when
+        that stream ends before the container does (an engine restart with live-restore breaks
+        it, not the job), the rest from the engine's log since the moment it ended."""
+        try:
+            if sock is not None:
+                yield from (data for _kind, data in frames_iter(sock, tty=False))
+            else:
+                yield from self.container.logs(stream=True, follow=True, stdout=True, stderr=True)
+        except ENGINE_ERRORS as exc:
+            log.warning("job %s: the container's output stream broke (%s)", self.job_id, exc)
+        yield from self._output_after(time.time())
+
+    def _output_after(self, since: float) -> Iterator[bytes]:
+        """What the job wrote after `since` (the stream broke then), until it ends."""
+        while True:
+            try:
+                self.container.reload()
+                state = self.container.attrs.get("State", {})
+            except ENGINE_ERRORS:
+                if self._ended.wait(1.0):  # the job is over and the engine still away
+                    return
+                continue
+            if state.get("Running"):
+                log.info("job %s: following its output again, from the engine's log", self.job_id)
+                rest = self.container.logs(stream=True, follow=True, since=since)
+            else:
+                end = parse_docker_time(str(state.get("FinishedAt") or ""))
+                if end is None or end <= since + 0.5:
+                    return
+                rest = self.container.logs(stream=False, since=since)
+                rest = [rest] if isinstance(rest, bytes) else rest
+            with contextlib.suppress(*ENGINE_ERRORS):
+                yield from rest
+            since = time.time()
+            if not state.get("Running"):
+                return
 
     def _drop_output(self) -> None:
         hang_up(self._output)
@@ -267,6 +302,8 @@ class JobContainer:
         wake = threading.Event()  # the container ended, or the job was cancelled
         finished = threading.Event()  # the container ended
         box: dict[str, Any] = {}
+        engine = self.engine
+        assert engine is not None
 
         def waiter() -> None:
             pause = 0.5
@@ -278,12 +315,12 @@ class JobContainer:
                     box["gone"] = True
                     break
                 except ENGINE_ERRORS as exc:
-                    log.warning(
-                        "job %s: docker engine did not answer (%s); still waiting", self.job_id, exc
-                    )
+                    box.setdefault("lost_at", engine.lost(exc))
                     if cancel.event.wait(pause):
                         break
                     pause = min(pause * 2, 30)
+            if "status" in box and "lost_at" in box:
+                engine.back()
             finished.set()
             wake.set()
 
@@ -299,6 +336,9 @@ class JobContainer:
             finished.wait(self.options.stop_grace_s + 30)
         if box.get("gone"):
             raise WorkerTrouble("the container disappeared (removed by someone else)")
+        if "status" in box and stopped_by is None:
+            self._raise_if_the_engine_stopped_it(box)
+        self._ended.set()
         if self.follower is not None:
             self.follower.join(30)
         tail = self.follower.tail() if self.follower is not None else ""
@@ -306,6 +346,27 @@ class JobContainer:
         if "status" in box:
             code = int(box["status"].get("StatusCode", -1))
         return RunResult(code, self.oom_killed(), tail, stopped_by, exited="status" in box)
+
+    def _raise_if_the_engine_stopped_it(self, box: dict[str, Any]) -> None:
+        """A container that ended with the engine's own stop (a restart without live-restore)
+        did not end for the job's reasons: WorkerTrouble (not this box's lasting trouble)."""
+        engine = self.engine
+        assert engine is not None
+        code = box["status"].get("StatusCode")
+        if not engine.alive():  # going away now: its stop is what ended the container
+            engine.lost("its API is gone as a container ends")
+        else:
+            lost_at = box.get("lost_at")
+            if lost_at is None or engine.live_restore():
+                return
+            end = finished_at(self.container)
+            if end is None or end < lost_at - 2.0:
+                return
+        self._ended.set()
+        raise WorkerTrouble(
+            f"the Docker engine restarted and stopped the job's container (exit code {code})",
+            lasting=False,
+        )
 
     def oom_killed(self) -> bool:
         if self.container is None:
@@ -343,10 +404,21 @@ class JobContainer:
         self._drop_output()  # attached but never followed (a failure right after the start)
         target = self.container.id if self.container is not None else self.name
         failure = remove_container(self.client, target)
+        engine = self.engine
+        assert engine is not None
         if failure is None:
+            engine.back()
             return True
-        log.error("job %s: could not remove container %s: %s", self.job_id, target[:12], failure)
         self.left_behind = target
+        if not engine.alive():  # a restart: expected, said once (EngineHealth)
+            engine.lost(failure)
+            log.info(
+                "job %s: its container %s goes once the engine is back", self.job_id, target[:12]
+            )
+        else:
+            log.error(
+                "job %s: could not remove container %s: %s", self.job_id, target[:12], failure
+            )
         return False
 
 

@@ -8,6 +8,7 @@ from typing import Any
 from fetcher.api.client import WorkerApi
 from fetcher.delivery import Deliverer
 from fetcher.engine.container import ContainerOptions
+from fetcher.engine.health import EngineHealth
 from fetcher.gpu.board import GpuBoard
 from fetcher.images.ledger import ImageLedger
 from fetcher.metrics import Metrics
@@ -44,6 +45,7 @@ class JobDeps:
     metrics: Metrics = field(default_factory=Metrics)
     images: ImageLedger | None = None  # the job images used, for pruning
     gpus: GpuBoard | None = None  # the GPUs' state (None: no NVML)
+    engine: EngineHealth | None = None  # whether the engine answers (one per daemon)
     quarantine: Quarantine = field(default_factory=lambda: Quarantine(3))
     container_options: ContainerOptions = field(init=False)
 

@@ -58,7 +58,9 @@ class JobRun:
         self.gpu_uuids = gpu_uuids
         self.limits = limits
         self.ws = Workspace(job_id, s.path_base, s.host_base)
-        self.container = JobContainer(deps.docker, job_id, deps.fetcher_id, deps.container_options)
+        self.container = JobContainer(
+            deps.docker, job_id, deps.fetcher_id, deps.container_options, engine=deps.engine
+        )
         self.keepalive = KeepAlive(
             deps.api, job_id, s.keepalive_interval_s, cancel, verify_first=adopted
         )

@@ -89,9 +89,7 @@ def test_a_drain_hands_a_staged_job_back_unstarted(env: Env, engine: Any) -> Non
     t, out = in_thread(daemon.run)
     try:
         wait_for(lambda: staged.claims and long.status.value == "running", 60, "staging")
-        wait_for(
-            lambda: any("staged" == r.stage for r in daemon.deps.store.jobs()), 30, "staged"
-        )
+        wait_for(lambda: any(r.stage == "staged" for r in daemon.deps.store.jobs()), 30, "staged")
     finally:
         # When the worker is asked to stop (the first SIGTERM: drain)
         daemon.worker.request_stop()
@@ -125,9 +123,7 @@ def test_kill_9_during_the_overlap_then_a_restart_reports_each_job_once(
     fid = fetcher_id("kill9")
     proc = fetcher_process(env, fid, MAX_PARALLEL_JOBS="1", STAGE_AHEAD="1")
     try:
-        wait_for(
-            lambda: second.status.value == "running" and third.claims, 60, "the overlap"
-        )
+        wait_for(lambda: second.status.value == "running" and third.claims, 60, "the overlap")
         # When the fetcher is killed with -9 in the middle of it
         proc.kill()
         proc.wait(10)

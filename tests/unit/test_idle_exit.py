@@ -33,6 +33,9 @@ class Answers:
     def api_reachable(self) -> None:
         pass
 
+    def stopping(self) -> None:
+        pass
+
     def claim(
         self, offer: ClaimOffer, stop: threading.Event, *, ahead: bool = False
     ) -> ClaimResult:

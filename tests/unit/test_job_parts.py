@@ -293,6 +293,7 @@ def test_no_claim_while_path_base_has_too_little_free_space(
     from fetcher import source as source_module
     from fetcher.models import ClaimOffer, ClaimResult
     from fetcher.quarantine import Quarantine
+    from fetcher.statedir import StateDir
 
     asked: list[ClaimOffer] = []
 
@@ -301,7 +302,9 @@ def test_no_claim_while_path_base_has_too_little_free_space(
         return ClaimResult()
 
     api = SimpleNamespace(claim_jobs=claim_jobs)
-    settings = SimpleNamespace(min_free_disk_mb=1024, path_base=tmp_path)
+    settings = SimpleNamespace(
+        min_free_disk_mb=1024, path_base=tmp_path, state_dir=StateDir.of(tmp_path)
+    )
     deps: Any = SimpleNamespace(
         settings=settings,
         api=api,

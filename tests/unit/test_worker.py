@@ -12,6 +12,7 @@ import pytest
 from fetcher.cancel import Cancel
 from fetcher.errors import ApiUnavailable, Interrupted, InvalidJobSpec
 from fetcher.host import Host
+from fetcher.leftovers import Leftover
 from fetcher.models import ClaimOffer, ClaimResult, HandlerSpecs, HardwareSpecs, JobSpecs
 from fetcher.pool import Allocation, ResourcePool
 from fetcher.worker import Adoption, JobStart, LoopOptions, Worker
@@ -67,6 +68,9 @@ class FakeSource:
             raise self.housekeeping_errors.pop(0)
 
     def api_reachable(self) -> None:
+        pass
+
+    def stopping(self) -> None:
         pass
 
 
@@ -327,7 +331,7 @@ def test_a_container_the_engine_would_not_remove_keeps_its_gpu_out_of_offers(
             removal_tries.append(job_id)
             return engine_fixed.is_set()
 
-        return leftover
+        return Leftover(leftover)
 
     gpus = (Gpu(0, "GPU-0", "A100", 40000, "ampere"), Gpu(1, "GPU-1", "T4", 15000, "turing"))
     pool = ResourcePool(Host(8, 8000, gpus), 2, 1, 100)
@@ -379,7 +383,7 @@ def test_exit_when_idle_is_not_held_for_ever_by_a_container_that_will_not_go(
             tries.append(1)
             return False
 
-        return never_gone
+        return Leftover(never_gone)
 
     pool = ResourcePool(Host(8, 8000, ()), 1, 1, 100)
     source = FakeSource([{"1": spec()}])
