@@ -50,13 +50,18 @@ class Leftovers:
         with self._lock:  # job threads end concurrently: one number each
             self._seq += 1
             key = f"job {job_id} (ended, #{self._seq})"  # an id may be reused
-        self.pool.rename(job_id, key)
+        holds = self.pool.rename(job_id, key)
         with self._lock:  # retried only once its share is held under `key`
             self._held[key] = _Held(left.retry, time.monotonic() + self.retry_s)
+        what = (
+            "its CPU, memory and GPU(s) stay reserved until it is removed"
+            if holds  # it may still run on its GPU
+            else "it has ended and holds nothing; it is removed"
+        )
         (log.info if left.engine_away else log.error)(
-            "job %s: its container is still on the engine; its CPU, memory and GPU(s) stay"
-            " reserved until it is removed (tried again every %.0f s)",
+            "job %s: its container is still on the engine; %s (tried again every %.0f s)",
             job_id,
+            what,
             self.retry_s,
         )
 
@@ -77,7 +82,23 @@ class Leftovers:
                     held.next_at, held.tries = now + self.retry_s, held.tries + 1
             if gone:
                 self.pool.release(key)
-                log.info("%s: its container is removed at last; its share is free again", key)
+                log.info("%s: its container is removed at last", key)
+
+    def flush(self, tries: int = 3, pause_s: float = 1.0) -> None:
+        """Before the daemon exits: a few more tries at the containers still to remove that the
+        engine has not refused again and again (the next start removes what is left even so)."""
+        for i in range(tries):
+            with self._lock:
+                fresh = [
+                    h for h in self._held.values() if h.tries < LEFTOVER_TRIES_BEFORE_IDLE_EXIT
+                ]
+                if not fresh:  # none, or only those the engine refused again and again
+                    return
+                for held in fresh:
+                    held.next_at = 0.0
+            if i:
+                time.sleep(pause_s)
+            self.retry_due()
 
     def stuck(self) -> bool:
         """Some shares are held, each by a container that failed to go several times."""

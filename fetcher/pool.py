@@ -272,15 +272,17 @@ class ResourcePool:
                     del self.behind[ahead]
             self.held.pop(job_id, None)
 
-    def rename(self, job_id: str, key: str) -> None:
+    def rename(self, job_id: str, key: str) -> bool:
         """Keep a job's share held under another key (the job ended, its container did not): a
-        job staged behind it waits until that container is gone."""
+        job staged behind it waits until that container is gone. False when the job held no
+        share any more (its container had ended: it gave it back then)."""
         with self._lock:
             alloc = self.held.pop(job_id, None)
             if alloc is not None:
                 self.held[key] = alloc
             if job_id in self.behind:
                 self.behind[key] = self.behind.pop(job_id)
+        return alloc is not None
 
     @property
     def running(self) -> int:

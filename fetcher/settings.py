@@ -226,6 +226,15 @@ class Settings(BaseSettings):
     image_prune_interval_s: float = Field(
         default=3600.0, gt=0, description="How often the image pruning policy runs"
     )
+    image_refresh_interval_s: float = Field(
+        default=1800.0,
+        ge=0,
+        description="How often the `:latest` (and untagged) images of recent jobs are pulled again"
+        " in the background, so that a moved tag is not pulled in a job's time; 0 = off",
+    )
+    image_refresh_within_days: float = Field(
+        default=7.0, gt=0, description="Refresh only images a job used within this many days"
+    )
 
     _ignored_username: str | None = PrivateAttr(default=None)
 

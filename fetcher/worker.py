@@ -193,6 +193,7 @@ class Worker:
             if timeout and self._wake.wait(timeout):
                 self._wake.clear()
         self._drain()
+        self.leftovers.flush()
         log.info("worker: stopped")
         return 0
 

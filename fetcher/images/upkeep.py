@@ -1,14 +1,21 @@
-"""The image upkeep thread: every IMAGE_PRUNE_INTERVAL_S, remove the job images the policy
-(IMAGE_KEEP_DAYS, IMAGE_CACHE_MAX_GB) lets go, never one in use or about to be."""
+"""The image upkeep thread, so that a job never waits on work that could have been done before:
+- every IMAGE_REFRESH_INTERVAL_S, pull again the `:latest` (and untagged) images jobs used within
+  IMAGE_REFRESH_WITHIN_DAYS: a moved tag is fetched now, and the pull at the next job's start
+  (which `auto` does for those images) finds every layer there;
+- every IMAGE_PRUNE_INTERVAL_S, remove the job images the policy (IMAGE_KEEP_DAYS,
+  IMAGE_CACHE_MAX_GB) lets go, never one in use or about to be (a staged job's included)."""
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
+from fetcher.engine.errors import ENGINE_ERRORS
+from fetcher.engine.pull import effective_policy, pull
 from fetcher.images.ledger import ImageLedger
-from fetcher.images.policy import gb_to_bytes, prune_images
+from fetcher.images.policy import DAY_S, gb_to_bytes, prune_images
 from fetcher.lifecycle import Phase
 from fetcher.metrics import Metrics
 from fetcher.settings import Settings
@@ -36,9 +43,17 @@ class ImageUpkeep:
         self._halt = threading.Event()
         self._thread = threading.Thread(target=self._run, name="images", daemon=True)
 
-    def start(self) -> ImageUpkeep:
+    @property
+    def pruning(self) -> bool:
+        return bool(self.settings.image_keep_days or self.settings.image_cache_max_gb)
+
+    @property
+    def refreshing(self) -> bool:
         s = self.settings
-        if s.image_keep_days or s.image_cache_max_gb:
+        return bool(s.image_refresh_interval_s) and s.image_pull_policy != "never"
+
+    def start(self) -> ImageUpkeep:
+        if self.pruning or self.refreshing:
             self._thread.start()
         return self
 
@@ -70,12 +85,53 @@ class ImageUpkeep:
         self.ledger.forget(gone)
         return gone
 
-    def _run(self) -> None:
-        interval = self.settings.image_prune_interval_s
-        while not self._halt.is_set() and not self.stop_event.is_set():
+    def refresh_once(self, now: float | None = None) -> list[str]:
+        """Pull again the recent jobs' images that `auto` pulls at each job (`:latest`,
+        untagged); returns those whose tag moved. Never raises for the engine or a registry."""
+        now = time.time() if now is None else now
+        within = self.settings.image_refresh_within_days * DAY_S
+        moved = []
+        for ref, used in sorted(self.ledger.snapshot().items()):
+            if now - used > within or effective_policy(ref, "auto") != "always":
+                continue
+            before = _image_id(self.docker, ref)
             try:
-                self.prune_once()
-            except Exception:
-                log.exception("images: pruning failed; trying again later")
-            if self._halt.wait(interval):
+                pull(self.docker, ref)
+            except ENGINE_ERRORS as exc:
+                log.warning("images: refreshing %s failed (%s); the next job pulls it", ref, exc)
+                continue
+            after = _image_id(self.docker, ref)
+            if after != before:
+                moved.append(ref)
+                log.info(
+                    "images: %s moved to %s; pulled ahead of its next job", ref, (after or "?")[:19]
+                )
+        return moved
+
+    def _run(self) -> None:
+        s = self.settings
+        tasks = [
+            (self.refresh_once, "refreshing", s.image_refresh_interval_s, self.refreshing),
+            (self.prune_once, "pruning", s.image_prune_interval_s, self.pruning),
+        ]
+        due = [0.0 if on else float("inf") for *_, on in tasks]
+        while not self._halt.is_set() and not self.stop_event.is_set():
+            for i, (task, what, interval, _on) in enumerate(tasks):
+                if time.monotonic() >= due[i]:
+                    self._guarded(task, what)
+                    due[i] = time.monotonic() + interval
+            if self._halt.wait(max(min(due) - time.monotonic(), 1.0)):
                 return
+
+    def _guarded(self, task: Any, what: str) -> None:
+        try:
+            task()
+        except Exception:
+            log.exception("images: %s failed; trying again later", what)
+
+
+def _image_id(client: Any, ref: str) -> str | None:
+    try:
+        return str(client.images.get(ref).id)
+    except ENGINE_ERRORS:
+        return None
