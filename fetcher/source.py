@@ -37,6 +37,7 @@ class ApiJobSource:
         self.last_claim: float | None = None
         self.paused: str | None = None  # why no claim is made now (shown by `fetcher status`)
         self._free_mb: int | None = None
+        self._paused_kind: str | None = None
 
     def recover(self, stop: threading.Event) -> list[Adoption]:
         return recover(self.deps, stop)
@@ -69,13 +70,19 @@ class ApiJobSource:
             kind, why = "disk", self._disk_too_low()
         self.deps.metrics.set_claims_paused(None if why is None else kind)
         if why != self.paused:
-            if why is not None:
-                log.error("worker: claiming no job: %s", why)
-            elif self._free_mb is not None:
-                log.info("worker: claiming again (%d MB free under PATH_BASE)", self._free_mb)
+            if why is None:
+                log.info("worker: claiming again%s", self._disk_note())
+            elif kind == "admin":  # deliberate: not an error
+                log.warning("worker: claiming no job: %s", why)
             else:
-                log.info("worker: claiming again")
+                log.error("worker: claiming no job: %s", why)
+        self._paused_kind = None if why is None else kind
         return why
+
+    def _disk_note(self) -> str:
+        if self._paused_kind == "disk" and self._free_mb is not None:
+            return f" ({self._free_mb} MB free under PATH_BASE)"
+        return ""
 
     def _unhealthy(self) -> str | None:
         """The box is quarantined, or every GPU it has is."""

@@ -109,6 +109,7 @@ class JobContainer:
     name: str = field(init=False)
     _output: Any = field(default=None, init=False, repr=False)  # attached before the start
     _ended: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
+    _gpus: list[str] = field(default_factory=list, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.name = f"decode-job-{self.job_id}-{self.fetcher_id}"
@@ -128,6 +129,21 @@ class JobContainer:
         """Create and start the container (its image present: see `pull`); `created` is told its
         id before it starts. Raises ContainerError (the job's: image, command), WorkerTrouble
         (this box's: engine, GPU runtime, mount), Interrupted."""
+        self.create(spec, ws, gpu_uuids, limits, cancel=cancel, created=created)
+        self.run()
+
+    def create(
+        self,
+        spec: JobSpecs,
+        ws: Workspace,
+        gpu_uuids: list[str],
+        limits: Limits,
+        *,
+        cancel: Cancel | None = None,
+        created: Callable[[str], None] | None = None,
+    ) -> None:
+        """Create the container and attach to its output (a job staged ahead does this while it
+        waits for its GPU: only `run` is left for the moment the GPU is free). Raises as `start`."""
         cancel = cancel or Cancel()
         if cancel.is_set():
             raise Interrupted(cancel.reason or "cancelled")
@@ -145,6 +161,10 @@ class JobContainer:
         if created is not None:
             created(self.container.id)
         self._output = self._attach()  # before it starts: nothing is missed
+        self._gpus = list(gpu_uuids)
+
+    def run(self) -> None:
+        """Start the container `create` made. Raises as `start`."""
         try:
             self.container.start()
         except ENGINE_ERRORS as exc:
@@ -155,7 +175,7 @@ class JobContainer:
             "job %s: container %s started (%s)",
             self.job_id,
             self.container.short_id,
-            f"GPUs {','.join(gpu_uuids)}" if gpu_uuids else "no GPU",
+            f"GPUs {','.join(self._gpus)}" if self._gpus else "no GPU",
         )
 
     def pull(self, image: str, cancel: Cancel | None = None) -> None:

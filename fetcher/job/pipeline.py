@@ -251,11 +251,14 @@ def wait_for_turn(run: JobRun) -> None:
 
 
 def start(run: JobRun) -> None:
-    wait_for_turn(run)
+    """Create the container and start it; a job staged ahead creates it first, then waits for
+    its GPU, so that only the start is left in the GPU's time."""
     with run.stage(Stage.starting):
-        run.container.start(
+        run.container.create(
             run.spec, run.ws, run.gpu_uuids, run.limits, cancel=run.cancel, created=run.started
         )
+    wait_for_turn(run)
+    run.container.run()  # in the GPU's time: nothing else (the stage is noted once it runs)
 
 
 def wait(run: JobRun) -> None:

@@ -7,7 +7,9 @@ than the retry budget, a refused login or a full disk is the worker's (the job i
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -25,6 +27,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 PROGRESS_EVERY_S = 10.0
 LARGE_FILE = 64 * 1024 * 1024
+UPLOAD_NICENESS = 10
 CONTAINER_LOG = "container.log"
 
 
@@ -54,12 +57,25 @@ class ProgressLog:
         log.info("%s: %s%s at %s/s", self.subject, human(done), of, human(rate))
 
 
+def yield_cpu() -> None:
+    """Lower this thread's CPU priority (Linux: niceness is per thread): an upload runs beside
+    the next job, whose start (the engine's create and start) must not wait for CPU behind it
+    on a box of few cores."""
+    with contextlib.suppress(OSError, AttributeError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), UPLOAD_NICENESS)
+
+
 def run_parallel(
-    items: Iterable[T], fn: Callable[[T], int], workers: int, cancel: threading.Event
+    items: Iterable[T],
+    fn: Callable[[T], int],
+    workers: int,
+    cancel: threading.Event,
+    *,
+    background: bool = False,
 ) -> int:
     """Run `fn` over `items` on `workers` threads; the first failure stops the rest and is raised.
     At most twice `workers` items are handed to the threads at a time (100,000 outputs must not
-    become 100,000 futures at once)."""
+    become 100,000 futures at once). `background`: the threads yield the CPU to everything else."""
     stop = threading.Event()
 
     def guarded(item: T) -> int:
@@ -70,7 +86,11 @@ def run_parallel(
     total = 0
     failure: BaseException | None = None
     todo = iter(items)
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="transfer") as pool:
+    with ThreadPoolExecutor(
+        max_workers=workers,
+        thread_name_prefix="transfer",
+        initializer=yield_cpu if background else None,
+    ) as pool:
         running: set[Future[int]] = set()
         while True:
             while failure is None and len(running) < 2 * workers:
@@ -208,7 +228,7 @@ def upload_outputs(
             counted(size)
         return size
 
-    total = run_parallel(files, one, workers, cancel)
+    total = run_parallel(files, one, workers, cancel, background=True)
     _summary(job_id, "uploaded", len(files), total, started)
     if too_much is not None:
         raise too_much

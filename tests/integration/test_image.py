@@ -49,12 +49,11 @@ def fetcher_image(docker_client: Any) -> str:
     return TAG
 
 
-@pytest.fixture
-def fetcher_container(engine: Any, fetcher_image: str, env: Env) -> Iterator[Any]:
+def run_fetcher_container(engine: Any, fetcher_image: str, env: Env, *command: str) -> Any:
     """The image run as the README says: the socket, the base path mounted, PATH_HOST_BASE set."""
-    container = engine.containers.run(
+    return engine.containers.run(
         fetcher_image,
-        ["run", "--exit-when-idle"],
+        list(command),
         detach=True,
         network_mode="host",
         volumes={
@@ -73,6 +72,12 @@ def fetcher_container(engine: Any, fetcher_image: str, env: Env) -> Iterator[Any
             "FETCHER_ID": fetcher_id("image"),
         },
     )
+
+
+@pytest.fixture
+def fetcher_container(engine: Any, fetcher_image: str, env: Env) -> Iterator[Any]:
+    """A pilot (`run --exit-when-idle`) of the image."""
+    container = run_fetcher_container(engine, fetcher_image, env, "run", "--exit-when-idle")
     yield container
     container.remove(force=True)
 
@@ -268,3 +273,29 @@ def test_docker_run_stop_and_cleanup_scripts(env: Env, engine: Any, fetcher_imag
 
 def test_busybox_test_image_is_present(engine: Any) -> None:
     engine.images.get(IMAGE)
+
+
+def test_pause_and_resume_through_docker_exec(env: Env, engine: Any, fetcher_image: str) -> None:
+    import json
+
+    # Given the fetcher's container, a daemon (not a pilot), idle
+    container = run_fetcher_container(engine, fetcher_image, env, "run")
+    try:
+        wait_for(
+            lambda: container.exec_run(["fetcher", "status", "--json"])[0] == 0, 60, "its state"
+        )
+        # When the admin pauses it through `docker exec` and a job arrives
+        code, out = container.exec_run(["fetcher", "pause", "--reason", "demo at 3"])
+        assert code == 0 and "demo at 3" in out.decode(), out.decode()
+        job = env.submit(["true"], files_up={})
+        time.sleep(2)
+        # Then nothing is claimed and `fetcher status` says why
+        assert job.claims == []
+        code, out = container.exec_run(["fetcher", "status", "--json"])
+        assert code == 0 and "demo at 3" in (json.loads(out)["paused"] or "")
+        # and after `fetcher resume` the job runs
+        code, out = container.exec_run(["fetcher", "resume"])
+        assert code == 0 and "claiming again" in out.decode()
+        wait_for(lambda: job.status.value == "finished", 60, "the job after resume")
+    finally:
+        container.remove(force=True)
