@@ -22,7 +22,7 @@ import pytest
 from fetcher.daemon import build_daemon
 from fetcher.settings import Settings
 from tests.helpers import IMAGE, TOKEN, Env, fetcher_id
-from tests.hostile import HostileServer, Route
+from tests.helpers.hostile import HostileServer, Route
 
 pytestmark = pytest.mark.docker
 

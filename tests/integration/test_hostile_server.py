@@ -11,7 +11,7 @@ import pytest
 from fetcher.daemon import build_daemon
 from fetcher.settings import Settings
 from tests.helpers import IMAGE, TOKEN, fetcher_id
-from tests.hostile import HostileServer
+from tests.helpers.hostile import HostileServer
 
 pytestmark = pytest.mark.docker
 

@@ -1,4 +1,5 @@
-"""Shared test helpers: the mock API, settings for a test, job submission, a GPU-less NVML fake."""
+"""One test's world: the mock API on real HTTP, the fetcher's settings against it, job submission,
+and what to wait for and read back (a job's statuses)."""
 
 from __future__ import annotations
 
@@ -10,16 +11,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fetcher.api.auth import FixedToken
 from fetcher.api.client import WorkerApi
+from fetcher.api.http import Http
 from fetcher.models import (
     AppSpecs,
+    ClaimOffer,
     HandlerSpecs,
     HardwareSpecs,
     JobSpecs,
     MetaSpecs,
     PathsUploadSpecs,
     SubmittedJob,
-    UploadType,
 )
 from fetcher.settings import Settings
 from mock_api.server import MockServer
@@ -66,6 +69,10 @@ class Env:
         }
         values.update(overrides)
         return Settings(_env_file=None, **values)
+
+    def client(self, token: str = TOKEN, retry_s: float = 3.0) -> WorkerApi:
+        """The fetcher's own client of this mock API, with a fixed token (the worker's by default)."""
+        return WorkerApi(self.mock.url, FixedToken(token), Http(retry_s=retry_s, max_backoff_s=0.2))
 
     def add_worker(self, name: str) -> str:
         """Another worker account (of the `workers` group); returns its fixed token."""
@@ -176,6 +183,8 @@ def decode_job(**handler: Any) -> dict[str, Any]:
 
 
 def wait_for(predicate: Callable[[], Any], timeout_s: float = 30.0, what: str = "condition") -> Any:
+    """`predicate()`'s first true value, asked every 50 ms; an AssertionError naming `what` if
+    none comes within `timeout_s`."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         value = predicate()
@@ -195,64 +204,20 @@ def sequence(job: MockJob) -> list[str]:
 
 
 def statuses(job: MockJob) -> list[str]:
+    """Every status the server recorded for the job, in order (keep-alive repeats included)."""
     return [h["status"] for h in job.history]
 
 
-class FakeNvml:
-    """A table-driven stand-in for pynvml: `gpus` is a list of (uuid, name, memory_mb, arch int)."""
-
-    class NVMLError(Exception):
-        pass
-
-    def __init__(
-        self, gpus: list[tuple[str, str, int, int]] | None = None, fail_init: bool = False
-    ) -> None:
-        self.gpus = gpus or []
-        self.fail_init = fail_init
-        self.shutdowns = 0
-
-    def nvmlInit(self) -> None:
-        if self.fail_init:
-            raise self.NVMLError("NVML Shared Library Not Found")
-
-    def nvmlShutdown(self) -> None:
-        self.shutdowns += 1
-
-    def nvmlDeviceGetCount(self) -> int:
-        return len(self.gpus)
-
-    def nvmlDeviceGetHandleByIndex(self, i: int) -> int:
-        return i
-
-    def nvmlDeviceGetUUID(self, h: int) -> str:
-        return self.gpus[h][0]
-
-    def nvmlDeviceGetName(self, h: int) -> bytes:
-        return self.gpus[h][1].encode()
-
-    def nvmlDeviceGetMemoryInfo(self, h: int) -> Any:
-        return type("Mem", (), {"total": self.gpus[h][2] * 1024 * 1024})()
-
-    def nvmlDeviceGetArchitecture(self, h: int) -> int:
-        return self.gpus[h][3]
+def claim_offer(**kw: Any) -> ClaimOffer:
+    """What a worker with 4000 MB and 4 cores offers, with `kw` on top."""
+    values: dict[str, Any] = {"memory": 4000, "cpu_cores": 4}
+    values.update(kw)
+    return ClaimOffer(**values)
 
 
-def four_gpus() -> FakeNvml:
-    return FakeNvml(
-        [
-            (f"GPU-{i}0000000-aaaa-bbbb-cccc-{i:012d}", "NVIDIA A100-SXM4-40GB", 40960, 7)
-            for i in range(4)
-        ]
-    )
+FINAL = ("finished", "error")
 
 
-def download_to(api: WorkerApi, file_id: str, dest: Path) -> int:
-    """`WorkerApi.download_file` into a plain file (the fetcher itself writes through a workspace)."""
-    with dest.open("w+b") as fh:
-        return api.files.download_file(file_id, fh)
-
-
-def upload_from(api: WorkerApi, job_id: str, path: Path, kind: UploadType, base_path: str) -> int:
-    """`WorkerApi.upload_file` of a plain file, under its own name."""
-    with path.open("rb") as fh:
-        return api.files.upload_file(job_id, fh, path.name, kind, base_path)
+def finals(job: MockJob) -> list[str]:
+    """The final statuses (`finished`, `error`) the server recorded for the job, in order."""
+    return [h["status"] for h in job.history if h["status"] in FINAL]

@@ -2,7 +2,11 @@
 
 Only what the fetcher needs to get that far: `/access_info`, `GET /jobs` (the next scripted answer,
 then `{}`), status PUTs (recorded, 204); any route a test adds (a download URL that trickles, a
-redirect, a busy status) comes first.
+redirect, a busy status) comes first. Beside it: a job spec as such a server sends it, and the
+fetcher's settings against it.
+
+Every path a hostile test names lives in its own tmp_path; every URL points at a server of the
+test's own on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -11,8 +15,12 @@ import json
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from fetcher.settings import Settings
+from tests.helpers.env import IMAGE, TOKEN, fetcher_id
 
 Route = Callable[[BaseHTTPRequestHandler], None]
 
@@ -105,3 +113,41 @@ class HostileServer:
                 for p, q in self.puts
                 if p == f"/jobs/{job_id}/status"
             ]
+
+
+def hostile_job(
+    cmd: str = "true", *, meta: dict[str, Any] | None = None, **handler: Any
+) -> dict[str, Any]:
+    """A small valid job spec as a server sends it (the test image, 64 MB, one core); `handler`
+    fields on top, `meta` in place of `{"job_id": 1}`."""
+    return {
+        "app": {"cmd": [cmd], "env": None},
+        "handler": {"image_url": IMAGE, "files_down": None, "files_up": None, **handler},
+        "meta": meta if meta is not None else {"job_id": 1},
+        "hardware": {"cpu_cores": 1, "memory": 64},
+    }
+
+
+def hostile_settings(url: str, base: Path, **kw: Any) -> Settings:
+    """The fetcher's settings against the server at `url`, with PATH_BASE `base`."""
+    values: dict[str, Any] = {
+        "api_url": url,
+        "access_token": TOKEN,
+        "path_base": base,
+        "poll_interval_s": 0.05,
+        "keepalive_interval_s": 1.0,
+        "api_retry_s": 2.0,
+        "fetcher_id": fetcher_id(),
+        "shm_size": "64m",
+        "job_default_memory_mb": 64,
+        "stop_grace_s": 1.0,
+    }
+    values.update(kw)
+    return Settings(_env_file=None, **values)
+
+
+def deep_base(tmp_path: Path) -> Path:
+    """A PATH_BASE three directories below `tmp_path`."""
+    base = tmp_path / "deep" / "er" / "base"
+    base.mkdir(parents=True)
+    return base
