@@ -1,5 +1,6 @@
 """Fixtures for every test: the mock API (`env`), the real engine (`engine`, `docker_client`),
-`responses` (`rsps`, `rsps_lenient`) and a fake clock (`clock`). Helpers are in tests/helpers/."""
+`responses` (`rsps`, `rsps_lenient`), a fake clock (`clock`) and an empty job store (`store`).
+Helpers are in tests/helpers/, stand-ins for the outside world in tests/fakes/."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pytest
 import responses
 
 from fetcher.engine.container import LABEL, LABEL_ID
+from fetcher.store import JobStore
 from mock_api.server import MockServer
 from mock_api.state import MockState
 from tests.fakes.clock import FakeClock
@@ -87,3 +89,9 @@ def rsps_lenient() -> Iterator[responses.RequestsMock]:
 def clock() -> FakeClock:
     """A clock that stands still until the test moves `clock.now`."""
     return FakeClock()
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> JobStore:
+    """An empty job store in the test's directory."""
+    return JobStore(tmp_path / "jobs.sqlite")

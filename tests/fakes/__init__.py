@@ -2,14 +2,7 @@
 NVML (`nvml`), the server's side of the status calls (`status`), a clock (`clock`)."""
 
 from tests.fakes.clock import FakeClock
-from tests.fakes.nvml import (
-    APPLICATION_XIDS,
-    SIMULATED,
-    FakeGpu,
-    FakeMig,
-    FakeNvml,
-    FakeProcess,
-)
+from tests.fakes.nvml import APPLICATION_XIDS, SIMULATED, FakeGpu, FakeMig, FakeNvml, FakeProcess
 from tests.fakes.status import StatusServer, StatusSink
 
 __all__ = [

@@ -6,7 +6,8 @@ the outside world in tests/fakes/):
 - `daemon`: the daemon run until idle (always with a hang guard) or in a thread while the test
   looks; a real `fetcher run` process; what a fetcher leaves on the engine and under PATH_BASE
 - `hostile`: a worker-facing API that answers whatever a test scripts, and settings against it
-- `api`: the client in unit tests (against `responses`), plain-file downloads and uploads
+- `api`: the client in unit tests (against `responses` or a raw HTTP server of the test's own),
+  plain-file downloads and uploads
 - `metrics`: a scrape of /metrics
 - `nvml`: a table-driven pynvml stand-in (GPU-less boxes, four A100s)
 """
@@ -15,10 +16,13 @@ from tests.helpers.api import (
     API,
     BEARER,
     FIXED_TOKEN,
+    Answer,
     authorizations,
     body_of,
     download_to,
     query,
+    serving,
+    trickle,
     upload_from,
     worker_api,
 )
@@ -62,6 +66,7 @@ __all__ = [
     "REGISTRY_IMAGE",
     "SESSION",
     "TOKEN",
+    "Answer",
     "DaemonThread",
     "Env",
     "FakeNvml",
@@ -91,7 +96,9 @@ __all__ = [
     "running_containers",
     "scrape",
     "sequence",
+    "serving",
     "statuses",
+    "trickle",
     "upload_from",
     "value",
     "wait_for",

@@ -1,8 +1,13 @@
-"""The fetcher's client in unit tests (against `responses`, or a server of the test's own) and the
-plain-file transfers every client test uses."""
+"""The fetcher's client in unit tests (against `responses`, or a raw HTTP server of the test's
+own) and the plain-file transfers every client test uses."""
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -49,3 +54,46 @@ def query(call: responses.Call) -> dict[str, list[str]]:
 def authorizations(call: responses.Call) -> list[str]:
     """Every Authorization header of a recorded request, whatever its case."""
     return [v for k, v in call.request.headers.items() if k.lower() == "authorization"]
+
+
+# --- a raw HTTP server on 127.0.0.1, for answers `responses` cannot give (a trickle) -----------
+Answer = Callable[[socket.socket, bytes, threading.Event], None]
+
+
+@contextlib.contextmanager
+def serving(answer: Answer) -> Iterator[str]:
+    """A raw HTTP server on 127.0.0.1 (its base URL): each connection's first bytes are handed to
+    `answer`, in a thread of its own, with the event that ends the test."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)
+    stop = threading.Event()
+
+    def one(conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            answer(conn, conn.recv(65536), stop)
+
+    def serve() -> None:
+        srv.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                continue
+            threading.Thread(target=one, args=(conn,), daemon=True).start()
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        yield f"http://127.0.0.1:{srv.getsockname()[1]}"
+    finally:
+        stop.set()
+        t.join(5)
+        srv.close()
+
+
+def trickle(conn: socket.socket, every_s: float, stop: threading.Event) -> None:
+    """Send a byte of the body now and then, each well within any read timeout."""
+    while not stop.is_set():
+        conn.sendall(b" ")
+        time.sleep(every_s)

@@ -268,3 +268,9 @@ def test_an_env_a_process_cannot_hold_is_an_invalid_spec(env: dict[str, str], wh
     # Review finding: {"A=B": "x"} ran with A set to "B=x"; a newline in a name went through.
     with pytest.raises(ValidationError, match=re.escape(why)):
         JobSpecs.model_validate({"app": {"env": env}, "handler": {"image_url": "img"}})
+
+
+@pytest.mark.parametrize("image", ["img\nINFO job 9: forged line", "img\x1b[2J", "two words", ""])
+def test_an_image_reference_with_control_characters_is_an_invalid_spec(image: str) -> None:
+    with pytest.raises(ValueError, match="image"):
+        JobSpecs.model_validate({"handler": {"image_url": image}})

@@ -1,4 +1,6 @@
-"""The loop with fakes: no HTTP, no Docker."""
+"""The loop with fakes, no HTTP and no Docker: claiming while a slot is free, dispatching,
+handing back what does not fit, refusing a queue id already running here, the stop signals, leaving
+when idle (after EXIT_IDLE_POLLS empty polls in a row), leftover containers holding their share."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from fetcher.host import Host
 from fetcher.models import ClaimOffer, ClaimResult, HandlerSpecs, HardwareSpecs, JobSpecs
 from fetcher.pool import Allocation, ResourcePool
 from fetcher.worker import Adoption, JobStart, LoopOptions, Worker
+from tests.helpers import wait_for
 
 
 def spec(**hw: int) -> JobSpecs:
@@ -245,6 +248,25 @@ def test_a_second_claim_of_a_running_queue_id_is_refused() -> None:
     assert out == {"rc": 0}
 
 
+def test_an_invalid_spec_under_the_id_of_a_job_running_here_is_not_reported() -> None:
+    jobs = Jobs()
+    source = FakeSource(
+        [
+            {"1": spec()},
+            ClaimResult(invalid=[InvalidJobSpec("1", "handler", "Field required")]),
+        ]
+    )
+    w = worker(source, jobs, slots=2)
+    t, _ = run_in_thread(w)
+    try:
+        wait_for(lambda: jobs.started == ["1"] and not source.answers, 5, "both claims")
+        assert source.rejected == [], "the job running here would get an error status"
+    finally:
+        jobs.release.set()
+        w.request_stop()
+        t.join(5)
+
+
 def test_a_job_claimed_while_a_stop_arrives_is_handed_back_unstarted() -> None:
     jobs = Jobs()
     source = FakeSource([{"1": spec()}])
@@ -261,31 +283,6 @@ def test_an_interrupted_claim_ends_the_loop_promptly() -> None:
     w = worker(source, jobs)
     w.request_stop()
     assert w.run() == 0 and jobs.started == []
-
-
-def test_exit_when_idle_waits_for_several_empty_claims_in_a_row() -> None:
-    jobs = Jobs()
-    jobs.release.set()
-    source = FakeSource([{}, {}, {"1": spec()}, {}, {}, {}])
-    assert worker(source, jobs, exit_when_idle=True, exit_idle_polls=3).run() == 0
-    assert jobs.started == ["1"] and len(source.offers) == 6
-
-
-def test_after_exit_when_idle_the_first_signal_still_only_drains() -> None:
-    jobs = Jobs()
-    source = FakeSource([{"1": spec()}, {}])
-    w = worker(source, jobs, slots=2, exit_when_idle=True)
-    t, out = run_in_thread(w)
-    deadline = time.monotonic() + 5
-    while w.claiming and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert not w.claiming and t.is_alive()
-    w.handle_signal(signal.SIGTERM)
-    time.sleep(0.2)
-    assert jobs.cancelled == [], "an operator's first signal drains, it does not stop the job"
-    jobs.release.set()
-    t.join(5)
-    assert out == {"rc": 0}
 
 
 def test_adopted_jobs_hold_their_share_and_run_first() -> None:
@@ -394,6 +391,32 @@ def test_exit_when_idle_is_not_held_for_ever_by_a_container_that_will_not_go(
     assert len(tries) == 3  # it tried a few times before it left
 
 
+# --- --exit-when-idle leaves after EXIT_IDLE_POLLS empty polls in a row -----------------------
+def test_exit_when_idle_waits_for_several_empty_claims_in_a_row() -> None:
+    jobs = Jobs()
+    jobs.release.set()
+    source = FakeSource([{}, {}, {"1": spec()}, {}, {}, {}])
+    assert worker(source, jobs, exit_when_idle=True, exit_idle_polls=3).run() == 0
+    assert jobs.started == ["1"] and len(source.offers) == 6
+
+
+def test_after_exit_when_idle_the_first_signal_still_only_drains() -> None:
+    jobs = Jobs()
+    source = FakeSource([{"1": spec()}, {}])
+    w = worker(source, jobs, slots=2, exit_when_idle=True)
+    t, out = run_in_thread(w)
+    deadline = time.monotonic() + 5
+    while w.claiming and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not w.claiming and t.is_alive()
+    w.handle_signal(signal.SIGTERM)
+    time.sleep(0.2)
+    assert jobs.cancelled == [], "an operator's first signal drains, it does not stop the job"
+    jobs.release.set()
+    t.join(5)
+    assert out == {"rc": 0}
+
+
 def test_paused_claims_count_as_idle_only_while_nothing_runs() -> None:
     # A box whose disk is full claims nothing. With nothing running, a pilot leaves after
     # EXIT_IDLE_POLLS such passes (it cannot work); a job found in between starts the count anew.
@@ -408,3 +431,87 @@ def test_paused_claims_count_as_idle_only_while_nothing_runs() -> None:
     source = FakeSource([paused, paused, {"2": spec()}])
     assert worker(source, Jobs(), exit_when_idle=True, exit_idle_polls=2).run() == 0
     assert len(source.offers) == 2
+
+
+JOB = JobSpecs(handler=HandlerSpecs(image_url="img"), hardware=HardwareSpecs(cpu_cores=1))
+
+
+class Answers:
+    """The server as a script: each claim gets the next answer ({} = nothing available)."""
+
+    def __init__(self, answers: list[dict[str, JobSpecs] | Exception]) -> None:
+        self.answers = answers
+        self.claims = 0
+
+    def recover(self, stop: threading.Event) -> list[Adoption]:
+        return []
+
+    def accept(self, job_id: str, spec: JobSpecs, alloc: Allocation) -> None:
+        pass
+
+    def api_reachable(self) -> None:
+        pass
+
+    def claim(self, offer: ClaimOffer, stop: threading.Event) -> ClaimResult:
+        self.claims += 1
+        answer = self.answers.pop(0) if self.answers else {}
+        if isinstance(answer, Exception):
+            raise answer
+        return ClaimResult(jobs=answer)
+
+    def reject(self, invalid: InvalidJobSpec) -> None:
+        raise AssertionError("no invalid job in these tests")
+
+    def hand_back(self, job_id: str, reason: str) -> None:
+        raise AssertionError(f"job {job_id} handed back: {reason}")
+
+    def housekeeping(self, running: int) -> None:
+        pass
+
+
+def run_exit_when_idle(answers: Answers, polls: int) -> tuple[int, list[str]]:
+    """Run the loop with --exit-when-idle and EXIT_IDLE_POLLS=`polls` to its end (failing the test
+    if it has not ended within 10 s): its exit code, and the jobs it ran."""
+    done: list[str] = []
+
+    def execute(job: JobStart, cancel: Cancel) -> None:
+        job_id = job.job_id
+        done.append(job_id)
+
+    options = LoopOptions(
+        poll_interval_s=0.001, exit_when_idle=True, exit_idle_polls=polls, max_backoff_s=0.002
+    )
+    worker = Worker(answers, ResourcePool(Host(4, 4000), 1, 1, 100), execute, options)
+    result: list[int] = []
+    thread = threading.Thread(target=lambda: result.append(worker.run()), daemon=True)
+    thread.start()
+    thread.join(10)
+    assert not thread.is_alive(), "the worker did not exit"
+    return result[0], done
+
+
+@pytest.mark.parametrize(
+    ("polls", "answers", "claims", "done"),
+    [
+        # one empty answer is enough with EXIT_IDLE_POLLS=1 (the old behaviour)
+        (1, [{}], 1, []),
+        # the default: three empty answers in a row
+        (3, [{}, {}, {}], 3, []),
+        # a transient empty answer, then a job: the job runs, and the count starts again
+        (3, [{}, {}, {"7": JOB}, {}, {}, {}], 6, ["7"]),
+        (2, [{}, {"1": JOB}, {}, {"2": JOB}, {}, {}], 6, ["1", "2"]),
+        # an API failure is no empty answer: it neither counts nor resets
+        (2, [{}, ApiUnavailable("down"), {}], 3, []),
+    ],
+)
+def test_exit_when_idle_waits_for_consecutive_empty_polls(
+    polls: int, answers: list[dict[str, JobSpecs] | Exception], claims: int, done: list[str]
+) -> None:
+    # Given a server answering as scripted
+    source = Answers(list(answers))
+    # When the loop runs with --exit-when-idle and EXIT_IDLE_POLLS=polls
+    rc, executed = run_exit_when_idle(source, polls)
+    # Then it exits 0 after `polls` empty answers in a row, having run every job it got
+    assert rc == 0
+    assert source.claims == claims
+    assert executed == done

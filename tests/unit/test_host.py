@@ -1,4 +1,5 @@
-"""In a Slurm job the fetcher's GPUs are the job's, without configuration, and never another job's."""
+"""The host: its GPUs from NVML (none without a driver), its CPU and memory from the engine
+with the caps and reserves of the settings, and in a Slurm job the job's GPUs, never another job's."""
 
 from __future__ import annotations
 
@@ -11,15 +12,52 @@ from fetcher.host import detect_gpus, detect_host, pick_slurm_gpus, slurm_gpu_se
 from fetcher.settings import Settings
 from tests.helpers import FakeNvml, four_gpus
 
-NODE = detect_gpus(four_gpus())  # the node's four GPUs as an unconstrained NVML shows them
-UUID = [g.uuid for g in NODE]
-INFO = {"NCPU": 32, "MemTotal": 64 * 1024**3}
-
 
 def settings(**kw: Any) -> Settings:
     return Settings(
         _env_file=None, api_url="http://x", access_token="t0ken", path_base="/tmp", **kw
     )
+
+
+def test_nvml_gpus_are_detected_with_uuid_model_memory_and_architecture() -> None:
+    nvml = four_gpus()
+    gpus = detect_gpus(nvml)
+    assert [g.index for g in gpus] == [0, 1, 2, 3]
+    assert len({g.uuid for g in gpus}) == 4
+    assert (
+        gpus[0].model == "NVIDIA A100-SXM4-40GB"
+        and gpus[0].memory_mb == 40960
+        and gpus[0].archi == "ampere"
+    )
+    assert nvml.shutdowns == 1
+
+
+def test_no_nvidia_driver_means_no_gpus() -> None:
+    assert detect_gpus(FakeNvml(fail_init=True)) == []
+
+
+def test_host_comes_from_the_engine_info_with_caps_and_gpu_selection() -> None:
+    gpus = detect_gpus(four_gpus())
+    info = {"NCPU": 32, "MemTotal": 64 * 1024**3}
+    host = detect_host(info, settings(), gpus)
+    assert (host.cpu_cores, host.memory_mb, len(host.gpus)) == (32, 65536, 4)
+    host = detect_host(
+        info, settings(reserve_cpu_cores=2, reserve_memory_mb=4096, gpus=f"1,{gpus[3].uuid}"), gpus
+    )
+    assert (host.cpu_cores, host.memory_mb) == (30, 61440)
+    assert [g.index for g in host.gpus] == [1, 3]
+    host = detect_host(info, settings(cpu_cores=8, memory_mb=1000), [])
+    assert (host.cpu_cores, host.memory_mb, host.gpus) == (8, 1000, ())
+
+
+# --- in a Slurm job: the job's GPUs, without configuration, never another job's ------------------
+NODE = detect_gpus(four_gpus())  # the node's four GPUs as an unconstrained NVML shows them
+
+
+UUID = [g.uuid for g in NODE]
+
+
+INFO = {"NCPU": 32, "MemTotal": 64 * 1024**3}
 
 
 def constrained(*indices: int) -> list[Gpu]:

@@ -1,22 +1,21 @@
-"""Image pruning: the policy (table-driven), its application on a fake engine, and the ledger."""
+"""Which job images may go: the policy (table-driven) and its application on a fake engine."""
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import docker.errors
 import pytest
 import requests
 
-from fetcher.images.ledger import ImageLedger
 from fetcher.images.policy import DAY_S, ImageUse, gb_to_bytes, plan_prune, prune_images
 from fetcher.metrics import Metrics
 
 NOW = 1_700_000_000.0
+
+
 MB = 1_000_000
 
 
@@ -246,63 +245,3 @@ def test_an_engine_that_does_not_answer_prunes_nothing_and_raises_nothing(
 def test_with_both_settings_off_the_engine_is_not_even_asked() -> None:
     engine = FakeEngine(down=True)
     assert prune_images(engine, {"old:1": 0.0}, keep_days=None, max_total_bytes=None) == []
-
-
-# --- the ledger ------------------------------------------------------------------------------
-def test_ledger_keeps_the_latest_use_across_restarts(tmp_path: Path) -> None:
-    # Given a ledger that records uses
-    path = tmp_path / "state" / "images.json"
-    ledger = ImageLedger(path)
-    ledger.used("a:1", 100.0)
-    ledger.used("a:1", 50.0)  # an older use does not move it back
-    ledger.used("b:1", 200.0)
-    ledger.forget(["b:1", "never-there"])
-
-    # When the fetcher restarts
-    again = ImageLedger(path)
-
-    # Then it knows what it knew
-    assert again.snapshot() == {"a:1": 100.0}
-    assert json.loads(path.read_text()) == {"a:1": 100.0}
-    assert not path.with_name("images.json.tmp").exists()
-
-
-@pytest.mark.parametrize("content", ["{not json", "[1, 2]", '{"a:1": "yesterday", "b:1": 5}'])
-def test_a_damaged_ledger_is_read_as_far_as_it_makes_sense(tmp_path: Path, content: str) -> None:
-    path = tmp_path / "images.json"
-    path.write_text(content)
-    snapshot = ImageLedger(path).snapshot()
-    assert snapshot in ({}, {"b:1": 5.0})
-
-
-def test_a_ledger_that_cannot_be_written_logs_and_keeps_going(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    # Given a ledger whose directory is a file
-    blocker = tmp_path / "state"
-    blocker.write_text("")
-    ledger = ImageLedger(blocker / "images.json")
-
-    # When a use is recorded, nothing is raised and it is remembered in memory
-    ledger.used("a:1", 1.0)
-    assert ledger.snapshot() == {"a:1": 1.0}
-    assert "images: could not write the ledger" in caplog.text
-
-
-@pytest.mark.parametrize(
-    ("image", "policy"),
-    [
-        ("public.ecr.aws/w2b7b8c0/decode-cloud/decode:latest", "always"),
-        ("decode", "always"),
-        ("127.0.0.1:5000/test/job", "always"),
-        ("127.0.0.1:5000/test/job:1", "if-not-present"),
-        ("public.ecr.aws/w2b7b8c0/decode-cloud/decode:v0_10_1", "if-not-present"),
-        ("decode@sha256:" + "a" * 64, "if-not-present"),
-        ("decode:latest@sha256:" + "a" * 64, "if-not-present"),
-    ],
-)
-def test_auto_pulls_latest_and_untagged_images_every_time(image: str, policy: str) -> None:
-    from fetcher.engine.pull import effective_policy
-
-    assert effective_policy(image, "auto") == policy
-    assert effective_policy(image, "never") == "never"

@@ -1,5 +1,6 @@
-"""Which container failures are the job's (`error`) and which this box's (hand-back): with a fake
-engine, table-driven; the real engine's own refusals are in the integration tests."""
+"""The job's image: which pull failures are the job's (`error`) and which the registry's
+(hand-back), with a fake engine, table-driven (the real engine's own refusals are in the
+integration tests); and the `auto` policy's choice."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import pytest
 
 from fetcher.engine.pull import ensure_image
 from fetcher.errors import ContainerError, WorkerTrouble
-from fetcher.models import JobSpecs
 
 
 class FakeImages:
@@ -56,7 +56,20 @@ def test_a_pull_failure_is_the_jobs_unless_the_registry_is_busy(
     assert client.images.pulled == ["reg/decode:429"]
 
 
-@pytest.mark.parametrize("image", ["img\nINFO job 9: forged line", "img\x1b[2J", "two words", ""])
-def test_an_image_reference_with_control_characters_is_an_invalid_spec(image: str) -> None:
-    with pytest.raises(ValueError, match="image"):
-        JobSpecs.model_validate({"handler": {"image_url": image}})
+@pytest.mark.parametrize(
+    ("image", "policy"),
+    [
+        ("public.ecr.aws/w2b7b8c0/decode-cloud/decode:latest", "always"),
+        ("decode", "always"),
+        ("127.0.0.1:5000/test/job", "always"),
+        ("127.0.0.1:5000/test/job:1", "if-not-present"),
+        ("public.ecr.aws/w2b7b8c0/decode-cloud/decode:v0_10_1", "if-not-present"),
+        ("decode@sha256:" + "a" * 64, "if-not-present"),
+        ("decode:latest@sha256:" + "a" * 64, "if-not-present"),
+    ],
+)
+def test_auto_pulls_latest_and_untagged_images_every_time(image: str, policy: str) -> None:
+    from fetcher.engine.pull import effective_policy
+
+    assert effective_policy(image, "auto") == policy
+    assert effective_policy(image, "never") == "never"

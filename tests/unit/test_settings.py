@@ -1,4 +1,6 @@
-"""Settings that work from a shell (issue 8, point 5): JOB_GROUPS, and ACCESS_TOKEN over USERNAME."""
+"""Settings: each wrong or missing one named with what is expected, `.env` and the upstream
+fetcher's names read, and what works from a shell (JOB_GROUPS; ACCESS_TOKEN over a login shell's
+USERNAME)."""
 
 from __future__ import annotations
 
@@ -16,7 +18,94 @@ from fetcher.api.client import WorkerApi
 from fetcher.errors import ConfigError
 from fetcher.settings import Settings, env_name, load_settings
 
+
+# --- what is missing or wrong is named -------------------------------------------------------
+def test_missing_settings_name_the_setting(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    for k in ("API_URL", "ACCESS_TOKEN", "USERNAME", "PASSWORD", "PATH_BASE"):
+        monkeypatch.delenv(k, raising=False)
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert "API_URL: missing" in str(info.value) and "PATH_BASE: missing" in str(info.value)
+
+
+def test_wrong_settings_name_the_setting_and_what_is_expected(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("API_URL", "ftp://x")
+    monkeypatch.setenv("PATH_BASE", str(tmp_path))
+    monkeypatch.setenv("ACCESS_TOKEN", "abc12345")
+    monkeypatch.setenv("TIMEOUT_JOB", "soon")
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    text = str(info.value)
+    assert "API_URL: expected an http:// or https:// URL" in text
+    assert "TIMEOUT_JOB:" in text and "number" in text
+    assert "abc12345" not in text
+
+
+def test_auth_settings_need_a_token_or_a_password(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("API_URL", "http://x")
+    monkeypatch.setenv("PATH_BASE", str(tmp_path))
+    monkeypatch.delenv("ACCESS_TOKEN", raising=False)
+    monkeypatch.setenv("USERNAME", "alice")
+    monkeypatch.delenv("PASSWORD", raising=False)
+    with pytest.raises(ConfigError, match="PASSWORD"):
+        load_settings()
+
+
+def test_dotenv_and_legacy_names_are_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    for k in (
+        "API_URL",
+        "ACCESS_TOKEN",
+        "USERNAME",
+        "PASSWORD",
+        "PATH_BASE",
+        "TIMEOUT_JOB",
+        "TIMEOUT_STATUS",
+    ):
+        monkeypatch.delenv(k, raising=False)
+    (tmp_path / ".env").write_text(
+        f"API_URL=http://api:8001/\nACCESS_TOKEN=tok12345\nPATH_BASE={tmp_path}\nTIMEOUT_JOB=5\nTIMEOUT_STATUS=30\n"
+    )
+    s = load_settings()
+    assert (
+        s.api_url == "http://api:8001" and s.poll_interval_s == 5 and s.keepalive_interval_s == 30
+    )
+    assert s.host_base == tmp_path and "tok12345" not in repr(s)
+
+
+def test_exit_idle_polls_setting() -> None:
+    base = {"api_url": "http://x", "access_token": "t", "path_base": "/tmp"}
+    assert Settings(_env_file=None, **base).exit_idle_polls == 3  # type: ignore[arg-type]
+    s = Settings(_env_file=None, exit_idle_polls=5, **base)  # type: ignore[arg-type]
+    assert s.exit_idle_polls == 5
+    with pytest.raises(ValueError, match="greater than or equal to 1"):
+        Settings(_env_file=None, exit_idle_polls=0, **base)  # type: ignore[arg-type]
+
+
+def test_log_format_setting() -> None:
+    base: dict[str, object] = {
+        "_env_file": None,
+        "api_url": "http://api.test",
+        "path_base": "/tmp/base",
+        "access_token": "tok-123456",
+    }
+    assert load_settings(**base).log_format == "text"
+    assert load_settings(**base, log_format="json").log_format == "json"
+    with pytest.raises(ConfigError, match="LOG_FORMAT"):
+        load_settings(**base, log_format="xml")
+
+
+# --- settings that work from a shell ---------------------------------------------------------
 ROOT = Path(__file__).resolve().parents[2]
+
+
 AUTH_NAMES = ("ACCESS_TOKEN", "USERNAME", "PASSWORD", "JOB_GROUPS", "GROUPS")
 
 
@@ -59,7 +148,6 @@ def shell_settings(script: str, cwd: Path, prefix: str = "") -> dict[str, object
     return result
 
 
-# --- groups ----------------------------------------------------------------------------------
 def test_the_groups_setting_is_named_job_groups() -> None:
     assert env_name("job_groups") == "JOB_GROUPS"
 
@@ -97,7 +185,6 @@ def test_job_groups_by_field_name(clean_env: Path) -> None:
     assert Settings(_env_file=None, access_token="tok-123456", job_groups="x").group_list == ["x"]
 
 
-# --- ACCESS_TOKEN wins over USERNAME -------------------------------------------------------------
 def test_a_login_shells_username_does_not_stop_the_start_when_a_token_is_set(
     tmp_path: Path,
 ) -> None:
