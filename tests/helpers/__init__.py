@@ -37,6 +37,7 @@ from tests.helpers.daemon import (
     output_of,
     run_until_idle,
     running_containers,
+    starts_again,
 )
 from tests.helpers.env import (
     API_KEY,
@@ -44,16 +45,25 @@ from tests.helpers.env import (
     REGISTRY_IMAGE,
     SESSION,
     TOKEN,
+    WORKER_HEADERS,
     Env,
     claim_offer,
     decode_job,
     fetcher_id,
     finals,
+    last_details,
     sequence,
     statuses,
     wait_for,
 )
-from tests.helpers.hostile import HostileServer, Route, deep_base, hostile_job, hostile_settings
+from tests.helpers.hostile import (
+    DEEP_TREE,
+    HostileServer,
+    Route,
+    deep_base,
+    hostile_job,
+    hostile_settings,
+)
 from tests.helpers.metrics import Series, scrape, value
 from tests.helpers.nvml import FakeNvml, four_gpus
 
@@ -61,11 +71,13 @@ __all__ = [
     "API",
     "API_KEY",
     "BEARER",
+    "DEEP_TREE",
     "FIXED_TOKEN",
     "IMAGE",
     "REGISTRY_IMAGE",
     "SESSION",
     "TOKEN",
+    "WORKER_HEADERS",
     "Answer",
     "DaemonThread",
     "Env",
@@ -88,6 +100,7 @@ __all__ = [
     "four_gpus",
     "hostile_job",
     "hostile_settings",
+    "last_details",
     "nothing_left",
     "only_state_left",
     "output_of",
@@ -97,6 +110,7 @@ __all__ = [
     "scrape",
     "sequence",
     "serving",
+    "starts_again",
     "statuses",
     "trickle",
     "upload_from",

@@ -155,3 +155,11 @@ def nothing_left(env: Env, engine: Any, fetcher_id: str) -> None:
     """No container of fetcher `fetcher_id` on the engine, no job directory under PATH_BASE."""
     assert not fetcher_containers(engine, fetcher_id), "a container is left behind"
     only_state_left(env)
+
+
+def starts_again(env: Env, engine: Any) -> None:
+    """After an attack, a new daemon on the same PATH_BASE starts and runs a job to its end."""
+    after = env.submit(["echo still-fine"], files_up={})
+    assert run_until_idle(env.settings(), engine) == 0
+    assert after.status.value == "finished", after.history
+    only_state_left(env)

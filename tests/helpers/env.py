@@ -29,6 +29,7 @@ from mock_api.server import MockServer
 from mock_api.state import MockJob, MockState, Token
 
 TOKEN = "worker-token-abcdef123456"
+WORKER_HEADERS = {"Authorization": f"Bearer {TOKEN}"}  # the worker's, for requests made by hand
 API_KEY = "test-api-key"
 IMAGE = os.environ.get("FETCHER_TEST_IMAGE", "fetcher-test/busybox:1")
 REGISTRY_IMAGE = os.environ.get("FETCHER_TEST_REGISTRY_IMAGE", "127.0.0.1:5000/test/job:1")
@@ -216,6 +217,11 @@ def claim_offer(**kw: Any) -> ClaimOffer:
 
 
 FINAL = ("finished", "error")
+
+
+def last_details(job: MockJob) -> str:
+    """The runtime details of the job's last recorded status ("" for none)."""
+    return str(job.history[-1]["runtime_details"] or "")
 
 
 def finals(job: MockJob) -> list[str]:

@@ -151,3 +151,12 @@ def deep_base(tmp_path: Path) -> Path:
     base = tmp_path / "deep" / "er" / "base"
     base.mkdir(parents=True)
     return base
+
+
+# A job command that leaves 3000 nested directories under /files/output (built from the bottom: a
+# shell's `cd` would hit PATH_MAX first), and a file at the top.
+DEEP_TREE = (
+    "mkdir -p /files/output && cd /files/output && echo bottom > f && mkdir d && mv f d/ && i=0; "
+    "while [ $i -lt 3000 ]; do mkdir n && mv d n/ && mv n d || exit 9; i=$((i+1)); done; "
+    "echo shallow > /files/output/top.txt"
+)

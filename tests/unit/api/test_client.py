@@ -12,7 +12,7 @@ import responses
 from fetcher.api.client import fit_details
 from fetcher.errors import BadResponse, JobGone
 from fetcher.models import ClaimOffer, JobStatus
-from tests.helpers.api import API, BEARER, query, worker_api
+from tests.helpers import API, BEARER, query, worker_api
 
 SPEC = {
     "app": {"cmd": ["echo", "$(ls)"], "env": {"DECODE_SEED": "42"}},

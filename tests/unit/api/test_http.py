@@ -18,7 +18,7 @@ from fetcher.api.client import WorkerApi
 from fetcher.api.http import Http, Transient
 from fetcher.errors import ApiRejected, ApiUnavailable, AuthError, BadResponse, Interrupted
 from fetcher.models import ClaimOffer, JobStatus
-from tests.helpers.api import API, FIXED_TOKEN, serving, trickle, worker_api
+from tests.helpers import API, FIXED_TOKEN, serving, trickle, worker_api
 
 
 # --- retries and error classes -----------------------------------------------------------------

@@ -1,10 +1,10 @@
-"""Hostile jobs on a real engine: nothing a job does in its directory may reach the host outside it,
-hang a slot, or stop the daemon from running (and starting again)."""
+"""Hostile jobs on a real engine: nothing a job does in its directory may reach the host outside
+it, hang a slot, or stop the daemon from running (and starting again); its container is bounded
+(processes, engine logs, privileges, outputs) and a job stating no hardware gets one slot's share."""
 
 from __future__ import annotations
 
 import os
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -14,37 +14,21 @@ import pytest
 
 from fetcher.daemon import build_daemon
 from fetcher.engine.container import LABEL_ID
-from tests.helpers import IMAGE, Env, fetcher_id, statuses, wait_for
+from tests.helpers import (
+    DEEP_TREE,
+    IMAGE,
+    Env,
+    daemon_in_thread,
+    fetcher_id,
+    hostile_job,
+    only_state_left,
+    run_until_idle,
+    starts_again,
+    wait_for,
+)
 
 pytestmark = pytest.mark.docker
-
 LOG_DIR = {"output": "output", "log": "log"}
-
-
-def run_bounded(env: Env, engine: Any, timeout_s: float = 90, **settings: Any) -> int:
-    """Run the daemon until idle; fail (instead of hanging the suite) if it does not end in time."""
-    daemon = build_daemon(env.settings(**settings), exit_when_idle=True, docker_client=engine)
-    out: dict[str, int] = {}
-    t = threading.Thread(target=lambda: out.setdefault("rc", daemon.run()), daemon=True)
-    t.start()
-    t.join(timeout_s)
-    if t.is_alive():
-        daemon.worker.request_force_stop()
-        t.join(30)
-        pytest.fail(f"the daemon hung for more than {timeout_s} s")
-    return out["rc"]
-
-
-def only_state_left(env: Env) -> None:
-    assert [p.name for p in env.base.iterdir()] == [".fetcher"], list(env.base.iterdir())
-
-
-def starts_again(env: Env, engine: Any) -> None:
-    """After the attack, a new daemon on the same PATH_BASE starts and runs a job to its end."""
-    after = env.submit(["echo still-fine"], files_up={})
-    assert run_bounded(env, engine) == 0
-    assert after.status.value == "finished", after.history
-    only_state_left(env)
 
 
 @pytest.mark.parametrize("target_exists", [True, False])
@@ -60,7 +44,7 @@ def test_a_symlinked_container_log_does_not_write_through_the_link(
         files_up=LOG_DIR,
     )
     # When the job runs and ends
-    assert run_bounded(env, engine) == 0
+    assert run_until_idle(env.settings(), engine) == 0
     # Then the host file is untouched (or still absent), and the job's real log was uploaded
     if target_exists:
         assert target.read_bytes() == b"precious"
@@ -88,7 +72,7 @@ def test_fifos_and_device_nodes_left_by_a_job_do_not_hang_the_slot(
 ) -> None:
     job = env.submit(["mkdir -p /files/log /files/output", "&&", make, "&&", "echo made"])
     follower = env.submit(["echo next"])
-    assert run_bounded(env, engine, timeout_s=60) == 0
+    assert run_until_idle(env.settings(), engine, timeout_s=60) == 0
     assert job.status.value == "finished", job.history
     assert all(u["filename"] not in ("pipe", "zero", "pipe.part") for u in job.uploads)
     assert follower.status.value == "finished"
@@ -96,19 +80,11 @@ def test_fifos_and_device_nodes_left_by_a_job_do_not_hang_the_slot(
     starts_again(env, engine)
 
 
-# 3000 nested directories, built from the bottom (a shell's `cd` would hit PATH_MAX first)
-DEEP = (
-    "mkdir -p /files/output && cd /files/output && echo bottom > f && mkdir d && mv f d/ && i=0; "
-    "while [ $i -lt 3000 ]; do mkdir n && mv d n/ && mv n d || exit 9; i=$((i+1)); done; "
-    "echo shallow > /files/output/top.txt"
-)
-
-
 def test_an_output_tree_3000_levels_deep_ends_with_a_status_and_is_removed(
     env: Env, engine: Any
 ) -> None:
-    job = env.submit([DEEP])
-    assert run_bounded(env, engine, timeout_s=180) == 0
+    job = env.submit([DEEP_TREE])
+    assert run_until_idle(env.settings(), engine, timeout_s=180) == 0
     assert job.status.value == "finished", job.history
     assert ("output", "output", "top.txt") in {
         (u["type"], u["base_path"], u["filename"]) for u in job.uploads
@@ -117,28 +93,8 @@ def test_an_output_tree_3000_levels_deep_ends_with_a_status_and_is_removed(
     starts_again(env, engine)
     # and the daemon starts again on the same PATH_BASE
     again = env.submit(["true"])
-    assert run_bounded(env, engine) == 0
+    assert run_until_idle(env.settings(), engine) == 0
     assert again.status.value == "finished"
-
-
-def test_a_deep_tree_left_by_a_killed_fetcher_does_not_stop_the_next_start(
-    env: Env, engine: Any
-) -> None:
-    from tests.integration.test_daemon import fetcher_process
-
-    job = env.submit([DEEP, "&&", "touch /files/tree-done", "&&", "sleep 2"])
-    fid = fetcher_id("deep")
-    proc = fetcher_process(env, fid)
-    try:
-        wait_for(lambda: (env.base / str(job.id) / "tree-done").exists(), 120, "the deep tree")
-    finally:
-        proc.kill()
-        proc.wait(10)
-    # When the fetcher starts again (same FETCHER_ID, so it finds its own leftovers)
-    assert run_bounded(env, engine, timeout_s=180, fetcher_id=fid) == 0
-    assert job.status.value in ("finished", "queued"), statuses(job)
-    only_state_left(env)
-    starts_again(env, engine)
 
 
 def test_a_symlink_at_the_job_directory_is_never_followed(env: Env, engine: Any) -> None:
@@ -149,7 +105,7 @@ def test_a_symlink_at_the_job_directory_is_never_followed(env: Env, engine: Any)
     job = env.submit(["echo ok > /files/output/o.txt"])
     (env.base / str(job.id)).symlink_to(victim)
     # When the job runs (and its directory is cleaned up, also by the purge container)
-    assert run_bounded(env, engine) == 0
+    assert run_until_idle(env.settings(), engine) == 0
     # Then the link's target is untouched, and the job ran in a real directory of its own
     assert (victim / "keep.txt").read_text() == "precious"
     assert sorted(p.name for p in victim.iterdir()) == ["keep.txt"]
@@ -173,12 +129,9 @@ def test_job_containers_have_a_process_limit_and_bounded_engine_logs(env: Env, e
             return True
         return False
 
-    t = threading.Thread(
-        target=lambda: run_bounded(env, engine, job_pids_limit=256, fetcher_id=fid), daemon=True
-    )
-    t.start()
-    wait_for(inspect, 30, "the job's container")
-    t.join(60)
+    settings = env.settings(job_pids_limit=256, fetcher_id=fid)
+    with daemon_in_thread(build_daemon(settings, exit_when_idle=True, docker_client=engine)):
+        wait_for(inspect, 30, "the job's container")
     assert seen["PidsLimit"] == 256
     assert seen["LogConfig"]["Type"] == "json-file"
     assert "max-size" in seen["LogConfig"]["Config"]
@@ -193,7 +146,7 @@ def test_a_fork_bomb_is_held_by_the_process_limit(env: Env, engine: Any) -> None
     )
     fid = fetcher_id("bomb")
     started = time.monotonic()
-    rc = run_bounded(env, engine, timeout_s=120, job_pids_limit=64, fetcher_id=fid)
+    rc = run_until_idle(env.settings(job_pids_limit=64, fetcher_id=fid), engine, timeout_s=120)
     # Then the job's forks hit the limit, the box stays usable (this test process can still fork),
     # and the job's own shell went on to its end
     pid = os.fork()
@@ -221,7 +174,7 @@ def test_a_job_leaving_more_outputs_than_allowed_ends_error_and_costs_no_upload_
     )
     # When it runs under a limit of 1000 entries
     with caplog.at_level("INFO"):
-        assert run_bounded(env, engine, job_output_max_files=1000) == 0
+        assert run_until_idle(env.settings(job_output_max_files=1000), engine) == 0
     # Then it ends `error` saying how it ended and which setting it broke, only its log is uploaded
     assert job.status.value == "error", job.history
     details = job.history[-1]["runtime_details"]
@@ -237,45 +190,6 @@ def test_a_job_leaving_more_outputs_than_allowed_ends_error_and_costs_no_upload_
     skipped = [r for r in caplog.records if "not uploading" in r.getMessage()]
     assert len(skipped) <= 21
     only_state_left(env)
-
-
-def test_a_container_the_engine_will_not_remove_holds_its_slot_until_it_is_gone(
-    env: Env, engine: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    # Review finding: a container whose removal failed (it may still run on its GPU) gave its
-    # share back at once; the next job was given the same GPU.
-    import docker.api.client
-
-    from fetcher import leftovers
-
-    monkeypatch.setattr(leftovers, "LEFTOVER_RETRY_S", 1.0)
-    real_remove = docker.api.client.APIClient.remove_container
-    refused: list[str] = []
-
-    def remove_once_refused(self: Any, container: str, **kwargs: Any) -> Any:
-        if not refused:  # the engine refuses the first removal only
-            refused.append(container)
-            raise docker.errors.APIError("engine busy (simulated)")
-        return real_remove(self, container, **kwargs)
-
-    monkeypatch.setattr(docker.api.client.APIClient, "remove_container", remove_once_refused)
-    fid = fetcher_id("leftover")
-    first = env.submit(["echo first"])
-    second = env.submit(["echo second"])
-    with caplog.at_level("INFO"):
-        assert run_bounded(env, engine, max_parallel_jobs=1, fetcher_id=fid) == 0
-    assert first.status.value == "finished" and second.status.value == "finished"
-    lines = [r.getMessage() for r in caplog.records]
-    held = lines.index(
-        "job 1: its container is still on the engine; its CPU, memory and GPU(s) stay reserved"
-        " until it is removed (tried again every 1 s)"
-    )
-    freed = lines.index(
-        "job 1 (ended, #1): its container is removed at last; its share is free again"
-    )
-    second_started = next(i for i, m in enumerate(lines) if m.startswith("job 2: started"))
-    assert held < freed < second_started
-    assert not engine.containers.list(all=True, filters={"label": f"{LABEL_ID}={fid}"})
 
 
 def test_a_job_stating_no_hardware_gets_one_slots_share_not_2000_mb(env: Env, engine: Any) -> None:
@@ -301,22 +215,104 @@ def test_a_job_stating_no_hardware_gets_one_slots_share_not_2000_mb(env: Env, en
             seen[c.name.split("-")[2]] = c.attrs["HostConfig"]
         return len(seen) == 2
 
-    t = threading.Thread(
-        target=lambda: run_bounded(
-            env,
-            engine,
-            fetcher_id=fid,
-            max_parallel_jobs=2,
-            memory_mb=3000,
-            cpu_cores=2,
-            job_default_memory_mb=None,
-            job_default_cpu_cores=None,
-        ),
-        daemon=True,
+    settings = env.settings(
+        fetcher_id=fid,
+        max_parallel_jobs=2,
+        memory_mb=3000,
+        cpu_cores=2,
+        job_default_memory_mb=None,
+        job_default_cpu_cores=None,
     )
-    t.start()
-    wait_for(inspect, 30, "both containers")
-    t.join(60)
+    with daemon_in_thread(build_daemon(settings, exit_when_idle=True, docker_client=engine)):
+        wait_for(inspect, 30, "both containers")
     assert stated.status.value == "finished" and unstated.status.value == "finished"
     assert seen["1"]["Memory"] == 64 * 2**20 and seen["1"]["NanoCpus"] == 10**9
     assert seen["2"]["Memory"] == 1500 * 2**20 and seen["2"]["NanoCpus"] == 10**9
+
+
+def test_a_job_output_file_whose_name_is_not_utf8_ends_the_job_honestly(
+    env: Env, engine: Any
+) -> None:
+    """A file name with a byte that is not UTF-8 (legal on Linux) in a sub-directory of an output
+    directory. Expected: skipped (or the job's `error`); never a hand-back of a job that is at fault."""
+    j = env.submit(
+        [
+            "mkdir -p /files/output/sub && echo x > \"$(printf '/files/output/sub/a\\377b')\""
+            " && echo ok > /files/output/fine.txt"
+        ]
+    )
+    assert run_until_idle(env.settings(), engine) == 0
+    details = j.history[-1].get("runtime_details") or ""
+    assert j.status.value == "finished", (j.status.value, details[:300])
+    uploaded = {(u["base_path"], u["filename"]) for u in j.uploads}
+    assert ("output", "fine.txt") in uploaded
+    assert not any("sub" in base for base, _ in uploaded)
+
+
+def test_a_job_output_file_whose_name_is_not_utf8_at_the_top(env: Env, engine: Any) -> None:
+    j = env.submit(["mkdir -p /files/output && echo x > \"$(printf '/files/output/a\\377b')\""])
+    assert run_until_idle(env.settings(), engine) == 0
+    details = j.history[-1].get("runtime_details") or ""
+    assert j.status.value == "finished", (j.status.value, details[:300])
+
+
+@pytest.mark.parametrize(
+    "swap",
+    [
+        "rm -rf /files/output && ln -s {canary} /files/output",
+        "rm -rf /files/a && ln -s {canary} /files/a",
+        "rm -rf /files/output && ln -s ../../.. /files/output",
+        "rm -rf /files/a && mkfifo /files/a",
+    ],
+    ids=["files_up-dir", "parent-of-files_up-dir", "relative-up", "fifo-parent"],
+)
+def test_an_output_directory_swapped_for_a_link_is_not_followed(
+    env: Env, engine: Any, swap: str
+) -> None:
+    canary = env.root / "canary-dir"
+    (canary / "b").mkdir(parents=True)
+    (canary / "secret.txt").write_text("host secret")
+    (canary / "b" / "secret2.txt").write_text("host secret 2")
+    j = env.submit_raw(
+        hostile_job(
+            swap.format(canary=canary),
+            files_up={"output": "output", "artifact": "a/b", "log": "log"},
+        )
+    )
+    assert run_until_idle(env.settings(), engine) == 0
+    names = {u["filename"] for u in j.uploads}
+    assert "secret.txt" not in names and "secret2.txt" not in names, names
+    assert (canary / "secret.txt").read_text() == "host secret"
+    assert (canary / "b" / "secret2.txt").read_text() == "host secret 2"
+    assert j.status.value == "finished", j.history[-1]
+    only_state_left(env)
+
+
+@pytest.mark.parametrize(
+    "cmd",
+    [
+        "(trap '' TERM HUP; sleep 1000) & (setsid sleep 1000 &) ; echo bye",
+        "chmod -R 000 /files/output /files/log; chmod 000 /files; echo locked",
+        "mkdir -p /files/output/d && touch /files/output/d/f && chmod 000 /files/output/d && chattr +i /files/output/d/f 2>&1; echo tried",
+        "mkdir -p /files/output && ln /files/output/../output /files/output/hl 2>&1; echo x > /files/output/f && ln /files/output/f /files/output/f2; echo hard",
+    ],
+    ids=["background", "chmod-000", "chattr", "hardlinks"],
+)
+def test_a_job_that_leaves_processes_or_locks_its_files_is_cleaned_up(
+    env: Env, engine: Any, cmd: str
+) -> None:
+    j = env.submit([cmd])
+    assert run_until_idle(env.settings(), engine, timeout_s=60) == 0
+    assert j.status.value == "finished", j.history[-1]
+    only_state_left(env)
+
+
+def test_a_job_ignoring_sigterm_past_the_time_limit_is_killed(env: Env, engine: Any) -> None:
+    j = env.submit(["trap '' TERM; (trap '' TERM; sleep 1000) & sleep 1000"])
+    t = time.monotonic()
+    assert (
+        run_until_idle(env.settings(job_time_limit_s=2, stop_grace_s=1), engine, timeout_s=60) == 0
+    )
+    took = time.monotonic() - t
+    assert j.status.value == "error" and took < 20
+    only_state_left(env)

@@ -1,11 +1,5 @@
-"""Review finding: the purge container (a fetcher that cannot delete what a job wrote as root
-empties the job directory with the job's own image) runs the stranger's image with none of the
-job container's bounds: no time limit (docker-py's `containers.run` waits for ever, then reads
-the whole output into the fetcher's memory), no process limit, no bounded engine log, MKNOD kept.
-An image whose /bin/sh never ends holds the job thread, and with it the job's slot and GPU
-share, for ever. For a fetcher that is not root (the Slurm pilots) every job that writes as root
-reaches this path.
-"""
+"""The purge container (a fetcher that cannot delete what a job wrote as root empties the job
+directory with the job's own image): it empties the directory, and it runs bounded like the job."""
 
 from __future__ import annotations
 
@@ -22,9 +16,35 @@ from fetcher.engine import purge as purge_module
 from fetcher.engine.container import LABEL_ID, ContainerOptions
 from fetcher.engine.purge import purge
 from fetcher.job.workspace import Layout, Workspace
-from tests.helpers import IMAGE, fetcher_id
+from tests.helpers import IMAGE, Env, fetcher_id, run_until_idle
 
 pytestmark = pytest.mark.docker
+
+
+def test_files_the_fetcher_may_not_delete_are_removed_with_a_container(
+    env: Env, engine: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fetcher.job.workspace import Workspace
+
+    # Given a fetcher that cannot delete what the job wrote (as a plain user facing root's files)
+    seen_at_retry: list[list[str]] = []
+    real_remove = Workspace.remove
+
+    def remove(self: Workspace) -> bool:
+        if not seen_at_retry:
+            seen_at_retry.append([])
+            return False  # permission denied
+        seen_at_retry.append(sorted(p.name for p in self.path.iterdir()))
+        return real_remove(self)
+
+    monkeypatch.setattr(Workspace, "remove", remove)
+    job = env.submit(["mkdir -p /files/output/deep", "&&", "echo x > /files/output/deep/.hidden"])
+    assert run_until_idle(env.settings(), engine) == 0
+    # Then a container emptied the directory as root, and it is gone
+    assert job.status.value == "finished"
+    assert seen_at_retry[1] == [], "the purge container emptied the job directory"
+    assert list(env.base.iterdir()) == [env.base / ".fetcher"]
+
 
 HANGING = "review-test/hanging-sh:1"
 

@@ -19,8 +19,7 @@ from typing import Any
 import pytest
 
 from fetcher.daemon import build_daemon
-from tests.helpers import Env, fetcher_id, wait_for
-from tests.integration.test_daemon import in_thread
+from tests.helpers import Env, daemon_in_thread, fetcher_id, wait_for
 
 pytestmark = pytest.mark.docker
 
@@ -40,18 +39,16 @@ def test_a_setuid_root_file_a_job_leaves_is_out_of_other_users_reach(env: Env, e
     daemon = build_daemon(
         env.settings(fetcher_id=fetcher_id("suid")), exit_when_idle=True, docker_client=engine
     )
-    t, out = in_thread(daemon.run)
-    try:
-        # When the job has made its file (what it can do today: a setuid-root program on the host)
-        def setuid_file() -> Any:  # found once chmod ran (not while cp still writes it)
-            found = next(env.base.glob("*/output/rootsh"), None)
-            return found if found and os.lstat(found).st_mode & stat.S_ISUID else None
 
+    # When the job has made its file (what it can do today: a setuid-root program on the host)
+    def setuid_file() -> Any:  # found once chmod ran (not while cp still writes it)
+        found = next(env.base.glob("*/output/rootsh"), None)
+        return found if found and os.lstat(found).st_mode & stat.S_ISUID else None
+
+    with daemon_in_thread(daemon, timeout_s=60) as run:
         found = wait_for(setuid_file, 60, "the job's setuid file")
         st = os.lstat(found)
         assert st.st_uid == 0 and st.st_mode & stat.S_ISUID, "premise: the job made it setuid root"
         # Then no other local user can reach it: PATH_BASE grants group and others nothing
         assert env.base.stat().st_mode & 0o077 == 0, oct(env.base.stat().st_mode)
-    finally:
-        t.join(60)
-    assert out.get("rc") == 0 and job.status.value == "finished"
+    assert run.rc == 0 and job.status.value == "finished"

@@ -17,7 +17,7 @@ from tests.conftest import IN_CI
 from tests.helpers import TOKEN, Env, fetcher_id, statuses
 
 pytestmark = [pytest.mark.slurm, pytest.mark.docker, pytest.mark.slow]
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 SBATCH_SCRIPT = ROOT / "scripts/slurm/fetcher.sbatch"
 SLURM_CONF = os.environ.get("SLURM_CONF") or "/var/lib/fetcher-slurm/slurm.conf"
 FINAL = {

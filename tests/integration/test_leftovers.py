@@ -1,0 +1,51 @@
+"""Containers the engine would not remove: their job's share stays reserved until they go."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from fetcher.engine.container import LABEL_ID
+from tests.helpers import Env, fetcher_id, run_until_idle
+
+pytestmark = pytest.mark.docker
+
+
+def test_a_container_the_engine_will_not_remove_holds_its_slot_until_it_is_gone(
+    env: Env, engine: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Review finding: a container whose removal failed (it may still run on its GPU) gave its
+    # share back at once; the next job was given the same GPU.
+    import docker.api.client
+
+    from fetcher import leftovers
+
+    monkeypatch.setattr(leftovers, "LEFTOVER_RETRY_S", 1.0)
+    real_remove = docker.api.client.APIClient.remove_container
+    refused: list[str] = []
+
+    def remove_once_refused(self: Any, container: str, **kwargs: Any) -> Any:
+        if not refused:  # the engine refuses the first removal only
+            refused.append(container)
+            raise docker.errors.APIError("engine busy (simulated)")
+        return real_remove(self, container, **kwargs)
+
+    monkeypatch.setattr(docker.api.client.APIClient, "remove_container", remove_once_refused)
+    fid = fetcher_id("leftover")
+    first = env.submit(["echo first"])
+    second = env.submit(["echo second"])
+    with caplog.at_level("INFO"):
+        assert run_until_idle(env.settings(max_parallel_jobs=1, fetcher_id=fid), engine) == 0
+    assert first.status.value == "finished" and second.status.value == "finished"
+    lines = [r.getMessage() for r in caplog.records]
+    held = lines.index(
+        "job 1: its container is still on the engine; its CPU, memory and GPU(s) stay reserved"
+        " until it is removed (tried again every 1 s)"
+    )
+    freed = lines.index(
+        "job 1 (ended, #1): its container is removed at last; its share is free again"
+    )
+    second_started = next(i for i, m in enumerate(lines) if m.startswith("job 2: started"))
+    assert held < freed < second_started
+    assert not engine.containers.list(all=True, filters={"label": f"{LABEL_ID}={fid}"})
