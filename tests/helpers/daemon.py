@@ -93,7 +93,7 @@ def run_until_idle(settings: Settings, engine: Any, *, timeout_s: float = 90, **
     return run.join(0)
 
 
-# --- a real fetcher process ------------------------------------------------------------------------
+# --- a real fetcher process ----------------------------------------------------------------------
 def fetcher_environ(env: Env, name: str, **settings: str) -> dict[str, str]:
     """The environment of a real fetcher process against the test's mock API."""
     environ = {k: v for k, v in os.environ.items() if k not in ("USERNAME", "PASSWORD")}
@@ -132,7 +132,7 @@ def output_of(proc: subprocess.Popen[bytes]) -> str:
     return proc.stdout.read().decode() if proc.stdout else ""
 
 
-# --- what a daemon leaves --------------------------------------------------------------------------
+# --- what a daemon leaves ------------------------------------------------------------------------
 def running_containers(engine: Any, fetcher_id: str) -> list[Any]:
     """The running containers of fetcher `fetcher_id`."""
     return list(

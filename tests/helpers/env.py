@@ -72,7 +72,8 @@ class Env:
         return Settings(_env_file=None, **values)
 
     def client(self, token: str = TOKEN, retry_s: float = 3.0) -> WorkerApi:
-        """The fetcher's own client of this mock API, with a fixed token (the worker's by default)."""
+        """The fetcher's own client of this mock API, with a fixed token (the worker's by
+        default)."""
         return WorkerApi(self.mock.url, FixedToken(token), Http(retry_s=retry_s, max_backoff_s=0.2))
 
     def add_worker(self, name: str) -> str:

@@ -15,7 +15,7 @@ from fetcher.cli import main
 from tests.helpers import TOKEN, Env, fetcher_id, fetcher_process, output_of
 
 
-def test_version() -> None:
+def test_version_prints_the_installed_version() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "fetcher", "--version"], capture_output=True, text=True, check=True
     )

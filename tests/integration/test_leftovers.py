@@ -15,8 +15,8 @@ pytestmark = pytest.mark.docker
 def test_a_container_the_engine_will_not_remove_holds_its_slot_until_it_is_gone(
     env: Env, engine: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # Review finding: a container whose removal failed (it may still run on its GPU) gave its
-    # share back at once; the next job was given the same GPU.
+    """A container whose removal failed (it may still run on its GPU) keeps its job's share until
+    a retry removes it: the next job starts only then, and is never given the same GPU meanwhile."""
     import docker.api.client
 
     from fetcher import leftovers

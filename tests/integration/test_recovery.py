@@ -97,6 +97,10 @@ def test_kill_9_while_the_job_runs_then_restart_adopts_it(env: Env, engine: Any)
 def test_a_container_created_but_never_started_is_not_reported_finished(
     env: Env, engine: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """A container left `created` but never started (the fetcher died between `containers.create`
+    and `container.start`) is never reported `finished` with `exit_code: 0` (the engine's wait on
+    such a container returns at once with StatusCode 0): its command really runs, or the job goes
+    back to the queue unstarted."""
     # Given a job whose command fails, and a fetcher that dies right after creating its container
     # (SystemExit escapes process_job like a kill -9 would stop it: nothing reported, nothing removed)
     job = env.submit(["exit 3"], files_up={"output": "output"})

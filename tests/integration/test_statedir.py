@@ -1,13 +1,13 @@
-"""Review finding: a job's directory is open to every local user of the GPU box.
+"""PATH_BASE is the fetcher's own: no other local user of the GPU box reaches a job's directory.
 
 Job containers run as root (no user namespace) and the job directory is bind-mounted at /files,
 so a job can leave a setuid-root program (or file capabilities) in it: docker's
 `no-new-privileges` only holds inside the container, and bind mounts cannot be nosuid. The job
-directory is 0777 and PATH_BASE keeps whatever mode it was created with (0755 by `mkdir` or by
-docker for `-v /srv/decode-fetcher:/data`), so any local user can walk to PATH_BASE/<id>/..., run
-that program as root, or write into another job's inputs and outputs while it runs.
-The container does not need PATH_BASE to be searchable (the mount starts at the job directory):
-the fetcher can keep PATH_BASE to itself.
+directory is 0777 (the job's user may be anyone), so PATH_BASE must not let others walk to
+PATH_BASE/<id>/... to run that program as root or write into another job's files while it runs,
+whatever mode PATH_BASE was created with (0755 by `mkdir` or by docker for
+`-v /srv/decode-fetcher:/data`). The container does not need PATH_BASE to be searchable (the mount
+starts at the job directory), so the fetcher keeps it to itself.
 """
 
 from __future__ import annotations
@@ -25,6 +25,9 @@ pytestmark = pytest.mark.docker
 
 
 def test_a_setuid_root_file_a_job_leaves_is_out_of_other_users_reach(env: Env, engine: Any) -> None:
+    """A setuid-root program a job leaves in its directory is out of every other local user's reach:
+    PATH_BASE, whatever mode it was made with (0755 here, as `mkdir` or docker make it), grants
+    group and others nothing once the fetcher runs."""
     # Given PATH_BASE as mkdir or docker makes it
     env.base.chmod(0o755)
     job = env.submit(

@@ -162,6 +162,9 @@ def test_many_jobs_ending_at_once_are_each_delivered_once(store: JobStore) -> No
 
 
 def test_one_odd_answer_does_not_hold_back_every_other_final_status(tmp_path: Path) -> None:
+    """An answer nobody expected for one job's status (any exception) leaves that report pending and
+    the others are delivered all the same."""
+
     class Api:
         def __init__(self) -> None:
             self.put: list[str] = []
@@ -191,6 +194,8 @@ def test_one_odd_answer_does_not_hold_back_every_other_final_status(tmp_path: Pa
 def test_a_report_in_memory_is_delivered_when_the_store_cannot_be_read_either(
     store: JobStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """A store that fails for reads too (a lost mount, EIO, a damaged file), not only writes: the
+    report kept in memory is delivered all the same."""
     # Given a store that fails for everything (a lost mount, EIO, a damaged file), not only writes
     server, clock = StatusServer(), FakeClock(T0)
     d = Deliverer(store, server, clock=clock, max_pause_s=60)
@@ -233,6 +238,9 @@ class ReclaimingServer(StatusServer):
 def test_a_stale_report_is_neither_sent_to_nor_erases_a_job_claimed_anew_under_its_id(
     store: JobStore,
 ) -> None:
+    """A queue id claimed anew while the deliverer holds the previous run's report in hand: the old
+    run's status is not put on the new job, and the new job's durable record (its container, for
+    crash recovery) stays."""
     # Given the old job 7's error report, whose first try was lost
     server, clock = ReclaimingServer(store), FakeClock(T0)
     server.put_plan["7"] = ["down"]
@@ -254,6 +262,8 @@ def test_a_stale_report_is_neither_sent_to_nor_erases_a_job_claimed_anew_under_i
 def test_a_report_in_memory_is_dropped_when_its_id_is_claimed_anew(
     store: JobStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """An old report kept only in memory (the disk was full) is dropped when its queue id is claimed
+    anew: it never reaches the new job."""
     # Given an old report kept only in memory (the disk was full when it was submitted)
     server, clock = StatusServer(), FakeClock(T0)
     server.put_plan["7"] = ["down"]

@@ -46,5 +46,5 @@ def test_each_failure_carries_its_reason_class(exc: Exception, reason: str) -> N
         (ValueError("bug"), "error"),
     ],
 )
-def test_api_outcome_classes(exc: Exception | None, outcome: str) -> None:
+def test_each_api_failure_has_its_outcome_class(exc: Exception | None, outcome: str) -> None:
     assert api_label(exc) == outcome

@@ -1,5 +1,5 @@
-"""The host: its GPUs from NVML (none without a driver), its CPU and memory from the engine
-with the caps and reserves of the settings, and in a Slurm job the job's GPUs, never another job's."""
+"""The host: its GPUs from NVML (none without a driver), its CPU and memory from the engine with the
+caps and reserves of the settings, and in a Slurm job the job's GPUs, never another job's."""
 
 from __future__ import annotations
 

@@ -106,7 +106,9 @@ def test_stage_histogram_counts_each_block_also_when_it_raises(
     assert 0 <= value(series, "fetcher_stage_seconds_sum", stage="run") < 1
 
 
-def test_transfer_bytes_and_api_calls(served: tuple[Metrics, int]) -> None:
+def test_transfer_bytes_and_api_calls_are_counted_by_direction_name_and_outcome(
+    served: tuple[Metrics, int],
+) -> None:
     # Given a served registry
     metrics, port = served
 

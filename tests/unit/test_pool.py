@@ -65,9 +65,9 @@ def test_box_without_gpus_offers_gpu_mem_zero_and_refuses_gpu_jobs() -> None:
 
 
 def test_a_job_stating_no_share_gets_one_slots_share_counted_and_limited() -> None:
-    # Review finding: null-hardware jobs (the user-facing API's default) were held to 2000 MB and
-    # one core; then, held to the whole box but counted as 2000 MB, four of them promised the box
-    # four times over. One slot's share is both what is counted and what is enforced.
+    """A job stating no hardware (the user-facing API's default) gets one slot's share, and that
+    share is both what is counted and what is enforced: not 2000 MB and one core, and never the
+    whole box counted as 2000 MB (four such jobs would promise the box four times over)."""
     from fetcher.host import Host
     from fetcher.models import HardwareSpecs
     from fetcher.pool import Allocation, ResourcePool

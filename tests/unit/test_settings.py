@@ -80,7 +80,7 @@ def test_dotenv_and_legacy_names_are_read(monkeypatch: pytest.MonkeyPatch, tmp_p
     assert s.host_base == tmp_path and "tok12345" not in repr(s)
 
 
-def test_exit_idle_polls_setting() -> None:
+def test_exit_idle_polls_defaults_to_3_and_must_be_at_least_1() -> None:
     base = {"api_url": "http://x", "access_token": "t", "path_base": "/tmp"}
     assert Settings(_env_file=None, **base).exit_idle_polls == 3  # type: ignore[arg-type]
     s = Settings(_env_file=None, exit_idle_polls=5, **base)  # type: ignore[arg-type]
@@ -89,7 +89,7 @@ def test_exit_idle_polls_setting() -> None:
         Settings(_env_file=None, exit_idle_polls=0, **base)  # type: ignore[arg-type]
 
 
-def test_log_format_setting() -> None:
+def test_log_format_is_text_by_default_or_json_and_nothing_else() -> None:
     base: dict[str, object] = {
         "_env_file": None,
         "api_url": "http://api.test",
@@ -173,7 +173,9 @@ def test_groups_is_still_read_where_it_can_be_set_and_job_groups_wins(
     assert load_settings().group_list == ["new"]
 
 
-def test_groups_from_a_dotenv_file(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_groups_and_job_groups_are_read_from_a_dotenv_file(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("ACCESS_TOKEN", "tok-123456")
     (clean_env / ".env").write_text("GROUPS=from-file\n")
     assert load_settings().group_list == ["from-file"]
@@ -181,7 +183,7 @@ def test_groups_from_a_dotenv_file(clean_env: Path, monkeypatch: pytest.MonkeyPa
     assert load_settings().group_list == ["a", "b"]
 
 
-def test_job_groups_by_field_name(clean_env: Path) -> None:
+def test_job_groups_can_be_set_by_its_field_name(clean_env: Path) -> None:
     assert Settings(_env_file=None, access_token="tok-123456", job_groups="x").group_list == ["x"]
 
 

@@ -249,6 +249,10 @@ def test_a_second_claim_of_a_running_queue_id_is_refused() -> None:
 
 
 def test_an_invalid_spec_under_the_id_of_a_job_running_here_is_not_reported() -> None:
+    """A claim answer naming a job that runs here again is refused whatever its spec: one that does
+    not parse is not `reject`ed either, which would report `error` for the queue id of the job still
+    running here (and, through the store, turn its row into a report the deliverer then deletes,
+    losing the running job's durable record)."""
     jobs = Jobs()
     source = FakeSource(
         [
@@ -305,9 +309,10 @@ def test_adopted_jobs_hold_their_share_and_run_first() -> None:
 def test_a_container_the_engine_would_not_remove_keeps_its_gpu_out_of_offers(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # Review finding: when the engine failed to remove a job's container (which may still run on
-    # its GPU), the GPU was offered to the next job at once. Here the same queue id, claimed anew
-    # (ids are reused), leaves a second such container: neither GPU may be offered.
+    """A container the engine would not remove (it may still run on its GPU) keeps that GPU out of
+    every offer until it is gone. Here the same queue id, claimed anew (ids are reused), leaves a
+    second such container: neither GPU is offered, and both come back once the engine removes
+    them."""
     from fetcher.gpu.nvml import Gpu
 
     engine_fixed = threading.Event()

@@ -123,7 +123,9 @@ def test_many_bad_answers_in_a_row_never_stop_the_daemon(tmp_path: Path, engine:
             assert "\n" not in final["runtime_details"][0]
 
 
-def test_a_claim_of_1000_jobs_when_one_was_asked_for(tmp_path: Path, engine: Any) -> None:
+def test_a_claim_of_1000_jobs_when_one_was_asked_for_ends_each_and_leaves_no_directory(
+    tmp_path: Path, engine: Any
+) -> None:
     base = deep_base(tmp_path)
     many = {str(i): hostile_job() for i in range(1, 1001)}
     with HostileServer([json.dumps(many).encode()]) as server:

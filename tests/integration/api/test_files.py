@@ -55,9 +55,10 @@ def test_a_download_url_of_another_scheme_is_the_jobs_error_not_a_worker_fault(
 def test_a_server_cannot_make_the_root_fetcher_send_any_method_to_a_localhost_service(
     tmp_path: Path, engine: Any
 ) -> None:
-    """SSRF: the download request is performed as given, method included: a DELETE to a service
-    that listens on the host's loopback only (a Docker API on tcp://127.0.0.1:2375, a registry,
-    an admin endpoint). Here a canary server of the test's own records what it got."""
+    """SSRF: a download request naming another method, here a DELETE to a service that listens on
+    the host's loopback only (a Docker API on tcp://127.0.0.1:2375, a registry, an admin
+    endpoint), is never performed: the job ends `error` ("only GET is made"), and a canary server
+    of the test's own, standing in for that service, receives nothing."""
     base = deep_base(tmp_path)
     seen: list[tuple[str, str]] = []
 
@@ -79,7 +80,7 @@ def test_a_server_cannot_make_the_root_fetcher_send_any_method_to_a_localhost_se
         with HostileServer(claims, {("GET", "/files/"): file_url_answer(req)}) as server:
             run_until_idle(hostile_settings(server.url, base), engine, timeout_s=60)
             final = server.reports_of("7")[-1]
-    # before the fix the job read what the loopback-only service answered (in its log tail)
+    # the job would read what the loopback-only service answered (in its log tail): it gets nothing
     assert final[0] == "error" and "only GET is made" in final[1], final
     assert "secret-from-localhost-only-service" not in final[1]
     assert seen == [], f"the fetcher sent {seen} to a loopback service on the server's word"

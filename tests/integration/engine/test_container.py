@@ -1,6 +1,7 @@
 """Hostile jobs on a real engine: nothing a job does in its directory may reach the host outside
 it, hang a slot, or stop the daemon from running (and starting again); its container is bounded
-(processes, engine logs, privileges, outputs) and a job stating no hardware gets one slot's share."""
+(processes, engine logs, privileges, outputs), and a job stating no hardware gets one slot's
+share."""
 
 from __future__ import annotations
 
@@ -193,10 +194,9 @@ def test_a_job_leaving_more_outputs_than_allowed_ends_error_and_costs_no_upload_
 
 
 def test_a_job_stating_no_hardware_gets_one_slots_share_not_2000_mb(env: Env, engine: Any) -> None:
-    # Review finding (against the real server): the user-facing API's jobs leave `hardware` null;
-    # they were held to JOB_DEFAULT_MEMORY_MB (2000 MB) and one core, so a DECODE training would be
-    # killed for memory where the upstream fetcher sets no limit at all. Now such a job gets one
-    # slot's share (all of a one-GPU box), counted and enforced alike.
+    """A job that leaves `hardware` null (as the user-facing API's jobs do) gets one slot's share,
+    counted and enforced alike: not JOB_DEFAULT_MEMORY_MB (2000 MB) and one core, which would kill
+    a DECODE training for memory where the upstream fetcher sets no limit at all."""
     from fetcher.models import HardwareSpecs
 
     stated = env.submit(["sleep 3"], hardware=HardwareSpecs(cpu_cores=1, memory=64))
@@ -234,7 +234,8 @@ def test_a_job_output_file_whose_name_is_not_utf8_ends_the_job_honestly(
     env: Env, engine: Any
 ) -> None:
     """A file name with a byte that is not UTF-8 (legal on Linux) in a sub-directory of an output
-    directory. Expected: skipped (or the job's `error`); never a hand-back of a job that is at fault."""
+    directory. Expected: skipped (or the job's `error`); never a hand-back of a job that is at
+    fault."""
     j = env.submit(
         [
             "mkdir -p /files/output/sub && echo x > \"$(printf '/files/output/sub/a\\377b')\""
@@ -249,7 +250,9 @@ def test_a_job_output_file_whose_name_is_not_utf8_ends_the_job_honestly(
     assert not any("sub" in base for base, _ in uploaded)
 
 
-def test_a_job_output_file_whose_name_is_not_utf8_at_the_top(env: Env, engine: Any) -> None:
+def test_a_job_output_file_whose_name_is_not_utf8_at_the_top_ends_finished(
+    env: Env, engine: Any
+) -> None:
     j = env.submit(["mkdir -p /files/output && echo x > \"$(printf '/files/output/a\\377b')\""])
     assert run_until_idle(env.settings(), engine) == 0
     details = j.history[-1].get("runtime_details") or ""

@@ -32,7 +32,7 @@ def test_gpu_request_on_a_host_without_gpu_runtime_is_the_workers_trouble(
     assert job.claims[0]["gpu_mem"] == 15360 and job.claims[0]["gpu_model"] == "NVIDIA T4"
 
 
-FILES_IS_A_FILE = "review-test/files-is-a-file:1"
+FILES_IS_A_FILE = "fetcher-test/files-is-a-file:1"
 
 
 @pytest.fixture
@@ -46,6 +46,10 @@ def bad_image(engine: Any) -> Iterator[str]:
 def test_an_image_that_cannot_take_the_files_mount_is_the_jobs_error(
     env: Env, engine: Any, bad_image: str
 ) -> None:
+    """An image with a regular file at /files fails to start with "error mounting ... to rootfs at
+    "/files" ... not a directory": the job's `error`, though "error mounting" also marks this box's
+    own troubles (part of the engine's message is the job's doing). Handed back, it would fail the
+    same way on every worker of the pool."""
     job = env.submit(["true"], image=bad_image)
     settings = env.settings(fetcher_id=fetcher_id("mountfile"), image_pull_policy="never")
     assert run_until_idle(settings, engine) == 0

@@ -54,9 +54,9 @@ def test_a_job_printing_50_mb_is_bounded_on_the_engine_and_in_its_log(
 
 
 def test_a_job_printing_fast_keeps_all_its_output_up_to_the_cap(env: Env, engine: Any) -> None:
-    # Review finding: the fetcher followed the engine's json-file log, which rotates at
-    # JOB_ENGINE_LOG_MAX_MB: a job printing faster than the follower read lost its output
-    # ("Error grabbing logs: no such file or directory"; 30 MB came through as 7.6 MB).
+    """The output is read from the container's attach stream, not from the engine's json-file log
+    (which rotates at JOB_ENGINE_LOG_MAX_MB): a job printing 30 MB faster than any reader keeps all
+    of it, and no "Error grabbing logs" in its place."""
     job = env.submit(
         ["yes 'a line of output from a chatty job' | head -c 30000000; echo; echo the-end"],
         files_up={"log": "log"},

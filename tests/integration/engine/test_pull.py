@@ -38,7 +38,9 @@ def test_failed_pull_from_local_registry_is_an_error_with_dockers_message(
     ), details
 
 
-def test_pull_from_local_registry_then_run(env: Env, engine: Any) -> None:
+def test_an_image_not_on_the_box_is_pulled_from_its_registry_then_run(
+    env: Env, engine: Any
+) -> None:
     from tests.helpers import REGISTRY_IMAGE
 
     with contextlib.suppress(Exception):
@@ -52,8 +54,9 @@ def test_pull_from_local_registry_then_run(env: Env, engine: Any) -> None:
 def test_auto_pulls_a_latest_image_again_instead_of_running_a_stale_one(
     env: Env, engine: Any
 ) -> None:
-    # Review finding (against the real server): with `if-not-present` a box kept running the
-    # `decode:latest` it pulled once, for ever; the upstream fetcher always pulls.
+    """Under IMAGE_PULL_POLICY=auto (the default) a `:latest` image is pulled again for every job,
+    as the upstream fetcher always pulls: a box must not keep running the `decode:latest` it pulled
+    once, for ever. An image by another tag that is present is not pulled."""
     from tests.helpers import IMAGE, REGISTRY_IMAGE
 
     latest = REGISTRY_IMAGE.rsplit(":", 1)[0] + ":latest"

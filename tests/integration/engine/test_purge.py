@@ -46,7 +46,7 @@ def test_files_the_fetcher_may_not_delete_are_removed_with_a_container(
     assert list(env.base.iterdir()) == [env.base / ".fetcher"]
 
 
-HANGING = "review-test/hanging-sh:1"
+HANGING = "fetcher-test/hanging-sh:1"
 
 
 @pytest.fixture
@@ -65,6 +65,11 @@ def hanging_image(engine: Any) -> Iterator[str]:
 def test_the_purge_container_ends_within_a_bound(
     engine: Any, hanging_image: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The purge container runs a stranger's image: one whose /bin/sh never ends is given up after
+    PURGE_TIMEOUT_S and removed, never holding the job thread (and with it the job's slot and GPU
+    share) for ever, nor waited for by `containers.run` with its whole output read into memory. For
+    a fetcher that is not root (the Slurm pilots) every job that writes as root reaches this path.
+    """
     monkeypatch.setattr(purge_module, "PURGE_TIMEOUT_S", 5)
     # Given a job directory, and the job's image whose /bin/sh hangs
     base = tmp_path / "base"
@@ -91,6 +96,8 @@ def test_the_purge_container_ends_within_a_bound(
 def test_the_purge_container_is_bounded_like_the_job(
     engine: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The purge container gets the job container's bounds: the process limit, a bounded engine log,
+    MKNOD dropped."""
     # Given a fetcher whose purge container we can look at
     base = tmp_path / "base"
     base.mkdir()

@@ -1,7 +1,8 @@
-"""The mock's routes answer as the real server's do, over real HTTP on 127.0.0.1: worker
-tokens and Cognito logins, status PUTs, the API's own download and upload requests (the caller's
+"""The mock's routes answer as the real server's do, over real HTTP on 127.0.0.1: worker tokens
+and Cognito logins, status PUTs, the API's own download and upload requests (the caller's
 `authorization` echoed, performed as given), pre-signed S3 requests, uploads landing at
-`<paths_upload[type]>/<base_path>/<name>`, the internal routes behind the API key, injected faults."""
+`<paths_upload[type]>/<base_path>/<name>`, the internal routes behind the API key, injected
+faults."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ from tests.helpers import (
 
 
 # --- auth -------------------------------------------------------------------------------------
-def test_missing_bad_and_non_worker_tokens(env: Env) -> None:
+def test_missing_bad_and_non_worker_tokens_are_refused(env: Env) -> None:
     r = requests.get(f"{env.mock.url}/jobs?memory=1", timeout=5)
     assert (r.status_code, r.json()) == (401, {"detail": "Not authenticated"})
     r = requests.get(
@@ -196,7 +197,7 @@ def test_the_fetchers_client_downloads_and_uploads_through_the_echoed_requests(
     assert Path(job.paths_upload["log"], "log", "a.bin").read_bytes() == b"abc"
 
 
-def test_download_by_store_path_and_s3_id(env: Env, tmp_path: Path) -> None:
+def test_files_download_by_store_path_and_by_s3_id(env: Env, tmp_path: Path) -> None:
     fid = env.input_file("user1/in/deep/a.yaml", b"param: 1\n")
     assert fid.startswith(env.state.data_root + "/")
     s3 = Path(env.state.data_root, "_s3/bucket/user1/calib.bin")
@@ -209,7 +210,9 @@ def test_download_by_store_path_and_s3_id(env: Env, tmp_path: Path) -> None:
     assert (tmp_path / "calib.bin").read_bytes() == b"\x00calib"
 
 
-def test_download_errors(env: Env, tmp_path: Path) -> None:
+def test_a_missing_forbidden_or_unsendable_file_is_a_transfer_error(
+    env: Env, tmp_path: Path
+) -> None:
     client = env.client(retry_s=0.5)
     with pytest.raises(TransferError, match="404"):
         download_to(client, env.state.data_root + "/nope.bin", tmp_path / "x")
@@ -242,7 +245,9 @@ def test_upload_lands_at_type_dir_base_path_filename_and_overwrites(
     assert landed.read_bytes() == b"v2"
 
 
-def test_upload_refusals(env: Env, tmp_path: Path) -> None:
+def test_the_upload_routes_refuse_bad_types_escaping_paths_strangers_and_odd_names(
+    env: Env, tmp_path: Path
+) -> None:
     env.submit(["true"])
     client = env.client(retry_s=0.3)
     jid = next(iter(client.claim_jobs(claim_offer()).jobs))
@@ -410,13 +415,13 @@ def test_client_rides_out_500s_429s_drops_and_slow_answers(env: Env) -> None:
     assert env.state.requests_seen > 21
 
 
-def test_api_down_then_back(env: Env) -> None:
+def test_a_claim_fails_while_the_api_is_down_and_works_once_it_is_back(env: Env) -> None:
     env.state.set_faults(Faults(down_for_s=1.0))
     with pytest.raises(ApiUnavailable):
         env.client(retry_s=0.3).claim_jobs(claim_offer())
     assert env.client(retry_s=5).claim_jobs(claim_offer()).jobs == {}
 
 
-def test_rejected_is_raised_for_422(env: Env) -> None:
+def test_a_422_answer_is_raised_as_api_rejected(env: Env) -> None:
     with pytest.raises(ApiRejected, match="422"):
         env.client().session.call("GET", "/jobs", what="claim", name="claim")

@@ -63,7 +63,7 @@ def test_claim_order_is_group_then_priority_then_age(env: Env) -> None:
     assert got == [str(grouped.id), str(new_high.id), str(old_low.id)]
 
 
-def test_claim_older_than_and_missing_memory(env: Env) -> None:
+def test_claim_honours_older_than_and_needs_memory(env: Env) -> None:
     env.submit(["true"])
     assert env.client().claim_jobs(claim_offer(older_than=3600)).jobs == {}
     resp = requests.get(

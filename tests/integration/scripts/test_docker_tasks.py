@@ -266,5 +266,5 @@ def test_docker_run_stop_and_cleanup_scripts(env: Env, engine: Any, fetcher_imag
     assert not engine.images.list(name=docker_tasks.IMAGE)
 
 
-def test_busybox_test_image_is_present(engine: Any) -> None:
+def test_the_busybox_test_image_is_on_the_engine(engine: Any) -> None:
     engine.images.get(IMAGE)

@@ -187,6 +187,10 @@ def login(rsps: responses.RequestsMock, region: str) -> list[str]:
 def test_the_password_goes_only_to_an_amazonaws_host(
     rsps_lenient: responses.RequestsMock, region: str
 ) -> None:
+    """The Cognito endpoint is built from the `region` that `GET /access_info` answers (the API, no
+    auth, possibly plain http): a region that is no AWS region name (`evil.example/#` would make the
+    endpoint `https://cognito-idp.evil.example/#.amazonaws.com/`) is a bad answer, and the worker's
+    USERNAME and PASSWORD go to no host but an amazonaws.com one."""
     hosts = login(rsps_lenient, region)
     assert all(h.endswith(".amazonaws.com") for h in hosts), hosts
 

@@ -192,8 +192,9 @@ def trickling_file() -> Iterator[str]:
 def test_a_trickling_download_stops_soon_after_the_job_is_cancelled(
     trickling_file: str, tmp_path: Path
 ) -> None:
-    # Review finding: a download read 1 MB chunks, so a body trickling in (each byte well within
-    # the read timeout) was not cancellable until a whole chunk had arrived (here: 14 hours).
+    """A download reads whatever has arrived, not whole 1 MB chunks: a body trickling in (each
+    byte well within the read timeout; a chunk would take 14 hours here) stops within 2 s of the
+    cancel."""
     api = WorkerApi(trickling_file, FixedToken("t"), Http(retry_s=0, read_timeout_s=5.0))
     cancel = threading.Event()
     outcome: dict[str, object] = {}
@@ -288,6 +289,8 @@ def offer(rsps: responses.RequestsMock, request: dict[str, Any], api: str = API)
 def test_a_download_is_only_ever_a_get(
     rsps: responses.RequestsMock, tmp_path: Path, method: str
 ) -> None:
+    """The file request a server hands out is performed only as a GET, whatever method it names: a
+    server cannot make the root daemon DELETE on a service that listens only on this box."""
     offer(rsps, {"method": method, "url": f"{API}/files/data/x.bin/download"})
     with pytest.raises(TransferError, match=r"request; only GET is made"):
         download_to(worker_api(token="t", retry_s=0.5), "data/x.bin", tmp_path / "x")
@@ -308,6 +311,9 @@ def test_a_download_is_only_ever_a_get(
 def test_a_url_requests_cannot_use_is_the_jobs_error_not_this_box(
     rsps: responses.RequestsMock, tmp_path: Path, url: str
 ) -> None:
+    """A URL requests cannot use (file://, another scheme, no host) is the job's error, not blamed
+    on this box's disk (requests' exceptions are OSErrors), which would hand the job back for ever.
+    """
     offer(rsps, {"method": "get", "url": url})
     with pytest.raises(TransferError, match="is not an http"):
         download_to(worker_api(token="t", retry_s=0.5), "data/x.bin", tmp_path / "x")
@@ -323,7 +329,7 @@ def test_a_url_requests_cannot_use_is_the_jobs_error_not_this_box(
         "http://0.0.0.0:9090/",
         "http://[::ffff:127.0.0.1]/",
         "http://LOCALHOST./x",
-        # spellings the resolver reads as loopback (the review's bypasses of a literal check)
+        # spellings the resolver reads as loopback (each would pass a check of the literal host)
         "http://127.1:2375/",
         "http://2130706433:2375/",
         "http://0x7f000001/",
@@ -335,13 +341,18 @@ def test_a_url_requests_cannot_use_is_the_jobs_error_not_this_box(
 def test_a_server_elsewhere_cannot_send_the_daemon_to_this_box(
     rsps: responses.RequestsMock, tmp_path: Path, url: str
 ) -> None:
+    """A server elsewhere cannot send the daemon to this box or a link-local address, however the
+    URL spells it (including the spellings the resolver reads as loopback): the job's error, and no
+    request is made."""
     offer(rsps, {"method": "get", "url": url})
     with pytest.raises(TransferError, match="points at this box or a link-local address"):
         download_to(worker_api(token="t", retry_s=0.5), "data/x.bin", tmp_path / "x")
     assert len(rsps.calls) == 1
 
 
-def test_nor_through_a_redirect(rsps: responses.RequestsMock, tmp_path: Path) -> None:
+def test_a_redirect_cannot_send_the_daemon_to_this_box_either(
+    rsps: responses.RequestsMock, tmp_path: Path
+) -> None:
     offer(rsps, {"method": "get", "url": "https://bucket.s3.test/x.bin"})
     rsps.get(
         "https://bucket.s3.test/x.bin",
@@ -354,6 +365,7 @@ def test_nor_through_a_redirect(rsps: responses.RequestsMock, tmp_path: Path) ->
 
 
 def test_a_redirect_loop_is_the_jobs_error(rsps: responses.RequestsMock, tmp_path: Path) -> None:
+    """A redirect loop is the job's error (TooManyRedirects), not this box's trouble."""
     offer(rsps, {"method": "get", "url": "https://s3.test/a"})
     rsps.get("https://s3.test/a", status=302, headers={"Location": "https://s3.test/b"})
     rsps.get("https://s3.test/b", status=302, headers={"Location": "https://s3.test/a"})

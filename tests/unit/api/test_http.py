@@ -96,6 +96,8 @@ def test_retry_waits_stop_at_once_when_interrupted(rsps: responses.RequestsMock)
 
 @pytest.mark.parametrize("value", ["120s", "soon", "Thu, 99 Foo 2026", "nan", "-5", "1e999"])
 def test_a_malformed_retry_after_is_ignored(rsps: responses.RequestsMock, value: str) -> None:
+    """A Retry-After that is neither seconds nor an HTTP date counts as none (a finite wait): it
+    never raises out of the HTTP helper, where it would stop every other job's final status."""
     rsps.get(f"{API}/jobs/1/status", status=503, headers={"Retry-After": value})
     http = Http(retry_s=0)
     with pytest.raises(Transient) as caught:
@@ -152,6 +154,11 @@ def trickler() -> Iterator[str]:
 
 
 def test_a_trickling_answer_is_given_up_within_a_deadline(trickler: str) -> None:
+    """An answer that trickles in (a byte now and then, each well within the read timeout, which
+    bounds each recv, not the answer) is given up within its deadline. Every API call reads its
+    whole body through `Http.send`, so a slow or hostile server could otherwise hold the keep-alive
+    (and with it the job's slot), the deliverer (every other report behind it) or the claim loop
+    indefinitely."""
     http = Http(connect_timeout_s=1.0, read_timeout_s=1.0, retry_s=0)
     http.answer_deadline_s = 2.0
     outcome: dict[str, object] = {}

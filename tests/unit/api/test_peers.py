@@ -78,6 +78,10 @@ def other() -> Iterator[tuple[int, list[tuple[str, str | None]]]]:
 def test_a_backslash_url_never_carries_the_token_to_another_host(
     other: tuple[int, list[tuple[str, str | None]]], tmp_path: Path
 ) -> None:
+    """`origin()` and the HTTP stack agree on which host a URL names: for `http://evil\\@api:port/`
+    urlsplit sees user info `evil\\` and host `api` where urllib3 sees host `evil`, so a download
+    URL spelled so would have carried the bearer token to `evil`. Such a URL is not performed at
+    all. Real sockets on loopback (`responses` never opens a connection)."""
     other_port, other_seen = other
     # Given an API on 127.0.0.1 whose download URL names `localhost:<other>` before a backslash
     # (urlsplit reads that as user info, urllib3 as the host)
@@ -111,15 +115,17 @@ def test_a_backslash_url_never_carries_the_token_to_another_host(
     ],
 )
 def test_origin_is_not_the_apis_when_urllib3_would_connect_elsewhere(url: str) -> None:
+    """A URL with a backslash in its authority never has the API's origin, since urllib3 would
+    connect to the host before the backslash."""
     assert origin(url) != origin("http://api.test:8001")
 
 
 def test_a_name_that_resolves_to_this_box_only_when_connecting_is_refused_too(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Review finding: the target was judged by resolving its name before the request, and
-    # requests resolves again to connect (DNS rebinding: public when checked, 127.0.0.1 when
-    # used). Each new connection of a file request has its peer checked as well.
+    """Each new connection of a file request has its peer checked, not only the name before the
+    request (requests resolves it again to connect: DNS rebinding, public when checked and
+    127.0.0.1 when used): a connection that reached this box is refused before a byte is sent."""
     import http.server
     import json
     import threading

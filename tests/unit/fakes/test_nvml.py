@@ -252,7 +252,7 @@ def test_calls_before_init_and_after_the_last_shutdown_are_uninitialized() -> No
         pynvml.NVML_ERROR_LIB_RM_VERSION_MISMATCH,
     ],
 )
-def test_init_failures(code: int) -> None:
+def test_an_init_failure_raises_its_class_until_init_succeeds(code: int) -> None:
     fake = FakeNvml([FakeGpu.a100()], init_error=code)
     raises(code, fake.nvmlInit)
     raises(pynvml.NVML_ERROR_UNINITIALIZED, fake.nvmlDeviceGetCount)
@@ -283,7 +283,7 @@ def test_a_function_the_driver_lacks() -> None:
 # Inventory
 
 
-def test_inventory() -> None:
+def test_each_gpu_answers_its_uuid_name_memory_architecture_brand_and_index() -> None:
     fake = machine(FakeGpu.a100(), FakeGpu.v100(minor_number=5), FakeGpu.rtx4090())
     assert fake.nvmlDeviceGetCount() == 3
     a100, v100, rtx = (fake.nvmlDeviceGetHandleByIndex(i) for i in range(3))
@@ -312,7 +312,7 @@ def test_inventory() -> None:
     raises(pynvml.NVML_ERROR_INVALID_ARGUMENT, lambda: fake.nvmlDeviceGetHandleByIndex(-1))
 
 
-def test_driver_and_cuda_versions() -> None:
+def test_driver_and_cuda_versions_follow_the_driver_and_v2_needs_libcuda() -> None:
     fake = machine(driver="535.104.05", cuda=12020)
     assert fake.nvmlSystemGetDriverVersion() == "535.104.05"
     assert (
@@ -495,7 +495,7 @@ def test_reconfigured_mig_devices_invalidate_old_handles() -> None:
 # Processes and use
 
 
-def test_process_lists() -> None:
+def test_compute_and_graphics_processes_are_listed_per_gpu() -> None:
     fake = machine()
     handle = fake.nvmlDeviceGetHandleByIndex(0)
     assert fake.nvmlDeviceGetComputeRunningProcesses(handle) == []
@@ -524,7 +524,7 @@ def test_process_lists() -> None:
     assert [p.pid for p in fake.nvmlDeviceGetComputeRunningProcesses(handle)] == [12]
 
 
-def test_utilization_power_temperature() -> None:
+def test_utilization_power_and_temperature_answer_what_was_set_or_not_supported() -> None:
     fake = machine(FakeGpu.a100(), FakeGpu.a100(unsupported={"nvmlDeviceGetPowerUsage"}))
     handle, other = fake.nvmlDeviceGetHandleByIndex(0), fake.nvmlDeviceGetHandleByIndex(1)
     fake.set_utilization(0, 87, 40)
@@ -584,7 +584,7 @@ def test_retired_pages_ecc_and_remapped_rows() -> None:
         raises(pynvml.NVML_ERROR_NOT_SUPPORTED, call)
 
 
-def test_a_lost_gpu() -> None:
+def test_a_lost_gpu_fails_every_call_on_it_and_uuid_searches_past_it() -> None:
     fake = mig_machine()
     fake2 = machine(FakeGpu.a100(), FakeGpu.a100(), FakeGpu.a100())
     parent = fake.nvmlDeviceGetHandleByIndex(0)
@@ -713,7 +713,7 @@ def test_event_waits_time_out_and_keep_order() -> None:
     raises(pynvml.NVML_ERROR_TIMEOUT, lambda: fake.nvmlEventSetWait_v2(event_set, 0))
 
 
-def test_event_registration_refusals() -> None:
+def test_registering_an_unsupported_or_unknown_event_type_is_refused() -> None:
     fake = machine(FakeGpu.a100(), FakeGpu.rtx4090(), FakeGpu.v100(supported_events=0))
     a100, rtx, old = (fake.nvmlDeviceGetHandleByIndex(i) for i in range(3))
     event_set = fake.nvmlEventSetCreate()
@@ -740,7 +740,7 @@ def test_event_registration_refusals() -> None:
     )
 
 
-def test_mig_device_events(waiter: Any) -> None:
+def test_an_xid_of_a_mig_device_reaches_its_parents_event_set(waiter: Any) -> None:
     fake = mig_machine()
     parent = fake.nvmlDeviceGetHandleByIndex(0)
     event_set = fake.nvmlEventSetCreate()

@@ -55,7 +55,7 @@ A, B, C, D = img("a", 30), img("b", 10), img("c", 3), img("d", 0.1)
         ),
     ],
 )
-def test_plan_prune(
+def test_plan_prune_removes_by_age_then_by_least_recent_use_never_an_image_in_use(
     images: list[ImageUse],
     keep_days: float | None,
     cap_mb: int | None,
@@ -72,7 +72,7 @@ def test_plan_prune(
     assert [i.id.removeprefix("sha256:") for i in plan] == removed
 
 
-def test_gb_to_bytes() -> None:
+def test_gb_to_bytes_counts_decimal_gigabytes_and_keeps_none() -> None:
     assert gb_to_bytes(None) is None
     assert gb_to_bytes(1.5) == 1_500_000_000
 

@@ -170,8 +170,9 @@ def test_entries_not_uploaded_are_logged_a_few_then_counted(
 
 
 def test_an_output_whose_name_is_not_utf8_is_skipped_not_a_crash(tmp_path: Path) -> None:
-    # Review finding: a job writing `a\xffb` made the upload raise UnicodeEncodeError, and the job
-    # was handed back (to run again on every worker of the pool, for ever).
+    """An output named `a\\xffb` (not UTF-8) is skipped, with the directories below such a name:
+    never a UnicodeEncodeError that hands the job back (to fail again on every worker of the pool,
+    for ever)."""
     layout = plan_layout("7", spec(files_up={"output": "out"}))
     ws = Workspace("7", tmp_path, tmp_path)
     ws.create(layout)
