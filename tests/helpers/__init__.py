@@ -5,7 +5,8 @@ the outside world in tests/fakes/):
   for a condition, a job's statuses as the server recorded them
 - `daemon`: the daemon run until idle (always with a hang guard) or in a thread while the test
   looks; a real `fetcher run` process; what a fetcher leaves on the engine and under PATH_BASE
-- `hostile`: a worker-facing API that answers whatever a test scripts, and settings against it
+- `hostile`: a worker-facing API that answers whatever a test scripts, a job spec and settings for
+  it, a job command that leaves a tree 3000 directories deep
 - `api`: the client in unit tests (against `responses` or a raw HTTP server of the test's own),
   plain-file downloads and uploads
 - `metrics`: a scrape of /metrics
