@@ -18,7 +18,7 @@ echo "== docker engine, test images, local registry"
 "$DOCKER" tag fetcher-test/busybox:1 127.0.0.1:5000/test/job:1
 "$DOCKER" push -q 127.0.0.1:5000/test/job:1 >/dev/null
 
-echo "== tools of the private engines (tests/private_engine.py: engine restarts)"
+echo "== tools of the private engines (tests/helpers/private_engine.py: engine restarts)"
 need=()
 for tool in jq:jq curl:curl ip:iproute2 nsenter:util-linux; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || need+=("${tool#*:}")
@@ -28,7 +28,7 @@ if [ ${#need[@]} -gt 0 ]; then
     || { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null; }
 fi
 
-echo "== slurm: a single-node cluster with fake GPUs (tests/integration/test_slurm.py)"
+echo "== slurm: a single-node cluster with fake GPUs (tests/integration/scripts/test_slurm.py)"
 "$HERE/slurm-cluster.sh" up
 SLURM_CONF=$("$HERE/slurm-cluster.sh" conf); export SLURM_CONF
 

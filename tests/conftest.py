@@ -1,3 +1,7 @@
+"""Fixtures for every test: the mock API (`env`), the real engine (`engine`, `docker_client`),
+`responses` (`rsps`, `rsps_lenient`), a fake clock (`clock`) and an empty job store (`store`).
+Helpers are in tests/helpers/, stand-ins for the outside world in tests/fakes/."""
+
 from __future__ import annotations
 
 import contextlib
@@ -8,11 +12,14 @@ from typing import Any
 
 import docker.errors
 import pytest
+import responses
 
 from fetcher.engine.container import LABEL, LABEL_ID
+from fetcher.store import JobStore
 from mock_api.server import MockServer
 from mock_api.state import MockState
-from tests.helpers import API_KEY, IMAGE, SESSION, TOKEN, Env
+from tests.fakes.clock import FakeClock
+from tests.helpers.env import API_KEY, IMAGE, SESSION, TOKEN, Env
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -60,3 +67,31 @@ def engine(docker_client: Any) -> Iterator[Any]:
         with contextlib.suppress(docker.errors.NotFound):
             docker_client.api.remove_container(c["Id"], force=True)
     assert not left, f"containers left behind: {[c['Names'] for c in left]}"
+
+
+@pytest.fixture
+def rsps() -> Iterator[responses.RequestsMock]:
+    """`responses` for the test: every request must match a registered answer, and every
+    registered answer must be asked for by the end of the test."""
+    with responses.RequestsMock() as r:
+        yield r
+
+
+@pytest.fixture
+def rsps_lenient() -> Iterator[responses.RequestsMock]:
+    """`rsps` for a test whose registered answers need not all be asked for (a test of what the
+    fetcher does not send)."""
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as r:
+        yield r
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """A clock that stands still until the test moves `clock.now`."""
+    return FakeClock()
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> JobStore:
+    """An empty job store in the test's directory."""
+    return JobStore(tmp_path / "jobs.sqlite")

@@ -1,7 +1,7 @@
 """Whether the Docker engine answers, and the one place that says so in the log: one WARNING when
 it goes away (a restart: a package upgrade, `systemctl restart docker`), one INFO when it is back.
 
-What an engine restart looks like from here (measured on the real engine, tests/private_engine.py):
+What an engine restart looks like from here (measured on the real engine, tests/helpers/private_engine.py):
 on SIGTERM, dockerd closes its API socket first, then stops every container (the job gets SIGTERM,
 exit code 143), then exits. A `wait()` already under way is answered with that exit code as if the
 job had ended on its own: no field of the container tells the engine's stop from the job's exit.

@@ -34,18 +34,18 @@ def test_a_good_setup_is_all_ok(env: Env, engine: Any) -> None:
     assert lines["gpus"].startswith("WARN")
 
 
-def test_unreachable_api(env: Env, engine: Any) -> None:
+def test_an_unreachable_api_fails_the_api_check_naming_api_url(env: Env, engine: Any) -> None:
     rc, lines = check(env.settings(api_url=f"http://127.0.0.1:{free_port()}"), engine)
     assert rc == 1 and lines["api"].startswith("FAIL") and "API_URL" in lines["api"]
 
 
-def test_refused_token(env: Env, engine: Any) -> None:
+def test_a_refused_token_fails_the_login_check_without_showing_it(env: Env, engine: Any) -> None:
     rc, lines = check(env.settings(access_token="not-the-token"), engine)
     assert rc == 1 and lines["login"].startswith("FAIL") and "ACCESS_TOKEN" in lines["login"]
     assert "not-the-token" not in lines["login"]
 
 
-def test_no_docker_engine(env: Env) -> None:
+def test_no_docker_engine_fails_the_docker_check(env: Env) -> None:
     import docker
 
     dead = docker.DockerClient(base_url="unix:///nonexistent.sock", version="1.41")
@@ -53,7 +53,7 @@ def test_no_docker_engine(env: Env) -> None:
     assert rc == 1 and lines["docker"].startswith("FAIL") and "docker.sock" in lines["docker"]
 
 
-def test_gpus_without_nvidia_runtime(env: Env, engine: Any) -> None:
+def test_gpus_without_the_nvidia_runtime_fail_the_gpu_runtime_check(env: Env, engine: Any) -> None:
     nvml = FakeNvml([("GPU-1", "NVIDIA T4", 15360, 6)])
     rc, lines = check(env.settings(), engine, nvml=nvml)
     assert rc == 1 and lines["gpus"].startswith("OK") and "T4" in lines["gpus"]
@@ -63,12 +63,12 @@ def test_gpus_without_nvidia_runtime(env: Env, engine: Any) -> None:
     )
 
 
-def test_low_disk(env: Env, engine: Any) -> None:
+def test_too_little_free_disk_fails_the_disk_check(env: Env, engine: Any) -> None:
     rc, lines = check(env.settings(), engine, min_free_disk_mb=10**12)
     assert rc == 1 and lines["disk"].startswith("FAIL")
 
 
-def test_path_host_base_that_is_not_the_host_side_of_path_base(
+def test_a_path_host_base_that_is_not_the_host_side_of_path_base_fails_the_path_check(
     env: Env, engine: Any, tmp_path: Path
 ) -> None:
     wrong = tmp_path / "elsewhere"
@@ -78,6 +78,6 @@ def test_path_host_base_that_is_not_the_host_side_of_path_base(
     assert not list((env.base / ".fetcher").glob("probe-*")), "the probe file is removed"
 
 
-def test_missing_path_base(env: Env, engine: Any, tmp_path: Path) -> None:
+def test_a_missing_path_base_fails_the_path_check(env: Env, engine: Any, tmp_path: Path) -> None:
     rc, lines = check(env.settings(path_base=tmp_path / "nope"), engine)
     assert rc == 1 and lines["path"].startswith("FAIL") and "PATH_BASE" in lines["path"]

@@ -1,4 +1,4 @@
-"""The commands a user types: demo, info, health, --version."""
+"""The commands a user types: demo, info, health, --version, and `run` with a wrong setting."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import pytest
 
 from fetcher import __version__
 from fetcher.cli import main
-from tests.helpers import TOKEN, Env
+from tests.helpers import TOKEN, Env, fetcher_id, fetcher_process, output_of
 
 
-def test_version() -> None:
+def test_version_prints_the_installed_version() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "fetcher", "--version"], capture_output=True, text=True, check=True
     )
@@ -62,3 +62,11 @@ def test_health_follows_the_heartbeat(env: Env, monkeypatch: pytest.MonkeyPatch)
     (env.base / ".fetcher").mkdir()
     (env.base / ".fetcher/heartbeat").touch()
     assert main(["health"]) == 0
+
+
+@pytest.mark.docker
+def test_run_command_with_a_wrong_setting_exits_2_naming_it(env: Env, tmp_path: Path) -> None:
+    proc = fetcher_process(env, fetcher_id("cfg"), TIMEOUT_STATUS="often")
+    rc = proc.wait(30)
+    output = output_of(proc)
+    assert rc == 2 and "TIMEOUT_STATUS" in output and "Traceback" not in output

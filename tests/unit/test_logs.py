@@ -1,5 +1,5 @@
-"""LOG_FORMAT=json: one JSON object per line, with the job's id, tracebacks as one string, and the
-same redaction as text logs."""
+"""Logs: LOG_FORMAT=json (one JSON object per line, with the job's id, tracebacks as one
+string) and text, both redacted; URLs in error texts without user info, query or fragment."""
 
 from __future__ import annotations
 
@@ -11,9 +11,7 @@ from typing import Any
 
 import pytest
 
-from fetcher.errors import ConfigError
 from fetcher.logs import register_secret, setup_logging
-from fetcher.settings import load_settings
 
 SECRET = "json-log-secret-Zq81x"
 
@@ -144,14 +142,9 @@ def test_secrets_never_reach_json_lines(capsys: pytest.CaptureFixture[str]) -> N
     assert "stack" in parsed[4]
 
 
-def test_log_format_setting() -> None:
-    base: dict[str, object] = {
-        "_env_file": None,
-        "api_url": "http://api.test",
-        "path_base": "/tmp/base",
-        "access_token": "tok-123456",
-    }
-    assert load_settings(**base).log_format == "text"
-    assert load_settings(**base, log_format="json").log_format == "json"
-    with pytest.raises(ConfigError, match="LOG_FORMAT"):
-        load_settings(**base, log_format="xml")
+def test_urls_in_error_texts_lose_user_info_query_and_fragment() -> None:
+    from fetcher.logs import safe_url, shown_url
+
+    url = "https://user:pw@s3.test:9000/b/k?X-Amz-Signature=s3cret#frag"
+    assert safe_url(url) == "https://s3.test:9000/b/k"
+    assert shown_url(url) == "'https://s3.test:9000/b/k'"

@@ -7,44 +7,13 @@ import urllib.request
 from collections.abc import Iterator
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from fetcher.errors import (
-    ApiUnavailable,
-    AuthError,
-    ContainerError,
-    Interrupted,
-    InvalidJobSpec,
-    JobGone,
-    Reason,
-    TransferError,
-    api_label,
-    classify,
-)
+from fetcher.errors import JobGone
 from fetcher.logs import register_secret
-from fetcher.metrics import (
-    FAILURE_REASONS,
-    OUTCOMES,
-    STAGE_BUCKETS_S,
-    Metrics,
-    settings_for_info,
-)
+from fetcher.metrics import FAILURE_REASONS, OUTCOMES, STAGE_BUCKETS_S, Metrics, settings_for_info
 from fetcher.settings import Settings
-
-Series = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-class FakeClock:
-    def __init__(self, now: float = 1_700_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
+from tests.fakes import FakeClock
+from tests.helpers import scrape, value
 
 
 @pytest.fixture
@@ -55,21 +24,6 @@ def served(clock: FakeClock) -> Iterator[tuple[Metrics, int]]:
         yield metrics, port
     finally:
         metrics.close()
-
-
-def scrape(port: int) -> Series:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-        assert resp.status == 200
-        text = resp.read().decode()
-    series: Series = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            series[(sample.name, frozenset(sample.labels.items()))] = sample.value
-    return series
-
-
-def value(series: Series, name: str, **labels: str) -> float:
-    return series[(name, frozenset(labels.items()))]
 
 
 def test_jobs_and_failures_are_counted_by_outcome_and_reason(served: tuple[Metrics, int]) -> None:
@@ -152,7 +106,9 @@ def test_stage_histogram_counts_each_block_also_when_it_raises(
     assert 0 <= value(series, "fetcher_stage_seconds_sum", stage="run") < 1
 
 
-def test_transfer_bytes_and_api_calls(served: tuple[Metrics, int]) -> None:
+def test_transfer_bytes_and_api_calls_are_counted_by_direction_name_and_outcome(
+    served: tuple[Metrics, int],
+) -> None:
     # Given a served registry
     metrics, port = served
 
@@ -275,33 +231,3 @@ def test_two_metrics_objects_do_not_collide() -> None:
     # And after close() the port answers no more
     with pytest.raises(OSError):
         urllib.request.urlopen(f"http://127.0.0.1:{port_a}/metrics", timeout=2)
-
-
-@pytest.mark.parametrize(
-    ("exc", "reason"),
-    [
-        (InvalidJobSpec("1", "files_down", "absolute path"), "invalid_spec"),
-        (TransferError("download failed"), "transfer"),
-        (ContainerError("pull access denied", reason=Reason.image), "image"),
-        (ContainerError("could not select device driver"), "container"),
-        (Interrupted("stop requested"), "worker"),
-        (ValueError("a bug"), "worker"),
-    ],
-)
-def test_each_failure_carries_its_reason_class(exc: Exception, reason: str) -> None:
-    assert classify(exc)[1] == reason
-    assert reason in FAILURE_REASONS
-
-
-@pytest.mark.parametrize(
-    ("exc", "outcome"),
-    [
-        (None, "ok"),
-        (ApiUnavailable("down"), "unavailable"),
-        (AuthError("no", 401), "auth"),
-        (JobGone("gone", 404), "gone"),
-        (ValueError("bug"), "error"),
-    ],
-)
-def test_api_outcome_classes(exc: Exception | None, outcome: str) -> None:
-    assert api_label(exc) == outcome

@@ -1,4 +1,4 @@
-"""The job spec models check only what the fetcher uses (issue 8, point 4).
+"""The job spec models check only what the fetcher uses.
 
 Real DECODE-shaped specs (the protocol notes' example) with odd meta and extras at every level must
 parse, their extras kept; a spec the fetcher cannot run is refused, naming the field.
@@ -265,6 +265,13 @@ def test_submitted_job_dumps_the_spec_with_its_extras() -> None:
     ],
 )
 def test_an_env_a_process_cannot_hold_is_an_invalid_spec(env: dict[str, str], why: str) -> None:
-    # Review finding: {"A=B": "x"} ran with A set to "B=x"; a newline in a name went through.
+    """An env no process can hold is refused by name: `{"A=B": "x"}` (which would run with A set to
+    "B=x"), a newline or NUL, an empty name."""
     with pytest.raises(ValidationError, match=re.escape(why)):
         JobSpecs.model_validate({"app": {"env": env}, "handler": {"image_url": "img"}})
+
+
+@pytest.mark.parametrize("image", ["img\nINFO job 9: forged line", "img\x1b[2J", "two words", ""])
+def test_an_image_reference_with_control_characters_is_an_invalid_spec(image: str) -> None:
+    with pytest.raises(ValueError, match="image"):
+        JobSpecs.model_validate({"handler": {"image_url": image}})

@@ -1,4 +1,6 @@
-"""The loop with fakes: no HTTP, no Docker."""
+"""The loop with fakes, no HTTP and no Docker: claiming while a slot is free, dispatching,
+handing back what does not fit, refusing a queue id already running here, the stop signals, leaving
+when idle (after EXIT_IDLE_POLLS empty polls in a row), leftover containers holding their share."""
 
 from __future__ import annotations
 
@@ -6,16 +8,19 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Iterator
 
 import pytest
 
 from fetcher.cancel import Cancel
 from fetcher.errors import ApiUnavailable, Interrupted, InvalidJobSpec
+from fetcher.gpu.nvml import Gpu
 from fetcher.host import Host
 from fetcher.leftovers import Leftover
 from fetcher.models import ClaimOffer, ClaimResult, HandlerSpecs, HardwareSpecs, JobSpecs
 from fetcher.pool import Allocation, ResourcePool
 from fetcher.worker import Adoption, JobStart, LoopOptions, Worker
+from tests.helpers import wait_for
 
 
 def spec(**hw: int) -> JobSpecs:
@@ -251,6 +256,29 @@ def test_a_second_claim_of_a_running_queue_id_is_refused() -> None:
     assert out == {"rc": 0}
 
 
+def test_an_invalid_spec_under_the_id_of_a_job_running_here_is_not_reported() -> None:
+    """A claim answer naming a job that runs here again is refused whatever its spec: one that does
+    not parse is not `reject`ed either, which would report `error` for the queue id of the job still
+    running here (and, through the store, turn its row into a report the deliverer then deletes,
+    losing the running job's durable record)."""
+    jobs = Jobs()
+    source = FakeSource(
+        [
+            {"1": spec()},
+            ClaimResult(invalid=[InvalidJobSpec("1", "handler", "Field required")]),
+        ]
+    )
+    w = worker(source, jobs, slots=2)
+    t, _ = run_in_thread(w)
+    try:
+        wait_for(lambda: jobs.started == ["1"] and not source.answers, 5, "both claims")
+        assert source.rejected == [], "the job running here would get an error status"
+    finally:
+        jobs.release.set()
+        w.request_stop()
+        t.join(5)
+
+
 def test_a_job_claimed_while_a_stop_arrives_is_handed_back_unstarted() -> None:
     jobs = Jobs()
     source = FakeSource([{"1": spec()}])
@@ -267,31 +295,6 @@ def test_an_interrupted_claim_ends_the_loop_promptly() -> None:
     w = worker(source, jobs)
     w.request_stop()
     assert w.run() == 0 and jobs.started == []
-
-
-def test_exit_when_idle_waits_for_several_empty_claims_in_a_row() -> None:
-    jobs = Jobs()
-    jobs.release.set()
-    source = FakeSource([{}, {}, {"1": spec()}, {}, {}, {}])
-    assert worker(source, jobs, exit_when_idle=True, exit_idle_polls=3).run() == 0
-    assert jobs.started == ["1"] and len(source.offers) == 6
-
-
-def test_after_exit_when_idle_the_first_signal_still_only_drains() -> None:
-    jobs = Jobs()
-    source = FakeSource([{"1": spec()}, {}])
-    w = worker(source, jobs, slots=2, exit_when_idle=True)
-    t, out = run_in_thread(w)
-    deadline = time.monotonic() + 5
-    while w.claiming and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert not w.claiming and t.is_alive()
-    w.handle_signal(signal.SIGTERM)
-    time.sleep(0.2)
-    assert jobs.cancelled == [], "an operator's first signal drains, it does not stop the job"
-    jobs.release.set()
-    t.join(5)
-    assert out == {"rc": 0}
 
 
 def test_adopted_jobs_hold_their_share_and_run_first() -> None:
@@ -314,9 +317,10 @@ def test_adopted_jobs_hold_their_share_and_run_first() -> None:
 def test_a_container_the_engine_would_not_remove_keeps_its_gpu_out_of_offers(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # Review finding: when the engine failed to remove a job's container (which may still run on
-    # its GPU), the GPU was offered to the next job at once. Here the same queue id, claimed anew
-    # (ids are reused), leaves a second such container: neither GPU may be offered.
+    """A container the engine would not remove (it may still run on its GPU) keeps that GPU out of
+    every offer until it is gone. Here the same queue id, claimed anew (ids are reused), leaves a
+    second such container: neither GPU is offered, and both come back once the engine removes
+    them."""
     from fetcher.gpu.nvml import Gpu
 
     engine_fixed = threading.Event()
@@ -400,6 +404,32 @@ def test_exit_when_idle_is_not_held_for_ever_by_a_container_that_will_not_go(
     assert len(tries) == 3  # it tried a few times before it left
 
 
+# --- --exit-when-idle leaves after EXIT_IDLE_POLLS empty polls in a row -----------------------
+def test_exit_when_idle_waits_for_several_empty_claims_in_a_row() -> None:
+    jobs = Jobs()
+    jobs.release.set()
+    source = FakeSource([{}, {}, {"1": spec()}, {}, {}, {}])
+    assert worker(source, jobs, exit_when_idle=True, exit_idle_polls=3).run() == 0
+    assert jobs.started == ["1"] and len(source.offers) == 6
+
+
+def test_after_exit_when_idle_the_first_signal_still_only_drains() -> None:
+    jobs = Jobs()
+    source = FakeSource([{"1": spec()}, {}])
+    w = worker(source, jobs, slots=2, exit_when_idle=True)
+    t, out = run_in_thread(w)
+    deadline = time.monotonic() + 5
+    while w.claiming and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not w.claiming and t.is_alive()
+    w.handle_signal(signal.SIGTERM)
+    time.sleep(0.2)
+    assert jobs.cancelled == [], "an operator's first signal drains, it does not stop the job"
+    jobs.release.set()
+    t.join(5)
+    assert out == {"rc": 0}
+
+
 def test_paused_claims_count_as_idle_only_while_nothing_runs() -> None:
     # A box whose disk is full claims nothing. With nothing running, a pilot leaves after
     # EXIT_IDLE_POLLS such passes (it cannot work); a job found in between starts the count anew.
@@ -414,3 +444,252 @@ def test_paused_claims_count_as_idle_only_while_nothing_runs() -> None:
     source = FakeSource([paused, paused, {"2": spec()}])
     assert worker(source, Jobs(), exit_when_idle=True, exit_idle_polls=2).run() == 0
     assert len(source.offers) == 2
+
+
+JOB = JobSpecs(handler=HandlerSpecs(image_url="img"), hardware=HardwareSpecs(cpu_cores=1))
+
+
+class Answers:
+    """The server as a script: each claim gets the next answer ({} = nothing available)."""
+
+    def __init__(self, answers: list[dict[str, JobSpecs] | Exception]) -> None:
+        self.answers = answers
+        self.claims = 0
+
+    def recover(self, stop: threading.Event) -> list[Adoption]:
+        return []
+
+    def accept(self, job_id: str, spec: JobSpecs, alloc: Allocation) -> None:
+        pass
+
+    def api_reachable(self) -> None:
+        pass
+
+    def claim(
+        self, offer: ClaimOffer, stop: threading.Event, *, ahead: bool = False
+    ) -> ClaimResult:
+        self.claims += 1
+        answer = self.answers.pop(0) if self.answers else {}
+        if isinstance(answer, Exception):
+            raise answer
+        return ClaimResult(jobs=answer)
+
+    def reject(self, invalid: InvalidJobSpec) -> None:
+        raise AssertionError("no invalid job in these tests")
+
+    def hand_back(self, job_id: str, reason: str) -> None:
+        raise AssertionError(f"job {job_id} handed back: {reason}")
+
+    def stopping(self) -> None:
+        pass
+
+    def housekeeping(self, running: int) -> None:
+        pass
+
+
+def run_exit_when_idle(answers: Answers, polls: int) -> tuple[int, list[str]]:
+    """Run the loop with --exit-when-idle and EXIT_IDLE_POLLS=`polls` to its end (failing the test
+    if it has not ended within 10 s): its exit code, and the jobs it ran."""
+    done: list[str] = []
+
+    def execute(job: JobStart, cancel: Cancel) -> None:
+        job_id = job.job_id
+        done.append(job_id)
+
+    options = LoopOptions(
+        poll_interval_s=0.001, exit_when_idle=True, exit_idle_polls=polls, max_backoff_s=0.002
+    )
+    worker = Worker(answers, ResourcePool(Host(4, 4000), 1, 1, 100), execute, options)
+    result: list[int] = []
+    thread = threading.Thread(target=lambda: result.append(worker.run()), daemon=True)
+    thread.start()
+    thread.join(10)
+    assert not thread.is_alive(), "the worker did not exit"
+    return result[0], done
+
+
+@pytest.mark.parametrize(
+    ("polls", "answers", "claims", "done"),
+    [
+        # one empty answer is enough with EXIT_IDLE_POLLS=1 (the old behaviour)
+        (1, [{}], 1, []),
+        # the default: three empty answers in a row
+        (3, [{}, {}, {}], 3, []),
+        # a transient empty answer, then a job: the job runs, and the count starts again
+        (3, [{}, {}, {"7": JOB}, {}, {}, {}], 6, ["7"]),
+        (2, [{}, {"1": JOB}, {}, {"2": JOB}, {}, {}], 6, ["1", "2"]),
+        # an API failure is no empty answer: it neither counts nor resets
+        (2, [{}, ApiUnavailable("down"), {}], 3, []),
+    ],
+)
+def test_exit_when_idle_waits_for_consecutive_empty_polls(
+    polls: int, answers: list[dict[str, JobSpecs] | Exception], claims: int, done: list[str]
+) -> None:
+    # Given a server answering as scripted
+    source = Answers(list(answers))
+    # When the loop runs with --exit-when-idle and EXIT_IDLE_POLLS=polls
+    rc, executed = run_exit_when_idle(source, polls)
+    # Then it exits 0 after `polls` empty answers in a row, having run every job it got
+    assert rc == 0
+    assert source.claims == claims
+    assert executed == done
+
+
+GPU = Gpu(0, "GPU-0", "NVIDIA A100", 40960, "ampere")
+
+
+class Steps:
+    """Each job: its container runs until `exit[job]` is set, then it 'uploads' until `done[job]`
+    is set. Records what happened, in order."""
+
+    def __init__(self) -> None:
+        self.events: list[str] = []
+        self.exit: dict[str, threading.Event] = {}
+        self.done: dict[str, threading.Event] = {}
+        self.cancels: dict[str, Cancel] = {}
+        self.starts: dict[str, JobStart] = {}
+        self._lock = threading.Lock()
+        self._open = False
+
+    def gate(self, table: dict[str, threading.Event], job_id: str) -> threading.Event:
+        with self._lock:
+            event = table.setdefault(job_id, threading.Event())
+            if self._open:
+                event.set()
+            return event
+
+    def open_all(self) -> None:
+        """Every container ends and every upload ends, now and from now on."""
+        with self._lock:
+            self._open = True
+            for event in (*self.exit.values(), *self.done.values()):
+                event.set()
+
+    def note(self, event: str) -> None:
+        with self._lock:
+            self.events.append(event)
+
+    def __call__(self, job: JobStart, cancel: Cancel) -> None:
+        self.cancels[job.job_id], self.starts[job.job_id] = cancel, job
+        woken = threading.Event()
+        cancel.subscribe(woken)
+        job.alloc.listen(woken)
+        woken.wait(10)
+        if cancel.is_set() and not job.alloc.ready.is_set():
+            self.note(f"{job.job_id} handed back unstarted")
+            return
+        self.note(f"{job.job_id} started")
+        self.gate(self.exit, job.job_id).wait(10)
+        self.note(f"{job.job_id} exited")
+        job.ended()
+        self.gate(self.done, job.job_id).wait(10)
+        self.note(f"{job.job_id} reported")
+
+
+@pytest.fixture
+def steps() -> Iterator[Steps]:
+    s = Steps()
+    yield s
+    s.open_all()
+
+
+def gpu_worker(source: FakeSource, steps: Steps, *, stage_ahead: bool = False) -> Worker:
+    pool = ResourcePool(Host(8, 8000, (GPU,)), 1, 1, 100, stage_ahead=stage_ahead)
+    return Worker(source, pool, steps, LoopOptions(poll_interval_s=30))
+
+
+def test_the_next_job_starts_while_the_previous_one_still_uploads(steps: Steps) -> None:
+    # Given one GPU slot and two jobs in the queue
+    source = FakeSource([{"1": spec(gpu_mem=1)}, {"2": spec(gpu_mem=1)}])
+    w = gpu_worker(source, steps)
+    t, _ = run_in_thread(w)
+    try:
+        wait_for(lambda: "1 started" in steps.events, 5, "job 1")
+        # When job 1's container ends (its upload not yet done)
+        steps.gate(steps.exit, "1").set()
+        # Then job 2 is claimed at once (not at the next poll, 30 s away) and starts on the GPU
+        wait_for(lambda: "2 started" in steps.events, 5, "job 2 to start")
+        assert "1 reported" not in steps.events
+        assert steps.starts["2"].alloc.gpus == [GPU]
+    finally:
+        w.request_stop()
+        steps.open_all()
+        t.join(10)
+
+
+def test_uploads_are_bounded_to_one_per_slot(steps: Steps) -> None:
+    # Given job 1 uploading and job 2 ended too, still uploading
+    source = FakeSource([{"1": spec()}, {"2": spec()}, {"3": spec()}])
+    w = gpu_worker(source, steps)
+    t, _ = run_in_thread(w)
+    try:
+        wait_for(lambda: "1 started" in steps.events, 5, "job 1")
+        steps.gate(steps.exit, "1").set()
+        wait_for(lambda: "2 started" in steps.events, 5, "job 2")
+        claims = len(source.offers)
+        steps.gate(steps.exit, "2").set()
+        wait_for(lambda: "2 exited" in steps.events, 5, "job 2 to exit")
+        # Then with one slot and one upload already going, no third job is claimed meanwhile
+        assert not wait_quietly(lambda: "3 started" in steps.events, 0.5)
+        assert len(source.offers) == claims
+        # When job 1's upload ends, the third is claimed
+        steps.gate(steps.done, "1").set()
+        wait_for(lambda: "3 started" in steps.events, 5, "job 3")
+    finally:
+        w.request_stop()
+        steps.open_all()
+        t.join(10)
+
+
+def test_stage_ahead_claims_behind_the_running_job_and_starts_the_moment_it_ends(
+    steps: Steps,
+) -> None:
+    # Given STAGE_AHEAD, one GPU slot busy with job 1
+    source = FakeSource([{"1": spec(gpu_mem=1, cpu_cores=2, memory=1000)}, {"2": spec(gpu_mem=1)}])
+    w = gpu_worker(source, steps, stage_ahead=True)
+    t, _ = run_in_thread(w)
+    try:
+        wait_for(lambda: "1 started" in steps.events, 5, "job 1")
+        # Then a second claim offers job 1's share and GPU, and job 2 is staged behind it
+        wait_for(lambda: "2" in steps.starts, 5, "job 2 to be staged")
+        ahead = source.offers[1]
+        assert (ahead.cpu_cores, ahead.memory, ahead.gpu_mem) == (2, 1000, 40960)
+        assert steps.starts["2"].alloc.behind == "1" and "2 started" not in steps.events
+        # and nothing more is claimed: one staged job per GPU
+        assert not wait_quietly(lambda: len(source.offers) > 2, 0.3)
+        # When job 1's container ends, job 2 starts on its GPU
+        steps.gate(steps.exit, "1").set()
+        wait_for(lambda: "2 started" in steps.events, 5, "job 2 to start")
+        assert steps.events.index("1 exited") < steps.events.index("2 started")
+        assert "1 reported" not in steps.events
+    finally:
+        w.request_stop()
+        steps.open_all()
+        t.join(10)
+
+
+def test_a_stop_hands_a_staged_job_back_unstarted_and_lets_the_running_one_finish(
+    steps: Steps,
+) -> None:
+    source = FakeSource([{"1": spec(gpu_mem=1)}, {"2": spec(gpu_mem=1)}])
+    w = gpu_worker(source, steps, stage_ahead=True)
+    t, out = run_in_thread(w)
+    wait_for(lambda: "2" in steps.starts, 5, "job 2 to be staged")
+    # When the worker is asked to stop (first signal: drain)
+    w.request_stop()
+    # Then the staged job is cancelled at once, the running one is not
+    wait_for(lambda: "2 handed back unstarted" in steps.events, 5, "the staged job to go")
+    assert steps.cancels["2"].shutdown and not steps.cancels["1"].is_set()
+    steps.gate(steps.exit, "1").set()
+    steps.gate(steps.done, "1").set()
+    t.join(10)
+    assert out == {"rc": 0} and "1 reported" in steps.events
+
+
+def wait_quietly(predicate: object, seconds: float) -> bool:
+    """Whether `predicate` becomes true within `seconds` (False is the expected answer)."""
+    try:
+        wait_for(predicate, seconds, "")  # type: ignore[arg-type]
+    except AssertionError:
+        return False
+    return True

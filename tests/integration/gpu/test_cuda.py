@@ -16,7 +16,7 @@ from fetcher.engine.container import LABEL_ID
 from fetcher.models import HardwareSpecs
 from fetcher.quarantine import BOX
 from tests.fakes.nvml import FakeGpu, FakeNvml
-from tests.helpers import IMAGE, Env, fetcher_id, wait_for
+from tests.helpers import IMAGE, Env, daemon_in_thread, fetcher_id, wait_for
 
 pytestmark = pytest.mark.docker
 
@@ -51,25 +51,23 @@ def test_an_image_needing_a_newer_cuda_is_handed_back_before_its_container_is_ma
     daemon = build_daemon(settings, docker_client=engine, nvml=fake)
     events = engine.events(decode=True, filters={"event": "create", "label": f"{LABEL_ID}={fid}"})
     threading.Thread(target=lambda: created.extend(e["id"] for e in events), daemon=True).start()
-    thread = threading.Thread(target=daemon.run, daemon=True)
-    thread.start()
     try:
-        # When they are claimed, then each is handed back with the reason in one line
-        wait_for(
-            lambda: all(j.claims and j.status.value == "queued" for j in jobs), 60, "hand-backs"
-        )
-        for job in jobs:
-            details = job.history[-1]["runtime_details"] or ""
-            assert details.startswith(
-                "handed back by the worker: needs CUDA >= 12.8; this box's driver supports"
-                " CUDA 12.2 (driver 535.104.05)"
-            ), details
-            assert "\n" not in details
-        # and a driver too old for image after image quarantines the box
-        wait_for(lambda: daemon.deps.quarantine.why(BOX), 10, "the box's quarantine")
+        with daemon_in_thread(daemon, timeout_s=60):
+            # When they are claimed, then each is handed back with the reason in one line
+            wait_for(
+                lambda: all(j.claims and j.status.value == "queued" for j in jobs), 60, "hand-backs"
+            )
+            for job in jobs:
+                details = job.history[-1]["runtime_details"] or ""
+                assert details.startswith(
+                    "handed back by the worker: needs CUDA >= 12.8; this box's driver supports"
+                    " CUDA 12.2 (driver 535.104.05)"
+                ), details
+                assert "\n" not in details
+            # and a driver too old for image after image quarantines the box
+            wait_for(lambda: daemon.deps.quarantine.why(BOX), 10, "the box's quarantine")
+            daemon.worker.request_stop()
     finally:
-        daemon.worker.request_stop()
-        thread.join(60)
         events.close()
     # no container was ever made for them
     assert created == []

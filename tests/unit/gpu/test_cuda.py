@@ -178,7 +178,9 @@ VERDICTS = [
 
 
 @pytest.mark.parametrize(("value", "facts", "expected"), VERDICTS)
-def test_real_images_on_real_drivers(value: str, facts: DriverFacts, expected: str | None) -> None:
+def test_real_images_on_real_drivers_get_the_toolkits_verdict(
+    value: str, facts: DriverFacts, expected: str | None
+) -> None:
     assert check(value, facts) == expected
 
 
@@ -299,7 +301,7 @@ def test_what_nvml_does_not_know_holds() -> None:
         ),
     ],
 )
-def test_arch_brand_and_several_variables(
+def test_arch_brand_and_several_variables_together_get_the_toolkits_verdict(
     env: list[str], facts: DriverFacts, expected: str | None
 ) -> None:
     assert unmet(requirements_from_env(env), facts, [GPU]) == expected
@@ -427,7 +429,9 @@ def test_a_legacy_cuda_version_that_is_not_one_is_malformed(version: str) -> Non
         ("cuda>=12.8.", box((12, 8), "570.86.10", "Tesla"), True),  # a trailing dot is skipped
     ],
 )
-def test_grammar(value: str, facts: DriverFacts, holds: bool) -> None:
+def test_the_grammar_is_read_as_libnvidia_container_reads_it(
+    value: str, facts: DriverFacts, holds: bool
+) -> None:
     assert (check(value, facts) is None) is holds
 
 

@@ -1,0 +1,102 @@
+"""The keep-alive: a status ping every interval and each change at once, in order; a 404
+cancels the job as gone, no other failure does; stopping it never waits long."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from fetcher.cancel import Cancel
+from fetcher.errors import ApiUnavailable, AuthError, BadResponse, JobGone
+from fetcher.job.keepalive import KeepAlive
+from fetcher.models import JobStatus
+from tests.fakes import StatusSink
+
+
+def test_keepalive_pings_every_interval_and_sends_changes_at_once() -> None:
+    sink = StatusSink()
+    ka = KeepAlive(sink, "1", 0.2, Cancel()).start(JobStatus.preprocessing)
+    time.sleep(0.5)
+    ka.set_status(JobStatus.running)
+    time.sleep(0.05)
+    ka.stop()
+    statuses = [s for _, s in sink.sent]
+    assert statuses[:3] == ["preprocessing"] * 3 and statuses[-1] == "running"
+
+
+def test_keepalive_sends_every_change_in_order_even_for_a_short_job() -> None:
+    # Given a job that moves through its statuses faster than one PUT takes
+    sink = StatusSink()
+    slow = threading.Event()
+    real = sink.put_status
+
+    def put_status(job_id: str, status: JobStatus, *a: object, **kw: object) -> None:
+        slow.wait(0.05)
+        real(job_id, status)
+
+    sink.put_status = put_status  # type: ignore[method-assign]
+    ka = KeepAlive(sink, "1", 3600, Cancel()).start(JobStatus.preprocessing)
+    ka.set_status(JobStatus.running)
+    ka.set_status(JobStatus.postprocessing)
+    ka.stop()
+    # Then each status reached the server once, in order, before stop() returned
+    assert [s for _, s in sink.sent] == ["preprocessing", "running", "postprocessing"]
+    assert ka.sent == [JobStatus.preprocessing, JobStatus.running, JobStatus.postprocessing]
+
+
+def test_keepalive_sends_a_change_once_then_waits_the_interval() -> None:
+    sink = StatusSink()
+    ka = KeepAlive(sink, "1", 3600, Cancel()).start(JobStatus.preprocessing)
+    time.sleep(0.2)
+    ka.set_status(JobStatus.running)
+    time.sleep(0.3)
+    sent = [s for _, s in sink.sent]
+    ka.stop()
+    assert sent == ["preprocessing", "running"], "no extra PUT right after a change"
+
+
+def test_keepalive_404_cancels_the_job_as_gone() -> None:
+    cancel = Cancel()
+    ka = KeepAlive(StatusSink([None, JobGone("gone", 404)]), "1", 0.05, cancel).start(
+        JobStatus.running
+    )
+    assert cancel.event.wait(2)
+    assert cancel.gone and "gone" in (cancel.reason or "")
+    ka.stop()
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ApiUnavailable("down"),
+        AuthError("auth: HTTP 401: Not verified", 401),
+        BadResponse("auth: unexpected Cognito answer (KeyError('IdToken'))"),
+        RuntimeError("a bug in the sink"),
+    ],
+)
+def test_keepalive_failures_other_than_404_never_cancel_the_job(error: Exception) -> None:
+    sink = StatusSink([error, error, None, None])
+    cancel = Cancel()
+    ka = KeepAlive(sink, "1", 0.05, cancel).start(JobStatus.running)
+    time.sleep(0.4)
+    ka.stop()
+    assert len(sink.sent) >= 4 and not cancel.is_set() and ka.pings >= 2
+
+
+def test_keepalive_stop_is_immediate_with_a_long_interval() -> None:
+    ka = KeepAlive(StatusSink(), "1", 3600, Cancel()).start(JobStatus.running)
+    time.sleep(0.05)
+    started = time.monotonic()
+    ka.stop()
+    assert time.monotonic() - started < 0.5
+
+
+def test_keepalive_stop_does_not_wait_for_an_api_that_is_down() -> None:
+    sink = StatusSink([ApiUnavailable("down")] * 100)
+    ka = KeepAlive(sink, "1", 3600, Cancel()).start(JobStatus.running)
+    ka.set_status(JobStatus.postprocessing)
+    started = time.monotonic()
+    ka.stop(flush_s=1.0)
+    assert time.monotonic() - started < 1.5
