@@ -80,6 +80,9 @@ STAGES = TIMED_STAGES
 #: Why no job is claimed (`fetcher_claims_paused{reason}`).
 PAUSE_REASONS = ("disk", "unhealthy", "admin")
 
+#: The label of `fetcher_info` whose setting is spelled otherwise (the label keeps its old name).
+INFO_SETTING_FIELDS = {"groups": "job_groups"}
+
 DIRECTIONS = ("down", "up")
 
 #: The API calls, by a short fixed name (`fetcher_api_calls_total{call}`).
@@ -137,7 +140,7 @@ def settings_for_info(settings: object) -> dict[str, str]:
     """The INFO_SETTINGS of a Settings object, as strings (None = ""), ready for `set_info`."""
     out: dict[str, str] = {}
     for name in INFO_SETTINGS:
-        value = getattr(settings, name, None)
+        value = getattr(settings, INFO_SETTING_FIELDS.get(name, name), None)
         out[name] = "" if value is None else str(value)
     return out
 

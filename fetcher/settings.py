@@ -18,6 +18,7 @@ from pydantic import (
     PrivateAttr,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -237,6 +238,17 @@ class Settings(BaseSettings):
     )
 
     _ignored_username: str | None = PrivateAttr(default=None)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object, info: ValidationInfo) -> object:
+        """`NAME=` in a .env file (as .env.example ships several) means unset: the default of a
+        setting that may be unset, never `.` for a path or an error for a number."""
+        if value == "" and info.field_name is not None:
+            field = cls.model_fields.get(info.field_name)
+            if field is not None and field.default is None and not field.is_required():
+                return None
+        return value
 
     @field_validator("api_url")
     @classmethod

@@ -247,3 +247,36 @@ def test_username_without_password_or_token_still_names_what_is_missing(
 def test_neither_token_nor_login_is_an_error(clean_env: Path) -> None:
     with pytest.raises(ConfigError, match="ACCESS_TOKEN or USERNAME/PASSWORD"):
         load_settings()
+
+
+def test_an_empty_optional_setting_means_unset(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`PATH_HOST_BASE=` (as .env.example ships it) means PATH_BASE, not `.`; `DRAIN_TIMEOUT_S=`
+    and the other optional numbers mean unset, not a configuration error."""
+    for name, value in {
+        "PATH_HOST_BASE": "",
+        "DRAIN_TIMEOUT_S": "",
+        "JOB_TIME_LIMIT_S": "",
+        "METRICS_PORT": "",
+        "IMAGE_KEEP_DAYS": "",
+        "MAX_PARALLEL_JOBS": "",
+    }.items():
+        monkeypatch.setenv(name, value)
+    s = Settings(_env_file=None, api_url="http://x", access_token="tok-12345", path_base=tmp_path)
+    assert s.host_base == tmp_path
+    assert s.drain_timeout_s is None and s.job_time_limit_s is None and s.metrics_port is None
+    assert s.image_keep_days is None and s.max_parallel_jobs is None
+
+
+def test_fetcher_info_shows_the_job_groups() -> None:
+    from fetcher.metrics import settings_for_info
+
+    s = Settings(
+        _env_file=None,
+        api_url="http://x",
+        access_token="tok-12345",
+        path_base="/tmp",
+        job_groups="lab-a,lab-b",
+    )
+    assert settings_for_info(s)["groups"] == "lab-a,lab-b"
