@@ -160,7 +160,7 @@ def run(argv: list[str] | None = None) -> int:
         "--name",
         args.name,
         "--restart",
-        "unless-stopped",
+        "always",  # after an engine crash Docker does not start `unless-stopped` ones again
         "-v",
         "/var/run/docker.sock:/var/run/docker.sock",
         "-v",
