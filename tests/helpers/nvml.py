@@ -39,7 +39,8 @@ class FakeNvml:
         return self.gpus[h][1].encode()
 
     def nvmlDeviceGetMemoryInfo(self, h: int) -> Any:
-        return type("Mem", (), {"total": self.gpus[h][2] * 1024 * 1024})()
+        total = self.gpus[h][2] * 1024 * 1024  # pynvml's c_nvmlMemory_t: total, free, used
+        return type("Mem", (), {"total": total, "free": total, "used": 0})()
 
     def nvmlDeviceGetArchitecture(self, h: int) -> int:
         return self.gpus[h][3]

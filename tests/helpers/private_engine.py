@@ -38,7 +38,7 @@ from typing import Any
 import docker
 import requests
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "private-engine.sh"
 MAX_DIR_LEN = 64  # as the script: the engine's unix sockets live under the directory
 

@@ -38,6 +38,15 @@ def test_metrics_move_as_real_jobs_run(env: Env, engine: Any) -> None:
             wait_for(
                 lambda: value(scrape(port), "fetcher_jobs_total", outcome="error") == 1, 10, "end"
             )
+            # the gauges follow at the loop's next pass (every TIMEOUT_JOB, 0.2 s here)
+            wait_for(
+                lambda: (
+                    value(scrape(port), "fetcher_outbox_pending") == 0
+                    and value(scrape(port), "fetcher_jobs_running") == 0
+                ),
+                10,
+                "the gauges of an idle fetcher",
+            )
             after = scrape(port)
         finally:
             daemon.worker.request_stop()

@@ -114,6 +114,32 @@ def test_fetcher_status_in_the_image_shows_the_running_job(
     assert fetcher_container.wait(timeout=120)["StatusCode"] == 0
 
 
+def test_pause_and_resume_through_docker_exec(env: Env, engine: Any, fetcher_image: str) -> None:
+    import json
+
+    # Given the fetcher's container, a daemon (not a pilot), idle
+    container = run_fetcher_container(engine, fetcher_image, env, "run")
+    try:
+        wait_for(
+            lambda: container.exec_run(["fetcher", "status", "--json"])[0] == 0, 60, "its state"
+        )
+        # When the admin pauses it through `docker exec` and a job arrives
+        code, out = container.exec_run(["fetcher", "pause", "--reason", "demo at 3"])
+        assert code == 0 and "demo at 3" in out.decode(), out.decode()
+        job = env.submit(["true"], files_up={})
+        time.sleep(2)
+        # Then nothing is claimed and `fetcher status` says why
+        assert job.claims == []
+        code, out = container.exec_run(["fetcher", "status", "--json"])
+        assert code == 0 and "demo at 3" in (json.loads(out)["paused"] or "")
+        # and after `fetcher resume` the job runs
+        code, out = container.exec_run(["fetcher", "resume"])
+        assert code == 0 and "claiming again" in out.decode()
+        wait_for(lambda: job.status.value == "finished", 60, "the job after resume")
+    finally:
+        container.remove(force=True)
+
+
 def test_image_processes_a_job_with_path_host_base(env: Env, fetcher_container: Any) -> None:
     fid = env.input_file("user1/in/data.txt", b"hello from the store\n")
     job = env.submit(
@@ -273,29 +299,3 @@ def test_docker_run_stop_and_cleanup_scripts(env: Env, engine: Any, fetcher_imag
 
 def test_the_busybox_test_image_is_on_the_engine(engine: Any) -> None:
     engine.images.get(IMAGE)
-
-
-def test_pause_and_resume_through_docker_exec(env: Env, engine: Any, fetcher_image: str) -> None:
-    import json
-
-    # Given the fetcher's container, a daemon (not a pilot), idle
-    container = run_fetcher_container(engine, fetcher_image, env, "run")
-    try:
-        wait_for(
-            lambda: container.exec_run(["fetcher", "status", "--json"])[0] == 0, 60, "its state"
-        )
-        # When the admin pauses it through `docker exec` and a job arrives
-        code, out = container.exec_run(["fetcher", "pause", "--reason", "demo at 3"])
-        assert code == 0 and "demo at 3" in out.decode(), out.decode()
-        job = env.submit(["true"], files_up={})
-        time.sleep(2)
-        # Then nothing is claimed and `fetcher status` says why
-        assert job.claims == []
-        code, out = container.exec_run(["fetcher", "status", "--json"])
-        assert code == 0 and "demo at 3" in (json.loads(out)["paused"] or "")
-        # and after `fetcher resume` the job runs
-        code, out = container.exec_run(["fetcher", "resume"])
-        assert code == 0 and "claiming again" in out.decode()
-        wait_for(lambda: job.status.value == "finished", 60, "the job after resume")
-    finally:
-        container.remove(force=True)

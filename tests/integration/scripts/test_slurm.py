@@ -164,8 +164,9 @@ class NVMLError(Exception):
     pass
 
 
-class _Memory:
-    total = 16 * 1024**3
+class _Memory:  # pynvml's c_nvmlMemory_t: total, free, used (bytes)
+    total = free = 16 * 1024**3
+    used = 0
 
 
 def nvmlInit(): pass
