@@ -32,6 +32,28 @@ echo "== slurm: a single-node cluster with fake GPUs (tests/integration/scripts/
 "$HERE/slurm-cluster.sh" up
 SLURM_CONF=$("$HERE/slurm-cluster.sh" conf); export SLURM_CONF
 
+echo "== deployment tools: docker-compose, systemd-analyze, promtool (tests/integration/test_deploy.py)"
+SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo -n"
+TOOLS=${FETCHER_TOOLS_DIR:-$HOME/.cache/decode-fetcher-tools}
+apt_install() {
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "$@" >/dev/null \
+    || { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "$@" >/dev/null; }
+}
+command -v docker-compose >/dev/null || apt_install docker-compose   # Debian 12: 1.29, reads the Compose spec
+command -v systemd-analyze >/dev/null || apt_install systemd
+# promtool alone, out of Debian's prometheus package: installing that package would also start a
+# Prometheus server on :9090 where systemd runs.
+if ! command -v promtool >/dev/null && [ ! -x "$TOOLS/promtool/usr/bin/promtool" ]; then
+  debs=$(mktemp -d); chmod 777 "$debs"   # apt-get download runs as _apt where it can
+  (cd "$debs" && { apt-get download -qq prometheus || { $SUDO apt-get update -qq && apt-get download -qq prometheus; }; })
+  mkdir -p "$TOOLS/promtool"
+  dpkg-deb --fsys-tarfile "$debs"/prometheus_*.deb | tar -x -C "$TOOLS/promtool" ./usr/bin/promtool
+  rm -rf "$debs"
+fi
+export PATH="$PATH:$TOOLS/promtool/usr/bin"
+echo "$(docker-compose version --short 2>/dev/null || echo '?') docker-compose;" \
+  "$(systemd-analyze --version | head -n 1);" "$(promtool --version 2>&1 | head -n 1)"
+
 echo "== lint and types"
 poetry run ruff check .
 poetry run ruff format --check .
