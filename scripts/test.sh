@@ -18,27 +18,23 @@ echo "== docker engine, test images, local registry"
 "$DOCKER" tag fetcher-test/busybox:1 127.0.0.1:5000/test/job:1
 "$DOCKER" push -q 127.0.0.1:5000/test/job:1 >/dev/null
 
+apt_install() {
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "$@" >/dev/null \
+    || { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "$@" >/dev/null; }
+}
+
 echo "== tools of the private engines (tests/helpers/private_engine.py: engine restarts)"
 need=()
 for tool in jq:jq curl:curl ip:iproute2 nsenter:util-linux; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || need+=("${tool#*:}")
 done
-if [ ${#need[@]} -gt 0 ]; then
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null \
-    || { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null; }
-fi
+[ ${#need[@]} -eq 0 ] || apt_install "${need[@]}"
 
 echo "== slurm: a single-node cluster with fake GPUs (tests/integration/scripts/test_slurm.py)"
 "$HERE/slurm-cluster.sh" up
 SLURM_CONF=$("$HERE/slurm-cluster.sh" conf); export SLURM_CONF
 
 echo "== deployment tools: docker-compose, systemd-analyze, promtool (tests/integration/test_deploy.py)"
-SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo -n"
-TOOLS=${FETCHER_TOOLS_DIR:-$HOME/.cache/decode-fetcher-tools}
-apt_install() {
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "$@" >/dev/null \
-    || { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "$@" >/dev/null; }
-}
 command -v docker-compose >/dev/null || apt_install docker-compose   # Debian 12: 1.29, reads the Compose spec
 command -v systemd-analyze >/dev/null || apt_install systemd
 # promtool alone, out of Debian's prometheus package: installing that package would also start a

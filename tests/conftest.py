@@ -95,3 +95,23 @@ def clock() -> FakeClock:
 def store(tmp_path: Path) -> JobStore:
     """An empty job store in the test's directory."""
     return JobStore(tmp_path / "jobs.sqlite")
+
+
+# The fetcher's own image, as `poetry run docker-build` makes it, from the test Python image.
+FETCHER_BASE_IMAGE = os.environ.get("FETCHER_TEST_PYTHON_IMAGE", "fetcher-test/pycopy:3.11")
+FETCHER_IMAGE_TAG = "decode-fetcher:test"
+
+
+@pytest.fixture(scope="module")
+def fetcher_image(docker_client: Any) -> str:
+    """The fetcher's image, built once per module that uses it (a test may remove it after)."""
+    from scripts import docker_tasks
+
+    try:
+        docker_client.images.get(FETCHER_BASE_IMAGE)
+    except Exception as exc:
+        pytest.fail(f"base image {FETCHER_BASE_IMAGE} missing ({exc}); scripts/test.sh builds it")
+    assert docker_tasks.build(["--base", FETCHER_BASE_IMAGE, "--tag", FETCHER_IMAGE_TAG]) == 0
+    labels = docker_client.images.get(FETCHER_IMAGE_TAG).labels
+    assert labels["org.opencontainers.image.version"] == docker_tasks.version()
+    return FETCHER_IMAGE_TAG

@@ -34,9 +34,7 @@ from fetcher.settings import Settings
 from mock_api.server import MockServer, free_port
 from mock_api.state import MockState
 from tests.conftest import IN_CI
-from tests.helpers import API_KEY, IMAGE, TOKEN, Env, fetcher_id, wait_for
-from tests.integration.test_daemon import fetcher_process
-from tests.integration.test_image import fetcher_image  # noqa: F401 - the fixture: docker-build's image
+from tests.helpers import API_KEY, IMAGE, TOKEN, Env, fetcher_id, fetcher_process, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "scripts/deploy"
@@ -344,7 +342,7 @@ def bridge_env(tmp_path: Path, engine: Any) -> Iterator[Env]:
 def test_compose_up_runs_a_job_against_the_mock_and_down_leaves_nothing(
     bridge_env: Env,
     engine: Any,
-    fetcher_image: str,  # noqa: F811 - the fixture imported above
+    fetcher_image: str,
 ) -> None:
     env = bridge_env
     project = unique_project("up")

@@ -17,11 +17,10 @@ import pytest
 from fetcher.demo import DEMO_DIR, DEMO_JOB_REPO, demo_fetcher_id
 from fetcher.engine.container import LABEL, LABEL_ID
 from scripts import docker_tasks
+from tests.conftest import FETCHER_BASE_IMAGE
 from tests.helpers import IMAGE, TOKEN, Env, fetcher_id, wait_for
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
-BASE = os.environ.get("FETCHER_TEST_PYTHON_IMAGE", "fetcher-test/pycopy:3.11")
-TAG = "decode-fetcher:test"
 DOCKER = "/usr/bin/docker" if os.path.exists("/usr/bin/docker") else "docker"
 # The README's demo command, exactly: the job directories are the same path on the host and inside.
 DEMO_COMMAND = [
@@ -35,18 +34,6 @@ DEMO_COMMAND = [
     "decode-fetcher",
     "demo",
 ]
-
-
-@pytest.fixture(scope="module")
-def fetcher_image(docker_client: Any) -> str:
-    try:
-        docker_client.images.get(BASE)
-    except Exception as exc:
-        pytest.fail(f"base image {BASE} missing ({exc}); scripts/test.sh builds it")
-    assert docker_tasks.build(["--base", BASE, "--tag", TAG]) == 0
-    labels = docker_client.images.get(TAG).labels
-    assert labels["org.opencontainers.image.version"] == docker_tasks.version()
-    return TAG
 
 
 def run_fetcher_container(engine: Any, fetcher_image: str, env: Env, *command: str) -> Any:
@@ -241,7 +228,7 @@ def test_a_failed_pip_install_fails_the_image_build(tmp_path: Path, engine: Any)
     # When the image is built
     command = [DOCKER, "build", "--force-rm", "--target", "build"]
     build = subprocess.run(
-        [*command, "--build-arg", f"PYTHON_IMAGE={BASE}", str(context)],
+        [*command, "--build-arg", f"PYTHON_IMAGE={FETCHER_BASE_IMAGE}", str(context)],
         capture_output=True,
         text=True,
         timeout=300,
