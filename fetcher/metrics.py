@@ -274,6 +274,23 @@ class Metrics:
         self._gpu_power = Gauge(
             "fetcher_gpu_power_watts", "A GPU's power draw at the last look", ["gpu"], registry=r
         )
+        self._job_gpu_metrics(r)
+        self._heartbeat = Gauge(
+            "fetcher_heartbeat_timestamp_seconds",
+            "Unix time of the worker loop's last pass (a stuck loop stops it)",
+            registry=r,
+        )
+        self._claims_paused = Gauge(
+            "fetcher_claims_paused",
+            "1 while no job is claimed, by why: disk (PATH_BASE nearly full), unhealthy (the box or"
+            " every GPU quarantined), admin (fetcher pause)",
+            ["reason"],
+            registry=r,
+        )
+        for reason in PAUSE_REASONS:
+            self._claims_paused.labels(reason)
+
+    def _job_gpu_metrics(self, r: CollectorRegistry) -> None:
         self._job_gpu_peak = Histogram(
             "fetcher_job_gpu_peak_memory_bytes",
             "Peak GPU memory a job used",
@@ -291,20 +308,6 @@ class Metrics:
         self._job_gpu_unused = Counter(
             "fetcher_jobs_gpu_unused", "Jobs that never touched the GPU they were given", registry=r
         )
-        self._heartbeat = Gauge(
-            "fetcher_heartbeat_timestamp_seconds",
-            "Unix time of the worker loop's last pass (a stuck loop stops it)",
-            registry=r,
-        )
-        self._claims_paused = Gauge(
-            "fetcher_claims_paused",
-            "1 while no job is claimed, by why: disk (PATH_BASE nearly full), unhealthy (the box or"
-            " every GPU quarantined), admin (fetcher pause)",
-            ["reason"],
-            registry=r,
-        )
-        for reason in PAUSE_REASONS:
-            self._claims_paused.labels(reason)
 
     # --- the HTTP endpoint -----------------------------------------------------------------
     def serve(self, port: int, host: str = "0.0.0.0") -> int:

@@ -318,34 +318,18 @@ class JobContainer:
 
     def wait(self, cancel: Cancel, time_limit_s: float | None = None) -> RunResult:
         """Wait for the container to end (docker's blocking wait, no polling). If `cancel` is set
-        first, or the time limit passes, stop it. Raises WorkerTrouble (container gone)."""
+        first, or the time limit passes, stop it. Raises WorkerTrouble (container gone, or
+        stopped by the engine's own restart)."""
         wake = threading.Event()  # the container ended, or the job was cancelled
         finished = threading.Event()  # the container ended
         box: dict[str, Any] = {}
-        engine = self.engine
-        assert engine is not None
-
-        def waiter() -> None:
-            pause = 0.5
-            while True:
-                try:
-                    box["status"] = self.container.wait()
-                    break
-                except docker.errors.NotFound:
-                    box["gone"] = True
-                    break
-                except ENGINE_ERRORS as exc:
-                    box.setdefault("lost_at", engine.lost(exc))
-                    if cancel.event.wait(pause):
-                        break
-                    pause = min(pause * 2, 30)
-            if "status" in box and "lost_at" in box:
-                engine.back()
-            finished.set()
-            wake.set()
-
         cancel.subscribe(wake)
-        threading.Thread(target=waiter, name=f"wait-{self.job_id}", daemon=True).start()
+        threading.Thread(
+            target=self._waiter,
+            args=(cancel, box, finished, wake),
+            name=f"wait-{self.job_id}",
+            daemon=True,
+        ).start()
         stopped_by = None
         if not wake.wait(time_limit_s):  # neither ended nor cancelled within the limit
             stopped_by = f"stopped: the local time limit of {time_limit_s:.0f} s was reached"
@@ -362,10 +346,37 @@ class JobContainer:
         if self.follower is not None:
             self.follower.join(30)
         tail = self.follower.tail() if self.follower is not None else ""
-        code = None
-        if "status" in box:
-            code = int(box["status"].get("StatusCode", -1))
+        code = int(box["status"].get("StatusCode", -1)) if "status" in box else None
         return RunResult(code, self.oom_killed(), tail, stopped_by, exited="status" in box)
+
+    def _waiter(
+        self,
+        cancel: Cancel,
+        box: dict[str, Any],
+        finished: threading.Event,
+        wake: threading.Event,
+    ) -> None:
+        """The engine's blocking wait, in a thread of its own: again while the engine does not
+        answer (a restart), noting since when (`lost_at`)."""
+        engine = self.engine
+        assert engine is not None
+        pause = 0.5
+        while True:
+            try:
+                box["status"] = self.container.wait()
+                break
+            except docker.errors.NotFound:
+                box["gone"] = True
+                break
+            except ENGINE_ERRORS as exc:
+                box.setdefault("lost_at", engine.lost(exc))
+                if cancel.event.wait(pause):
+                    break
+                pause = min(pause * 2, 30)
+        if "status" in box and "lost_at" in box:
+            engine.back()
+        finished.set()
+        wake.set()
 
     def _raise_if_the_engine_stopped_it(self, box: dict[str, Any]) -> None:
         """A container that ended with the engine's own stop (a restart without live-restore)
