@@ -31,6 +31,11 @@ and image names are never label values.
 | `fetcher_last_claim_timestamp_seconds` | gauge | |
 | `fetcher_seconds_since_last_claim` | gauge | (computed at scrape time) |
 | `fetcher_images_pruned_total`, `fetcher_image_pruned_bytes_total` | counter | |
+| `fetcher_gpu_healthy`, `fetcher_gpu_utilization_ratio`, `fetcher_gpu_memory_used_bytes`, `fetcher_gpu_power_watts` | gauge | `gpu`: each GPU's UUID (a fixed set) |
+| `fetcher_job_gpu_peak_memory_bytes`, `fetcher_job_gpu_utilization_ratio` | histogram | |
+| `fetcher_jobs_gpu_unused_total` | counter | |
+| `fetcher_claims_paused` | gauge | `reason`: PAUSE_REASONS |
+| `fetcher_heartbeat_timestamp_seconds` | gauge | |
 | `fetcher_info` | info | `version` and INFO_SETTINGS |
 
 plus the client library's `process_*` and `python_*` metrics (memory, CPU, open fds, GC).
