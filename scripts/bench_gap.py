@@ -19,14 +19,10 @@ engine. Gaps come from the engine's own events (`die` of one job container, `sta
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import os
 import secrets
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -47,6 +43,7 @@ from fetcher.models import (
     SubmittedJob,
 )
 from fetcher.settings import Settings
+from scripts.mock_process import mock_api_process
 
 MB = 1_000_000
 
@@ -84,40 +81,6 @@ class Events:
         return gaps, (sum(gaps) / span if span else 0.0)
 
 
-def mock_process(root: Path, token: str, key: str) -> tuple[subprocess.Popen[bytes], str]:
-    """The mock API in a process of its own (as the real server is: its upload parsing must not
-    compete with the fetcher for this process's interpreter lock)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mock_api",
-            "--port",
-            str(port),
-            "--data-root",
-            str(root / "store"),
-            "--worker-token",
-            token,
-            "--api-key",
-            key,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        with contextlib.suppress(requests.RequestException):
-            if requests.get(f"{url}/access_info", timeout=1).ok:
-                return proc, url
-        time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("the mock API did not start")
-
-
 def run_fetcher(args: argparse.Namespace, stage_ahead: bool) -> tuple[list[float], float]:
     client = docker.from_env()
     with tempfile.TemporaryDirectory(prefix="bench-gap-") as tmp:
@@ -130,8 +93,7 @@ def run_fetcher(args: argparse.Namespace, stage_ahead: bool) -> tuple[list[float
         base = root / "base"
         base.mkdir()
         fid = f"bench-gap-{secrets.token_hex(3)}"
-        proc, url = mock_process(root, token, key)
-        try:
+        with mock_api_process(root / "store", token, key) as url:
             admin = {"x-api-key": key}
             faults = {"download_bytes_per_s": int(args.storage_mbs * MB)}
             requests.post(
@@ -160,9 +122,6 @@ def run_fetcher(args: argparse.Namespace, stage_ahead: bool) -> tuple[list[float
             events = Events(client, fid)
             build_daemon(settings, exit_when_idle=True, docker_client=client).run()
             events.close()
-        finally:
-            proc.terminate()
-            proc.wait(10)
     return events.gaps()
 
 

@@ -15,10 +15,7 @@ from __future__ import annotations
 import argparse
 import resource
 import secrets
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -26,13 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import docker
-import requests
 
 from fetcher.daemon import build_daemon
 from fetcher.gpu.board import GpuBoard
 from fetcher.gpu.nvml import Nvml
 from fetcher.quarantine import Quarantine
 from fetcher.settings import Settings
+from scripts.mock_process import mock_api_process
 
 
 def nvml_lib(args: argparse.Namespace) -> Any:
@@ -75,34 +72,7 @@ def idle_cpu(args: argparse.Namespace, with_gpus: bool) -> float:
     with tempfile.TemporaryDirectory(prefix="bench-nvml-") as tmp:
         root = Path(tmp)
         token, key = secrets.token_urlsafe(16), secrets.token_urlsafe(8)
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        mock = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "mock_api",
-                "--port",
-                str(port),
-                "--data-root",
-                str(root),
-                "--worker-token",
-                token,
-                "--api-key",
-                key,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            for _ in range(100):
-                try:
-                    requests.get(f"{url}/access_info", timeout=1)
-                    break
-                except requests.RequestException:
-                    time.sleep(0.1)
+        with mock_api_process(root, token, key) as url:
             base = root / "base"
             base.mkdir()
             settings = Settings(
@@ -119,9 +89,6 @@ def idle_cpu(args: argparse.Namespace, with_gpus: bool) -> float:
             daemon.worker.request_stop()
             thread.join(30)
             return share
-        finally:
-            mock.terminate()
-            mock.wait(10)
 
 
 def _no_gpu() -> Any:
