@@ -11,6 +11,7 @@ from enum import StrEnum
 class CancelKind(StrEnum):
     gone = "gone"  # the server no longer has the job for us: nothing to report
     shutdown = "shutdown"  # the worker stops: hand the job back
+    unstarted = "unstarted"  # the worker stops and the job, staged ahead, never started
 
 
 class Cancel:
@@ -51,4 +52,10 @@ class Cancel:
 
     @property
     def shutdown(self) -> bool:
-        return self.kind == CancelKind.shutdown
+        """The worker stops (the job is handed back)."""
+        return self.kind in (CancelKind.shutdown, CancelKind.unstarted)
+
+    @property
+    def unstarted(self) -> bool:
+        """The worker stops, and the job was staged and never started: nobody's fault."""
+        return self.kind == CancelKind.unstarted

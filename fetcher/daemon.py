@@ -165,13 +165,24 @@ def job_deps(settings: Settings, client: Any, force: threading.Event) -> JobDeps
         metrics=metrics,
         images=ImageLedger(settings.state_dir.images),
         quarantine=Quarantine(settings.quarantine_after_failures),
-        engine=EngineHealth(client, on_lost=lambda at: remember_engine_lost(store, at)),
+        engine=engine_health(client, store),
     )
 
 
-def remember_engine_lost(store: JobStore, at: float) -> None:
+def engine_health(client: Any, store: JobStore) -> EngineHealth:
+    """The daemon's one watch on its engine; the store keeps, for crash recovery, since when the
+    engine has not answered (and forgets it once the engine answers again)."""
+    return EngineHealth(
+        client,
+        on_lost=lambda at: remember_engine_lost(store, at),
+        on_back=lambda: remember_engine_lost(store, None),
+    )
+
+
+def remember_engine_lost(store: JobStore, at: float | None) -> None:
     """Kept for crash recovery: a job container that ended after this moment may have been
-    stopped by the engine's restart (recovery hands it back instead of reporting its exit)."""
+    stopped by the engine's restart (recovery hands it back instead of reporting its exit).
+    None once the engine answers again: a container that ends later ends on its own."""
     try:
         store.set_meta(ENGINE_LOST_KEY, at)
     except StoreError as exc:

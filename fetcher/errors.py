@@ -36,6 +36,7 @@ class Fault(StrEnum):
     job = "job"  # the job's own doing: reported `error`
     worker = "worker"  # this box's: the job is handed back (or `error`, by ON_WORKER_FAILURE)
     gone = "gone"  # the server no longer has the job for this worker: nothing is reported
+    nobody = "nobody"  # a job staged ahead and never started: always handed back
 
 
 class Reason(StrEnum):
@@ -145,6 +146,15 @@ class WorkerTrouble(FetcherError):
         super().__init__(message)
         self.gpu_related = gpu_related
         self.lasting = lasting
+
+
+class NotStarted(FetcherError):
+    """A job staged ahead (STAGE_AHEAD) that this worker gives back before it ever started: its
+    share stayed busy past the bound, its GPU was quarantined, the worker stops. Nobody's fault:
+    it is handed back whatever ON_WORKER_FAILURE says (reporting `error` would end a job that
+    never ran)."""
+
+    fault = Fault.nobody
 
 
 class JobError(FetcherError):

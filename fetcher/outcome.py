@@ -5,7 +5,8 @@
 - A step failed: the failure's `fault` decides (see `fetcher.errors`). The job's own fault is
   `error`; this worker's is a hand-back (`queued`, or `error` with ON_WORKER_FAILURE=error); a job
   the server no longer has for us is `gone` (nothing is reported). A job stopped because the
-  worker shuts down is handed back whatever the failure its stop caused.
+  worker shuts down is handed back whatever the failure its stop caused; a staged job that never
+  started (nobody's fault) is handed back whatever ON_WORKER_FAILURE says.
 """
 
 from __future__ import annotations
@@ -118,6 +119,11 @@ def of_failure(
     fault = err.fault if err is not None else Fault.worker
     if cancel.gone or fault == Fault.gone:
         return Outcome(OutcomeKind.gone, cancel.reason or str(exc), Reason.other, Fault.gone)
+    if fault == Fault.nobody or cancel.unstarted:
+        text = cancel.reason if cancel.unstarted and cancel.reason else str(exc)
+        log.info("job %s: %s; handed back", job_id, text)
+        details = f"handed back by the worker: {text}"
+        return Outcome(OutcomeKind.handed_back, details, Reason.other, Fault.nobody)
     if err is None:
         log.exception("job %s: unexpected failure", job_id)
         text = f"fetcher internal error: {type(exc).__name__}: {exc}"

@@ -14,6 +14,7 @@ from fetcher.gpu.board import GpuBoard
 from fetcher.gpu.nvml import Gpu
 from fetcher.host import Host
 from fetcher.models import ClaimOffer, HardwareSpecs
+from fetcher.quarantine import BOX
 from fetcher.settings import Settings
 
 
@@ -45,6 +46,7 @@ class Allocation:
     gpus: list[Gpu] = field(default_factory=list)
     behind: str | None = None  # staged ahead: the job whose share it takes when that one ends
     ready: threading.Event = field(default_factory=threading.Event, compare=False, repr=False)
+    refused: str | None = None  # staged: why it will not get the share after all
     _listeners: list[threading.Event] = field(default_factory=list, compare=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, compare=False, repr=False)
 
@@ -53,16 +55,26 @@ class Allocation:
             self.ready.set()
 
     def listen(self, event: threading.Event) -> None:
-        """Also set `event` when the share becomes the job's (at once if it is)."""
+        """Also set `event` when the share becomes the job's, or is refused (at once if it is)."""
         with self._lock:
             self._listeners.append(event)
-        if self.ready.is_set():
+            now = self.ready.is_set() or self.refused is not None
+        if now:
             event.set()
 
     def activate(self) -> None:
+        """The share is the job's now."""
         with self._lock:
+            self.ready.set()
             listeners = list(self._listeners)
-        self.ready.set()
+        for event in listeners:
+            event.set()
+
+    def refuse(self, why: str) -> None:
+        """A staged job will not get the share (its GPU was quarantined while it waited)."""
+        with self._lock:
+            self.refused = why
+            listeners = list(self._listeners)
         for event in listeners:
             event.set()
 
@@ -106,6 +118,8 @@ class ResourcePool:
         self.default_memory_mb = default_memory_mb or max(1, host.memory_mb // self.max_jobs)
         self.held: dict[str, Allocation] = {}
         self.behind: dict[str, Allocation] = {}  # a running job's id -> the job staged behind it
+        self.waiting: list[Allocation] = []  # staged jobs whose job ended, until the share is free
+        self.no_stage: set[str] = set()  # running jobs a staged job waited behind in vain
         self._lock = threading.Lock()
 
     @classmethod
@@ -147,52 +161,75 @@ class ResourcePool:
             return _offer(groups, cpu, mem, best), None if best is None else best[0]
 
     def offer_ahead(self, groups: list[str]) -> tuple[ClaimOffer, str] | None:
-        """STAGE_AHEAD: an offer for a job to stage behind a running one that has none yet (the
-        oldest such): that job's share, GPU included; and the id of the job it is behind."""
+        """STAGE_AHEAD: an offer for a job to stage behind a running one (the oldest that has
+        none yet): that job's share, GPU included; and the id of the job it is behind. Not behind
+        a job whose GPU is quarantined or shared (two jobs adopted on one GPU after a restart),
+        nor behind one a staged job already waited for in vain (no churn through the queue)."""
         if not self.stage_ahead:
             return None
         with self._lock:
+            if self.waiting or self._box_quarantined():
+                return None
+            holders: dict[str, int] = {}
+            for alloc in self.held.values():
+                for g in alloc.gpus:
+                    holders[g.uuid] = holders.get(g.uuid, 0) + 1
             for job_id, alloc in self.held.items():
-                if job_id in self.behind or not alloc.ready.is_set() or not _is_job(job_id):
+                if (
+                    job_id in self.behind
+                    or job_id in self.no_stage
+                    or not alloc.ready.is_set()
+                    or not _is_job(job_id)
+                ):
                     continue
                 gpu = alloc.gpus[0] if alloc.gpus else None
-                if (
-                    gpu is not None
-                    and self.board is not None
-                    and self.board.quarantine.why(gpu.uuid)
-                ):
+                if gpu is not None and (holders[gpu.uuid] > 1 or self._quarantined(gpu)):
                     continue
                 best = None if gpu is None else (gpu, gpu.memory_mb)
                 return _offer(groups, alloc.cpu_cores, alloc.memory_mb, best), job_id
         return None
 
+    def _box_quarantined(self) -> bool:
+        return self.board is not None and self.board.quarantine.why(BOX) is not None
+
+    def _quarantined(self, gpu: Gpu) -> str | None:
+        if self.board is None:
+            return None
+        return self.board.quarantine.why(gpu.uuid) or self.board.quarantine.why(BOX)
+
     def allocate(self, job_id: str, hw: HardwareSpecs) -> Allocation | NoFit:
         """Reserve the job's share: the cores and memory it states (else one slot's), and the
         smallest free GPU that fits it (one per job, if it needs one)."""
         with self._lock:
-            cpu, mem, gpus = self._free()
-            need_cpu = hw.cpu_cores or self.default_cpu
-            need_mem = hw.memory or self.default_memory_mb
-            if len(self.held) >= self.max_jobs:
-                return NoFit(f"no free slot ({self.max_jobs} jobs running)")
-            if need_cpu > cpu:
-                return NoFit(f"needs {need_cpu} CPU cores, {cpu} free")
-            if need_mem > mem:
-                return NoFit(f"needs {need_mem} MB memory, {mem} MB free")
-            fitting = sorted((g for g, m in gpus if fits(g, m, hw)), key=lambda g: g.memory_mb)
-            if hw.needs_gpu and not fitting:
-                return NoFit(self._no_gpu_for(hw))
-            alloc = Allocation(job_id, need_cpu, need_mem, fitting[:1])
-            self.held[job_id] = alloc
-            return alloc
+            return self._allocate(job_id, hw)
+
+    def _allocate(self, job_id: str, hw: HardwareSpecs) -> Allocation | NoFit:
+        cpu, mem, gpus = self._free()
+        need_cpu = hw.cpu_cores or self.default_cpu
+        need_mem = hw.memory or self.default_memory_mb
+        if len(self.held) >= self.max_jobs:
+            return NoFit(f"no free slot ({self.max_jobs} jobs running)")
+        if need_cpu > cpu:
+            return NoFit(f"needs {need_cpu} CPU cores, {cpu} free")
+        if need_mem > mem:
+            return NoFit(f"needs {need_mem} MB memory, {mem} MB free")
+        fitting = sorted((g for g, m in gpus if fits(g, m, hw)), key=lambda g: g.memory_mb)
+        if hw.needs_gpu and not fitting:
+            return NoFit(self._no_gpu_for(hw))
+        alloc = Allocation(job_id, need_cpu, need_mem, fitting[:1])
+        self.held[job_id] = alloc
+        return alloc
 
     def allocate_behind(self, job_id: str, hw: HardwareSpecs, ahead: str) -> Allocation | NoFit:
         """Reserve, behind the running job `ahead`, the part of its share this job needs; the
-        allocation is `ready` once `ahead` releases it (see `release`)."""
+        allocation is `ready` once that share is free (see `release`). If `ahead` ended while
+        the claim was under way, the job gets what is free now, as any claim."""
         with self._lock:
             front = self.held.get(ahead)
-            if front is None or ahead in self.behind:
-                return NoFit(f"job {ahead}, which it was claimed behind, is no longer running")
+            if front is None:
+                return self._allocate(job_id, hw)
+            if ahead in self.behind:
+                return NoFit(f"job {ahead}, which it was claimed behind, has a job staged already")
             need_cpu = hw.cpu_cores or self.default_cpu
             need_mem = hw.memory or self.default_memory_mb
             gpu = front.gpus[0] if front.gpus else None
@@ -230,7 +267,7 @@ class ResourcePool:
         with self._lock:
             cpu, mem, free = self._free()
             held = len(self.held)
-            staged = len(self.behind)
+            staged = len(self.behind) + len(self.waiting)
 
         def name(g: Gpu) -> str:
             return f"{g.index}:{g.model}:{g.uuid}"
@@ -250,27 +287,73 @@ class ResourcePool:
         with self._lock:
             return {g.uuid: key for key, a in self.held.items() for g in a.gpus}
 
-    def release(self, job_id: str) -> str | None:
+    def release(self, job_id: str) -> list[str]:
         """The job gives its share back (its container has ended). A job staged behind it takes
-        the share now; its id is returned."""
+        the share once it is free (another job adopted on the same GPU may still hold it); the
+        ids of the staged jobs that start now are returned."""
         with self._lock:
             self.held.pop(job_id, None)
+            self.no_stage.discard(job_id)
             waiting = self.behind.pop(job_id, None)
             if waiting is not None:
-                self.held[waiting.job_id] = waiting
-        if waiting is None:
-            return None
-        waiting.activate()
-        return waiting.job_id
+                self.waiting.append(waiting)
+        return self.start_waiting()
+
+    def start_waiting(self) -> list[str]:
+        """Give each staged job whose share is free now that share (checked again, as for a
+        claim: a slot, its cores and memory, its GPU unheld, not quarantined, not busy with
+        others); refuse it the share if its GPU or the box was quarantined while it waited."""
+        started: list[Allocation] = []
+        refused: list[tuple[Allocation, str]] = []
+        with self._lock:
+            for alloc in list(self.waiting):
+                gpu = alloc.gpus[0] if alloc.gpus else None
+                why = self._quarantined(gpu) if gpu is not None else self._box_why()
+                if why is not None:
+                    self.waiting.remove(alloc)
+                    refused.append((alloc, why))
+                elif self._free_for(alloc):
+                    self.waiting.remove(alloc)
+                    self.held[alloc.job_id] = alloc
+                    started.append(alloc)
+        for alloc in started:
+            alloc.activate()
+        for alloc, why in refused:
+            alloc.refuse(f"quarantined while it waited: {why}")
+        return [a.job_id for a in started]
+
+    def _box_why(self) -> str | None:
+        return None if self.board is None else self.board.quarantine.why(BOX)
+
+    def _free_for(self, alloc: Allocation) -> bool:
+        if len(self.held) >= self.max_jobs:
+            return False
+        cpu, mem, gpus = self._free()
+        if alloc.cpu_cores > cpu or alloc.memory_mb > mem:
+            return False
+        return all(any(g.uuid == f.uuid for f, _m in gpus) for g in alloc.gpus)
 
     def withdraw(self, job_id: str) -> None:
-        """A job staged ahead that will not run (its bound passed, the worker stops): it gives
-        up its place, or the share it already took."""
+        """A job ends: the place it was staged in (if it never got its share), or the share it
+        took. A job staged behind a running one that never got its share (its bound passed, it
+        failed, the worker stops) keeps any other from being staged behind that job."""
         with self._lock:
             for ahead, alloc in list(self.behind.items()):
                 if alloc.job_id == job_id:
                     del self.behind[ahead]
+                    self.no_stage.add(ahead)
+            self.waiting = [a for a in self.waiting if a.job_id != job_id]
             self.held.pop(job_id, None)
+        self.start_waiting()
+
+    def withdraw_unstarted(self) -> list[str]:
+        """The worker stops: every staged job that has not got its share gives up its place at
+        once (none of them can get it after this); their ids."""
+        with self._lock:
+            gone = [a.job_id for a in (*self.behind.values(), *self.waiting)]
+            self.behind.clear()
+            self.waiting.clear()
+        return gone
 
     def rename(self, job_id: str, key: str) -> bool:
         """Keep a job's share held under another key (the job ended, its container did not): a

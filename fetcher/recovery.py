@@ -62,9 +62,11 @@ def recover(deps: JobDeps, stop: threading.Event) -> list[Adoption]:
     records = {r.job_id: r for r in deps.store.jobs()}
     engine_lost_at = deps.store.get_meta(ENGINE_LOST_KEY)
     adopted: list[Adoption] = []
+    complete = True  # every job settled: the engine-lost marker has served
     for job_id in sorted(set(records) | set(by_job), key=int):
         if stop.is_set():
             log.info("recovery: stop requested; the rest is settled at the next start")
+            complete = False
             break
         try:
             container, rec = by_job.get(job_id), records.get(job_id)
@@ -75,11 +77,12 @@ def recover(deps: JobDeps, stop: threading.Event) -> list[Adoption]:
             found = settle(deps, job_id, rec, container, stop)
         except Exception:
             log.exception("job %s: recovery failed; leaving it for the next start", job_id)
+            complete = False
             continue
         if found is not None:
             adopted.append(found)
     remove_stray_dirs(deps, keep={a.job_id for a in adopted} | set(records))
-    if engine_lost_at is not None:
+    if engine_lost_at is not None and complete:
         deps.store.set_meta(ENGINE_LOST_KEY, None)
     return adopted
 

@@ -155,10 +155,13 @@ class Worker:
 
     def request_stop(self) -> None:
         self.stop_event.set()
+        unstarted = set(self.pool.withdraw_unstarted())  # none of them can start after this
         with self._lock:
-            staged = [c for _t, c, job in self._running.values() if not job.alloc.ready.is_set()]
+            staged = [c for job_id, (_t, c, _j) in self._running.items() if job_id in unstarted]
         for cancel in staged:  # not started yet: given back now, not after the running job
-            cancel.set("the worker is stopping; the job was staged and not started")
+            cancel.set(
+                "the worker is stopping; the job was staged, not started", CancelKind.unstarted
+            )
         self._wake.set()
 
     def request_force_stop(self, reason: str = "worker shut down") -> None:
@@ -226,6 +229,7 @@ class Worker:
     def _pass(self) -> float:
         """One pass: housekeeping, then one claim if a slot is free. Returns how long to wait."""
         self._housekeeping()
+        self.pool.start_waiting()  # a staged job's GPU may be free now (others left it)
         if self.options.max_jobs is not None and self.claimed >= self.options.max_jobs:
             log.info("worker: claimed %d job(s), the --max-jobs limit; finishing", self.claimed)
             self.claiming = False
@@ -357,11 +361,8 @@ class Worker:
         self._wake.set()
 
     def _release(self, job_id: str) -> None:
-        successor = self.pool.release(job_id)
-        if successor is not None:
-            log.info(
-                "job %s: its share is free; job %s, staged behind it, starts", job_id, successor
-            )
+        for successor in self.pool.release(job_id):
+            log.info("job %s: its share is free; job %s, staged for it, starts", job_id, successor)
 
     def _api_failed(self, exc: ApiError) -> float:
         problem = f"{type(exc).__name__}: {exc}"

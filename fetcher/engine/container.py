@@ -270,6 +270,8 @@ class JobContainer:
             try:
                 self.container.reload()
                 state = self.container.attrs.get("State", {})
+            except docker.errors.NotFound:  # removed (by someone else): nothing more to follow
+                return
             except ENGINE_ERRORS:
                 if self._ended.wait(1.0):  # the job is over and the engine still away
                     return
@@ -339,6 +341,7 @@ class JobContainer:
             self.stop()
             finished.wait(self.options.stop_grace_s + 30)
         if box.get("gone"):
+            self._ended.set()
             raise WorkerTrouble("the container disappeared (removed by someone else)")
         if "status" in box and stopped_by is None:
             self._raise_if_the_engine_stopped_it(box)
@@ -362,8 +365,11 @@ class JobContainer:
         assert engine is not None
         pause = 0.5
         while True:
+            began = time.time()
             try:
                 box["status"] = self.container.wait()
+                if "lost_at" in box:  # answered again: an engine stop came before this
+                    box["back_at"] = began
                 break
             except docker.errors.NotFound:
                 box["gone"] = True
@@ -386,13 +392,13 @@ class JobContainer:
         code = box["status"].get("StatusCode")
         if not engine.alive():  # going away now: its stop is what ended the container
             engine.lost("its API is gone as a container ends")
-        else:
-            lost_at = box.get("lost_at")
-            if lost_at is None or engine.live_restore():
+        else:  # the wait broke: did the container end while the engine was away?
+            lost_at, back_at = box.get("lost_at"), box.get("back_at")
+            if lost_at is None or back_at is None or engine.live_restore():
                 return
             end = finished_at(self.container)
-            if end is None or end < lost_at - 2.0:
-                return
+            if end is None or not lost_at - 2.0 <= end <= back_at + 2.0:
+                return  # it ran on after the engine answered again, and ended on its own
         self._ended.set()
         raise WorkerTrouble(
             f"the Docker engine restarted and stopped the job's container (exit code {code})",

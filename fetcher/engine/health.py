@@ -24,29 +24,25 @@ log = logging.getLogger(__name__)
 
 
 class EngineHealth:
-    def __init__(self, client: Any, on_lost: Any = None) -> None:
+    def __init__(self, client: Any, on_lost: Any = None, on_back: Any = None) -> None:
         self.client = client
         self.on_lost = on_lost  # told (Unix time) when the engine goes away (kept for recovery)
+        self.on_back = on_back  # told when it answers again (what was kept is stale)
         self.lost_at: float | None = None
         self._lock = threading.Lock()
 
-    def alive(self, timeout_s: float = 3.0) -> bool:
+    def alive(self, timeout_s: float = 3.0, *, again_after_s: float = 0.25) -> bool:
         """The engine answers `/_ping` on a new connection now (a pooled one may still be answered
-        by an engine that is shutting down)."""
+        by an engine that is shutting down), reached as the client reaches it (its socket, or its
+        TLS settings). One failed ping is asked again once, `again_after_s` later: a stopping
+        engine fails both, a blip of the network does not decide a job's fate alone."""
         api = getattr(self.client, "api", None)
-        base_url = getattr(api, "base_url", None)
-        if api is None or base_url is None:  # not a docker-py client (a stand-in): nothing to ask
+        if api is None or getattr(api, "base_url", None) is None:  # a stand-in: nothing to ask
             return True
-        try:
-            fresh = docker.APIClient(
-                base_url=_docker_url(api), version=api.api_version, timeout=timeout_s
-            )
-            try:
-                return bool(fresh.ping())
-            finally:
-                fresh.close()
-        except (docker.errors.DockerException, requests.RequestException, OSError):
-            return False
+        if _ping(api, timeout_s):
+            return True
+        time.sleep(again_after_s)
+        return _ping(api, timeout_s)
 
     def live_restore(self) -> bool:
         """Whether the engine keeps containers running through its own restart."""
@@ -78,15 +74,40 @@ class EngineHealth:
             self.lost_at = None
         if was is not None:
             log.info("docker engine: answering again after %.0f s", time.time() - was)
+            if self.on_back is not None:
+                self.on_back()
 
 
-def _docker_url(api: Any) -> str:
-    """The URL a new client reaches the same engine by: docker-py's base_url of a unix socket is
-    `http+docker://localhost`, the socket's path is kept by its adapter."""
+def _ping(api: Any, timeout_s: float) -> bool:
+    try:
+        fresh = _fresh_client(api, timeout_s)
+        if fresh is None:  # ssh, npipe: asked through the client's own connections
+            return bool(api.get(f"{api.base_url}/_ping", timeout=timeout_s).ok)
+        try:
+            return bool(fresh.ping())
+        finally:
+            fresh.close()
+    except (docker.errors.DockerException, requests.RequestException, OSError):
+        return False
+
+
+def _fresh_client(api: Any, timeout_s: float) -> Any:
+    """A new client that reaches the same engine the same way: a unix socket by its path (docker-py
+    names its base URL `http+docker://localhost` and keeps the path in its adapter); TCP with the
+    TLS settings docker-py put on the session (`verify`, `cert`). None for transports that cannot
+    be copied (ssh, npipe)."""
     base_url = str(api.base_url)
-    if base_url.startswith("http+docker://localhost"):
-        return f"unix://{api._custom_adapter.socket_path}"
-    return base_url
+    if base_url.startswith("http+docker://"):
+        socket_path = getattr(getattr(api, "_custom_adapter", None), "socket_path", None)
+        if not base_url.startswith("http+docker://localhost") or not socket_path:
+            return None
+        return docker.APIClient(
+            base_url=f"unix://{socket_path}", version=api.api_version, timeout=timeout_s
+        )
+    fresh = docker.APIClient(base_url=base_url, version=api.api_version, timeout=timeout_s)
+    fresh.verify = api.verify
+    fresh.cert = api.cert
+    return fresh
 
 
 def finished_at(container: Any) -> float | None:

@@ -143,27 +143,48 @@ class Nvml:
     # --- inventory ---------------------------------------------------------------------------
     def devices(self) -> list[Gpu]:
         """Every device a job can be given: each GPU, or, where MIG is on, each of its MIG
-        instances instead (the parent is not offered whole)."""
+        instances instead (the parent is never offered whole, not even before any instance is
+        made: CUDA in a container given it would see no device)."""
         lib = self.lib
         found: list[Gpu] = []
         for i in range(int(lib.nvmlDeviceGetCount())):
             handle = lib.nvmlDeviceGetHandleByIndex(i)
-            gpu = self._describe(i, handle)
+            mig_on = self._mig_enabled(handle)
+            gpu = self._describe(i, handle, mig_on)
             self._handles[gpu.uuid] = handle
+            if not mig_on:
+                found.append(gpu)
+                continue
             migs = self._mig_instances(gpu, handle)
-            found.extend(migs or [gpu])
+            if not migs:
+                log.warning(
+                    "gpu %d: MIG mode is on and no MIG instance is made; it is offered to no job"
+                    " (make instances with nvidia-smi mig -cgi ... -C)",
+                    i,
+                )
+            found.extend(migs)
         return found
 
-    def _describe(self, index: int, handle: Any) -> Gpu:
+    def _mig_enabled(self, handle: Any) -> bool:
+        mode = self._call("nvmlDeviceGetMigMode", handle)
+        return bool(mode) and int(mode[0]) == int(getattr(self.lib, "NVML_DEVICE_MIG_ENABLE", 1))
+
+    def _describe(self, index: int, handle: Any, mig_on: bool = False) -> Gpu:
+        """The GPU. In MIG mode NVML refuses its aggregate memory to a caller that is not root
+        (NoPermission): its memory is then 0 (only its instances are offered, with theirs)."""
         lib = self.lib
         archi = self._call("nvmlDeviceGetArchitecture", handle)
         cc = self._call("nvmlDeviceGetCudaComputeCapability", handle)
         brand = self._call("nvmlDeviceGetBrand", handle)
+        if mig_on:
+            memory = self._call("nvmlDeviceGetMemoryInfo", handle)
+        else:
+            memory = lib.nvmlDeviceGetMemoryInfo(handle)
         return Gpu(
             index=index,
             uuid=_text(lib.nvmlDeviceGetUUID(handle)),
             model=_text(lib.nvmlDeviceGetName(handle)),
-            memory_mb=int(lib.nvmlDeviceGetMemoryInfo(handle).total) // MIB,
+            memory_mb=0 if memory is None else int(memory.total) // MIB,
             archi=ARCHITECTURES.get(int(archi)) if archi is not None else None,
             brand=None if brand is None else int(brand),
             compute=None if cc is None else f"{cc[0]}.{cc[1]}",
@@ -171,9 +192,6 @@ class Nvml:
 
     def _mig_instances(self, parent: Gpu, handle: Any) -> list[Gpu]:
         lib = self.lib
-        mode = self._call("nvmlDeviceGetMigMode", handle)
-        if not mode or int(mode[0]) != int(getattr(lib, "NVML_DEVICE_MIG_ENABLE", 1)):
-            return []
         instances = []
         for i in range(int(self._call("nvmlDeviceGetMaxMigDeviceCount", handle) or 0)):
             mig = self._call("nvmlDeviceGetMigDeviceHandleByIndex", handle, i)
@@ -234,10 +252,11 @@ class Nvml:
         has lost."""
         lib = self.lib
         handle = self._handles.get(gpu.parent or gpu.uuid)
-        if handle is None:
+        own = self._handles.get(gpu.uuid)
+        if handle is None or own is None:
             return "NVML does not show it any more"
-        try:
-            lib.nvmlDeviceGetMemoryInfo(handle)
+        try:  # on the device itself: a MIG parent's memory is refused to a caller not root
+            lib.nvmlDeviceGetMemoryInfo(own)
         except Exception as exc:  # noqa: BLE001 - NVMLError_GpuIsLost and kin
             return f"NVML cannot read it: {exc}"
         if self._call("nvmlDeviceGetRetiredPagesPendingStatus", handle):

@@ -21,7 +21,7 @@ from fetcher import outcome as outcomes
 from fetcher.cancel import Cancel
 from fetcher.engine.container import JobContainer, Limits, RunResult
 from fetcher.engine.pull import image_env
-from fetcher.errors import Interrupted, WorkerTrouble
+from fetcher.errors import Interrupted, NotStarted, WorkerTrouble
 from fetcher.job.cleanup import clean_up
 from fetcher.job.deps import JobDeps
 from fetcher.job.keepalive import KeepAlive
@@ -228,25 +228,26 @@ def check_cuda(run: JobRun) -> None:
 
 def wait_for_turn(run: JobRun) -> None:
     """A job staged ahead (STAGE_AHEAD), its inputs and image ready, waits for the share of the
-    job it was claimed behind; one not started within STAGE_AHEAD_MAX_WAIT_S is handed back, so
-    that it never waits behind an hours-long training while another worker is idle."""
-    if run.turn is None or run.turn.ready.is_set():
+    job it was claimed behind. It is handed back unstarted (NotStarted) when that share is not
+    free within STAGE_AHEAD_MAX_WAIT_S (it never waits behind an hours-long training while
+    another worker is idle), when its GPU is quarantined meanwhile, or when the worker stops."""
+    turn = run.turn
+    if turn is None or turn.ready.is_set():
         return
     limit = run.deps.settings.stage_ahead_max_wait_s
     woken = threading.Event()
     run.cancel.subscribe(woken)
-    run.turn.listen(woken)
+    turn.listen(woken)
     with run.stage(Stage.staged):
-        log.info(
-            "job %s: staged; waiting for job %s to free its share", run.job_id, run.turn.behind
-        )
+        log.info("job %s: staged; waiting for job %s to free its share", run.job_id, turn.behind)
         woken.wait(limit)
     run.check_cancel()
-    if not run.turn.ready.is_set():
-        raise WorkerTrouble(
-            f"staged ahead for {limit:.0f} s (STAGE_AHEAD_MAX_WAIT_S) and job {run.turn.behind}"
-            " still holds the GPU it waits for; handed back for another worker",
-            lasting=False,
+    if turn.refused is not None:
+        raise NotStarted(f"staged ahead; the GPU it waited for was {turn.refused}")
+    if not turn.ready.is_set():
+        raise NotStarted(
+            f"staged ahead for {limit:.0f} s (STAGE_AHEAD_MAX_WAIT_S) and job {turn.behind}"
+            " still holds the GPU it waits for"
         )
 
 

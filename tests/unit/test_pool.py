@@ -3,6 +3,8 @@ no hardware gets one slot's share), the offer of what is free, and why a job doe
 
 from __future__ import annotations
 
+import threading
+
 from fetcher.gpu.board import GpuBoard
 from fetcher.gpu.nvml import Gpu, Nvml
 from fetcher.host import Host
@@ -135,3 +137,117 @@ def test_each_mig_instance_is_a_slot_with_its_own_memory() -> None:
     assert small.gpus[0].uuid.startswith("MIG-") and small.gpus[0].memory_mb == 9856
     assert big.gpus[0].memory_mb == 19968
     assert pool.offer([]) is None  # both slots taken
+
+
+def _gpu() -> Gpu:
+    return Gpu(0, "GPU-0", "A100", 40960, "ampere")
+
+
+def _staging_pool() -> tuple[ResourcePool, Quarantine]:
+    q = Quarantine(3)
+    board = GpuBoard(None, [_gpu()], q)
+    return ResourcePool(Host(8, 8000, (_gpu(),)), 1, board=board, stage_ahead=True), q
+
+
+def test_a_staged_job_does_not_start_on_a_gpu_quarantined_while_it_waited() -> None:
+    # Given job 1 running on GPU-0 and job 2 staged behind it
+    pool, q = _staging_pool()
+    hw = HardwareSpecs(gpu_mem=1000, cpu_cores=1, memory=100)
+    assert isinstance(pool.allocate("1", hw), Allocation)
+    found = pool.offer_ahead([])
+    assert found is not None
+    staged = pool.allocate_behind("2", hw, found[1])
+    assert isinstance(staged, Allocation)
+    # When GPU-0 is quarantined (a critical Xid; or job 1's own GPU failure, recorded before
+    # its thread gives the share back) and job 1 ends
+    q.put("GPU-0", "critical Xid 79 reported by NVML")
+    pool.release("1")
+    # Then job 2 is not given GPU-0: it is refused the share and goes back unstarted
+    assert not staged.ready.is_set() and "GPU-0" not in pool.held_gpus()
+    assert staged.refused is not None and "Xid 79" in staged.refused
+
+
+def test_a_job_claimed_ahead_runs_when_its_predecessor_ended_during_the_claim() -> None:
+    # Given job 1 running on the only GPU; an ahead claim is offered behind it
+    pool, _q = _staging_pool()
+    hw = HardwareSpecs(gpu_mem=1000, cpu_cores=1, memory=100)
+    assert isinstance(pool.allocate("1", hw), Allocation)
+    found = pool.offer_ahead([])
+    assert found is not None
+    # When job 1's container ends while GET /jobs is under way (its share is free now)
+    pool.release("1")
+    # Then the job the claim brought gets that free share at once (it is not handed back: the
+    # server would never give it to this worker again)
+    alloc = pool.allocate_behind("2", hw, found[1])
+    assert isinstance(alloc, Allocation) and alloc.ready.is_set()
+
+
+def test_after_a_kill_during_the_overlap_no_job_is_staged_behind_a_shared_gpu() -> None:
+    # Given a restart after kill -9 during the overlap: job 1 (its container ended, it was
+    # uploading) and job 2 (running on the same GPU) are both adopted with the share each held
+    pool, _q = _staging_pool()
+    pool.allocate_exact("1", 1, 100, ["GPU-0"])
+    pool.allocate_exact("2", 1, 100, ["GPU-0"])
+    # Then no job is staged behind either: the GPU would not be free when one of them ends
+    assert pool.offer_ahead([]) is None
+
+
+def test_a_staged_job_waits_until_its_gpu_is_free_of_every_job() -> None:
+    # Given job 1 on GPU-0 and job 3 staged behind it; job 2 adopted on GPU-0 too afterwards
+    pool, _q = _staging_pool()
+    hw = HardwareSpecs(gpu_mem=1000, cpu_cores=1, memory=100)
+    assert isinstance(pool.allocate("1", hw), Allocation)
+    found = pool.offer_ahead([])
+    assert found is not None
+    staged = pool.allocate_behind("3", hw, found[1])
+    assert isinstance(staged, Allocation)
+    pool.allocate_exact("2", 1, 100, ["GPU-0"])
+    # When job 1 ends, job 2 still runs on GPU-0: job 3 waits
+    assert pool.release("1") == [] and not staged.ready.is_set()
+    assert pool.snapshot().staged == 1
+    # When job 2 ends too, job 3 gets the GPU
+    assert pool.release("2") == ["3"] and staged.ready.is_set()
+    assert pool.held_gpus() == {"GPU-0": "3"}
+
+
+def test_no_job_is_staged_again_behind_a_job_a_staged_one_waited_for_in_vain() -> None:
+    # Given job 1 running and job 2 staged behind it, which waited its bound and went back
+    pool, _q = _staging_pool()
+    hw = HardwareSpecs(gpu_mem=1000, cpu_cores=1, memory=100)
+    assert isinstance(pool.allocate("1", hw), Allocation)
+    found = pool.offer_ahead([])
+    assert found is not None and isinstance(pool.allocate_behind("2", hw, found[1]), Allocation)
+    pool.withdraw("2")
+    # Then no other job is staged behind job 1 (each would be claimed, readied, handed back)
+    assert pool.offer_ahead([]) is None
+    # and once job 1 ends, staging behind the next job works again
+    pool.release("1")
+    assert isinstance(pool.allocate("3", hw), Allocation)
+    assert pool.offer_ahead([]) is not None
+
+
+def test_a_stop_takes_every_unstarted_staged_job_out_of_reach_of_its_share() -> None:
+    # Given job 2 staged behind job 1
+    pool, _q = _staging_pool()
+    hw = HardwareSpecs(gpu_mem=1000, cpu_cores=1, memory=100)
+    assert isinstance(pool.allocate("1", hw), Allocation)
+    found = pool.offer_ahead([])
+    assert found is not None
+    staged = pool.allocate_behind("2", hw, found[1])
+    assert isinstance(staged, Allocation)
+    # When the worker stops, job 2 is withdrawn; job 1 ending later does not start it
+    assert pool.withdraw_unstarted() == ["2"]
+    assert pool.release("1") == [] and not staged.ready.is_set()
+
+
+def test_a_listener_added_while_the_share_is_given_is_woken() -> None:
+    # Given a staged allocation; listeners added from other threads while it is activated
+    for _ in range(200):
+        alloc = Allocation("2", 1, 100, [], behind="1")
+        woken = threading.Event()
+        t = threading.Thread(target=alloc.listen, args=(woken,))
+        t.start()
+        alloc.activate()
+        t.join()
+        # Then every listener is woken, whichever came first
+        assert woken.is_set()

@@ -9,16 +9,19 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 from fetcher.cancel import Cancel
 from fetcher.errors import ApiUnavailable, Interrupted, InvalidJobSpec
+from fetcher.gpu.board import GpuBoard
 from fetcher.gpu.nvml import Gpu
 from fetcher.host import Host
 from fetcher.leftovers import Leftover
 from fetcher.models import ClaimOffer, ClaimResult, HandlerSpecs, HardwareSpecs, JobSpecs
 from fetcher.pool import Allocation, ResourcePool
+from fetcher.quarantine import Quarantine
 from fetcher.worker import Adoption, JobStart, LoopOptions, Worker
 from tests.helpers import wait_for
 
@@ -321,8 +324,6 @@ def test_a_container_the_engine_would_not_remove_keeps_its_gpu_out_of_offers(
     every offer until it is gone. Here the same queue id, claimed anew (ids are reused), leaves a
     second such container: neither GPU is offered, and both come back once the engine removes
     them."""
-    from fetcher.gpu.nvml import Gpu
-
     engine_fixed = threading.Event()
     removal_tries: list[str] = []
     ran: list[tuple[str, list[str]]] = []
@@ -693,3 +694,74 @@ def wait_quietly(predicate: object, seconds: float) -> bool:
     except AssertionError:
         return False
     return True
+
+
+class _AheadSource:
+    """Hands out a new job at every claim; records hand-backs."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.ahead_claims = 0
+        self.handed_back: list[str] = []
+
+    def recover(self, stop: threading.Event) -> list[Any]:
+        return []
+
+    def claim(
+        self, offer: ClaimOffer, stop: threading.Event, *, ahead: bool = False
+    ) -> ClaimResult:
+        self.n += 1
+        self.ahead_claims += ahead
+        hw = HardwareSpecs(gpu_mem=1000, cpu_cores=1, memory=100)
+        return ClaimResult(
+            jobs={str(self.n): JobSpecs(handler=HandlerSpecs(image_url="i"), hardware=hw)}
+        )
+
+    def accept(self, *_a: Any) -> None:
+        pass
+
+    def reject(self, *_a: Any) -> None:
+        pass
+
+    def hand_back(self, job_id: str, reason: str) -> None:
+        self.handed_back.append(job_id)
+
+    def housekeeping(self, running: int) -> None:
+        pass
+
+    def stopping(self) -> None:
+        pass
+
+    def api_reachable(self) -> None:
+        pass
+
+
+def test_a_long_job_does_not_churn_the_queue_through_staged_jobs() -> None:
+    # Given STAGE_AHEAD on one GPU, job 1 running for hours, and a queue full of jobs
+    q = Quarantine(3)
+    board = GpuBoard(None, [GPU], q)
+    pool = ResourcePool(Host(8, 8000, (GPU,)), 1, board=board, stage_ahead=True)
+    source = _AheadSource()
+    release = threading.Event()
+    bound_s = 0.05  # STAGE_AHEAD_MAX_WAIT_S, scaled down
+
+    def execute(job: JobStart, cancel: Cancel) -> Leftover | None:
+        if job.alloc.behind is not None:  # staged: download, pull, create; wait its bound
+            job.alloc.ready.wait(bound_s)
+            return None  # not started: handed back (WorkerTrouble, lasting=False)
+        release.wait(10)
+        return None
+
+    w = Worker(source, pool, execute, LoopOptions(poll_interval_s=0.01))
+    t = threading.Thread(target=w.run, daemon=True)
+    t.start()
+    try:
+        time.sleep(1.0)  # = 20 bounds
+    finally:
+        w.request_stop()
+        release.set()
+        t.join(10)
+    # Then after a staged job waited its bound in vain, the fetcher does not claim another job
+    # behind the same job (each would be downloaded, pulled, held as `preprocessing` and handed
+    # back; the server never gives this worker a job it handed back)
+    assert source.ahead_claims <= 2, f"{source.ahead_claims} jobs claimed behind job 1 in 1 s"

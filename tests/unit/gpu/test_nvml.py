@@ -173,3 +173,37 @@ def test_a_gpu_without_event_support_gives_no_event_set() -> None:
     fake = FakeNvml([FakeGpu.a100(supported_events=0)])
     nvml = opened(fake)
     assert nvml.event_set(nvml.devices()) is None
+
+
+def test_a_non_root_fetcher_lists_the_mig_instances_of_a_box() -> None:
+    # Given an A100 in MIG mode with one instance, seen by a fetcher that is not root (a Slurm
+    # pilot: NVML refuses a MIG parent's aggregate memory to unprivileged callers)
+    fake = FakeNvml([FakeGpu.a100(max_mig_devices=7)], privileged=False)
+    fake.enable_mig(0, [FakeMig(1, memory_mib=9856)])
+    nvml = Nvml(fake)
+    assert nvml.open()
+    # Then its instance is listed (the parent's refused memory does not stop the inventory)
+    devices = nvml.devices()
+    assert [d.parent for d in devices] == [fake.gpu(0).uuid]
+
+
+def test_a_healthy_mig_instance_is_healthy_for_a_non_root_fetcher() -> None:
+    # Given a MIG instance listed (root-like), then read by an unprivileged caller
+    fake = FakeNvml([FakeGpu.a100(max_mig_devices=7)])
+    fake.enable_mig(0, [FakeMig(1, memory_mib=9856)])
+    nvml = Nvml(fake)
+    assert nvml.open()
+    (mig,) = nvml.devices()
+    fake.privileged = False
+    # Then it shows no health signal (the parent's refused memory is no sign of a lost GPU)
+    assert nvml.health(mig) is None
+
+
+def test_a_gpu_in_mig_mode_without_instances_is_not_offered_whole() -> None:
+    # Given an A100 whose MIG mode is on but no instance is made yet
+    fake = FakeNvml([FakeGpu.a100(max_mig_devices=7)])
+    fake.enable_mig(0, [])
+    nvml = Nvml(fake)
+    assert nvml.open()
+    # Then no device is offered (the parent whole would give a container no CUDA device)
+    assert nvml.devices() == []

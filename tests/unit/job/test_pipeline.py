@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
+from fetcher.cancel import Cancel, CancelKind
+from fetcher.errors import Interrupted, NotStarted
+from fetcher.job.pipeline import JobRun, wait_for_turn
+from fetcher.lifecycle import OutcomeKind
+from fetcher.outcome import of_failure
+from fetcher.pool import Allocation
 from tests.fakes import StatusSink
 
 
@@ -48,3 +57,60 @@ def test_the_keepalive_never_outlives_its_job_even_when_reporting_fails(
     sent = len(sink.sent)
     time.sleep(0.3)
     assert len(sink.sent) == sent
+
+
+class _StagedRun:
+    """What `wait_for_turn` reads of a job run: a job staged behind job 4, which never ends."""
+
+    job_id = "5"
+
+    def __init__(self) -> None:
+        self.cancel = Cancel()
+        self.turn = Allocation("5", 1, 100, [], behind="4")
+        self.deps = SimpleNamespace(settings=SimpleNamespace(stage_ahead_max_wait_s=0.05))
+
+    @contextlib.contextmanager
+    def stage(self, _stage: object) -> Iterator[None]:
+        yield
+
+    def check_cancel(self) -> None:
+        JobRun.check_cancel(self)  # type: ignore[arg-type]
+
+
+def test_a_staged_job_never_started_is_handed_back_even_with_on_worker_failure_error() -> None:
+    # Given ON_WORKER_FAILURE=error (a lab whose boxes share one account) and STAGE_AHEAD
+    run = _StagedRun()
+    # When a staged job waits its bound in vain
+    with pytest.raises(NotStarted) as info:
+        wait_for_turn(run)  # type: ignore[arg-type]
+    # Then it goes back to the queue, unstarted: nobody's fault (reporting `error` would end a
+    # job that never ran)
+    outcome = of_failure(info.value, "5", run.cancel, "error")
+    assert outcome.kind == OutcomeKind.handed_back, outcome.details
+    assert "STAGE_AHEAD_MAX_WAIT_S" in outcome.details
+
+
+def test_a_staged_job_cancelled_by_a_stop_is_handed_back_even_with_on_worker_failure_error() -> (
+    None
+):
+    # Given a staged job the worker's first signal cancels (as Worker.request_stop does)
+    run = _StagedRun()
+    run.cancel.set("the worker is stopping; the job was staged, not started", CancelKind.unstarted)
+    with pytest.raises(Interrupted) as stop:
+        wait_for_turn(run)  # type: ignore[arg-type]
+    # Then it is handed back, whatever ON_WORKER_FAILURE says
+    outcome = of_failure(stop.value, "5", run.cancel, "error")
+    assert outcome.kind == OutcomeKind.handed_back, outcome.details
+    assert "staged, not started" in outcome.details
+
+
+def test_a_staged_job_whose_gpu_is_quarantined_goes_back_at_once() -> None:
+    # Given a staged job whose GPU is quarantined while it waits (the pool refuses it the share)
+    run = _StagedRun()
+    run.deps.settings.stage_ahead_max_wait_s = 600
+    threading.Timer(0.05, run.turn.refuse, ("quarantined while it waited: Xid 79",)).start()
+    # Then it does not wait its bound: it goes back unstarted, saying why
+    began = time.monotonic()
+    with pytest.raises(NotStarted, match="Xid 79"):
+        wait_for_turn(run)  # type: ignore[arg-type]
+    assert time.monotonic() - began < 5
