@@ -18,9 +18,9 @@ from urllib.parse import quote, urljoin
 import requests
 import urllib3.exceptions
 from pydantic import ValidationError
-from requests_toolbelt import MultipartEncoder
 
 from fetcher.api.http import Http, Transient, new_session, read_json
+from fetcher.api.multipart import MultipartBody
 from fetcher.api.peers import checked_adapter, is_local_host, origin
 from fetcher.api.session import ApiSession
 from fetcher.errors import Interrupted, TransferError
@@ -210,11 +210,8 @@ class FileRequests:
             fh.seek(0)
             path = f"/jobs/{quote(job_id, safe='')}/files/url"
             req = self._ask(what, "POST", path, params=params, job_id=job_id)
-            fields: list[tuple[str, Any]] = [(k, str(v)) for k, v in req.data.items()]
-            fields.append(
-                ("file", (name, _Interruptible(fh, interrupt), "application/octet-stream"))
-            )
-            body = MultipartEncoder(fields=fields)
+            fields = [(k, str(v)) for k, v in req.data.items()]
+            body = MultipartBody(fields, fh, name, interrupt=interrupt)
             headers = {**self._headers_for(req), "Content-Type": body.content_type}
             self._perform(req, what, headers=headers, data=body, expected=(200, 201, 204)).close()
             return size
@@ -263,21 +260,3 @@ def _content_length(resp: requests.Response) -> int | None:
         return int(resp.headers["Content-Length"])
     except (KeyError, ValueError):
         return None
-
-
-class _Interruptible:
-    """A file wrapper whose reads stop an upload at once when `interrupt` is set."""
-
-    def __init__(self, fh: Any, interrupt: threading.Event | None) -> None:
-        self._fh = fh
-        self._interrupt = interrupt
-        self.name = getattr(fh, "name", "file")
-
-    def read(self, n: int = -1) -> bytes:
-        if self._interrupt is not None and self._interrupt.is_set():
-            raise Interrupted("upload interrupted")
-        data: bytes = self._fh.read(n)
-        return data
-
-    def __len__(self) -> int:  # MultipartEncoder asks for the length to set Content-Length
-        return int(os.fstat(self._fh.fileno()).st_size - self._fh.tell())

@@ -232,13 +232,20 @@ def test_upload_is_multipart_with_data_first_then_file_and_always_sends_base_pat
             "data": {"key": "out/${filename}", "policy": "p0l1cy"},
         },
     )
-    rsps.post("https://s3.test/bucket", status=204)
+    sent: list[bytes] = []
+
+    def receive(request: requests.PreparedRequest) -> tuple[int, dict[str, str], str]:
+        body = request.body  # streamed: read it while the file is open
+        assert body is not None and not isinstance(body, (str, bytes))
+        sent.append(b"".join(bytes(block) for block in body))
+        assert int(request.headers["Content-Length"]) == len(sent[0])
+        return 204, {}, ""
+
+    rsps.add_callback(responses.POST, "https://s3.test/bucket", callback=receive)
     f = tmp_path / "result.h5"
     f.write_bytes(b"RESULT")
     upload_from(worker_api(), "17", f, UploadType.output, "")
-    body = rsps.calls[1].request.body
-    raw = body.read() if hasattr(body, "read") else body  # type: ignore[union-attr]
-    text = raw.decode() if isinstance(raw, bytes) else str(raw)
+    text = sent[0].decode()
     assert (
         text.index('name="key"')
         < text.index('name="policy"')

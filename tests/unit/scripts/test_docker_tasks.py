@@ -10,9 +10,9 @@ from scripts.docker_tasks import ROOT, image_requirements, wheel_commands
 
 def test_the_image_carries_the_fetcher_and_the_mock_api() -> None:
     names = {r.split("==")[0] for r in image_requirements()}
-    assert {"docker", "pydantic", "requests-toolbelt", "nvidia-ml-py"} <= names  # main
+    assert {"docker", "pydantic", "nvidia-ml-py"} <= names  # main
     assert {"fastapi", "uvicorn", "python-multipart"} <= names  # mock: `fetcher demo` in the image
-    assert not {"pytest", "ruff", "mypy"} & names  # dev stays out
+    assert not {"pytest", "ruff", "mypy", "requests-toolbelt"} & names  # dev stays out
     assert all("==" in r for r in image_requirements())  # pinned from poetry.lock
 
 
