@@ -160,7 +160,7 @@ class Worker:
             staged = [c for job_id, (_t, c, _j) in self._running.items() if job_id in unstarted]
         for cancel in staged:  # not started yet: given back now, not after the running job
             cancel.set(
-                "the worker is stopping; the job was staged, not started", CancelKind.unstarted
+                "the worker is stopping; the job was staged and not started", CancelKind.unstarted
             )
         self._wake.set()
 

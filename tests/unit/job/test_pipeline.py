@@ -95,13 +95,15 @@ def test_a_staged_job_cancelled_by_a_stop_is_handed_back_even_with_on_worker_fai
 ):
     # Given a staged job the worker's first signal cancels (as Worker.request_stop does)
     run = _StagedRun()
-    run.cancel.set("the worker is stopping; the job was staged, not started", CancelKind.unstarted)
+    run.cancel.set(
+        "the worker is stopping; the job was staged and not started", CancelKind.unstarted
+    )
     with pytest.raises(Interrupted) as stop:
         wait_for_turn(run)  # type: ignore[arg-type]
     # Then it is handed back, whatever ON_WORKER_FAILURE says
     outcome = of_failure(stop.value, "5", run.cancel, "error")
     assert outcome.kind == OutcomeKind.handed_back, outcome.details
-    assert "staged, not started" in outcome.details
+    assert "staged and not started" in outcome.details
 
 
 def test_a_staged_job_whose_gpu_is_quarantined_goes_back_at_once() -> None:
