@@ -3,7 +3,8 @@
 How a job flows, and where each part lives:
 
     cli ──► daemon (wiring) ──► worker (the loop: poll, claim, dispatch, drain; no HTTP, no Docker)
-                                  │  offer ◄── pool (shares) ◄── host (CPU, memory, GPUs)
+                                  │  offer ◄── pool (shares; staged jobs) ◄── host (CPU, memory)
+                                  │                  ◄── gpu.board (free, healthy) ◄── gpu.nvml
                                   │  claim ──► source ──► api.client (GET /jobs)
                                   ▼
                    job.pipeline: process_job, one thread per job
@@ -24,6 +25,10 @@ Where is ...
 - "the server took the job from us": `ownership`
 - what a job is doing, and how it ended: `lifecycle` (Phase, Stage, OutcomeKind)
 - the state directory's files: `statedir`; what `fetcher status` shows: `snapshot`, `status`
+- which GPU a job gets, and whether a GPU may be given at all: `pool` and `gpu.board`; kept out
+  after failures: `quarantine`; its health and events: `gpu.nvml`, `gpu.watch`
+- whether the engine restarted under a job: `engine.health`, read by `engine.container`
+- the next job started while the last one uploads, or staged ahead: `worker` and `pool`
 """
 
 from importlib.metadata import PackageNotFoundError, version

@@ -52,7 +52,7 @@ def fetcher(client: docker.DockerClient, image: str, jobs: int, root: Path) -> f
     token = secrets.token_urlsafe(16)
     state = MockState(str(root / "store"), secrets.token_urlsafe(8), [token])
     base = root / "base"
-    base.mkdir()
+    base.mkdir(mode=0o700)
     out = root / "store" / "results"
     spec = JobSpecs(
         app=AppSpecs(cmd=["true"]),

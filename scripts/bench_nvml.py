@@ -74,7 +74,7 @@ def idle_cpu(args: argparse.Namespace, with_gpus: bool) -> float:
         token, key = secrets.token_urlsafe(16), secrets.token_urlsafe(8)
         with mock_api_process(root, token, key) as url:
             base = root / "base"
-            base.mkdir()
+            base.mkdir(mode=0o700)
             settings = Settings(
                 _env_file=None, api_url=url, access_token=token, path_base=base, poll_interval_s=1
             )

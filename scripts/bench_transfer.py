@@ -55,8 +55,6 @@ from urllib.parse import quote, urlsplit
 
 import requests
 
-from scripts.mock_process import mock_api_process
-
 TOKEN = "bench-token-123456"  # noqa: S105 - the mock's token, made up here
 KEY = "bench-key"
 UPLOADS = ("curl", "ours before", "ours now")
@@ -457,6 +455,8 @@ def main() -> int:
         if args.api_url:
             url = args.api_url.rstrip("/")
         else:
+            from scripts.mock_process import mock_api_process  # not in the children: their RSS
+
             url = stack.enter_context(mock_api_process(root, args.token, args.api_key))
         port = urlsplit(url).port or 80
         server = args.server_pid or server_pids(port)
