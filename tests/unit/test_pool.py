@@ -149,15 +149,23 @@ def _staging_pool() -> tuple[ResourcePool, Quarantine]:
     return ResourcePool(Host(8, 8000, (_gpu(),)), 1, board=board, stage_ahead=True), q
 
 
+HW = HardwareSpecs(gpu_mem=1000, cpu_cores=1, memory=100)
+
+
+def _staged_behind_1(pool: ResourcePool, job_id: str = "2") -> Allocation:
+    """Job 1 runs on the only GPU; `job_id` is claimed and staged behind it."""
+    assert isinstance(pool.allocate("1", HW), Allocation)
+    found = pool.offer_ahead([])
+    assert found is not None and found[1] == "1"
+    staged = pool.allocate_behind(job_id, HW, found[1])
+    assert isinstance(staged, Allocation) and not staged.ready.is_set()
+    return staged
+
+
 def test_a_staged_job_does_not_start_on_a_gpu_quarantined_while_it_waited() -> None:
     # Given job 1 running on GPU-0 and job 2 staged behind it
     pool, q = _staging_pool()
-    hw = HardwareSpecs(gpu_mem=1000, cpu_cores=1, memory=100)
-    assert isinstance(pool.allocate("1", hw), Allocation)
-    found = pool.offer_ahead([])
-    assert found is not None
-    staged = pool.allocate_behind("2", hw, found[1])
-    assert isinstance(staged, Allocation)
+    staged = _staged_behind_1(pool)
     # When GPU-0 is quarantined (a critical Xid; or job 1's own GPU failure, recorded before
     # its thread gives the share back) and job 1 ends
     q.put("GPU-0", "critical Xid 79 reported by NVML")
@@ -170,15 +178,14 @@ def test_a_staged_job_does_not_start_on_a_gpu_quarantined_while_it_waited() -> N
 def test_a_job_claimed_ahead_runs_when_its_predecessor_ended_during_the_claim() -> None:
     # Given job 1 running on the only GPU; an ahead claim is offered behind it
     pool, _q = _staging_pool()
-    hw = HardwareSpecs(gpu_mem=1000, cpu_cores=1, memory=100)
-    assert isinstance(pool.allocate("1", hw), Allocation)
+    assert isinstance(pool.allocate("1", HW), Allocation)
     found = pool.offer_ahead([])
     assert found is not None
     # When job 1's container ends while GET /jobs is under way (its share is free now)
     pool.release("1")
     # Then the job the claim brought gets that free share at once (it is not handed back: the
     # server would never give it to this worker again)
-    alloc = pool.allocate_behind("2", hw, found[1])
+    alloc = pool.allocate_behind("2", HW, found[1])
     assert isinstance(alloc, Allocation) and alloc.ready.is_set()
 
 
@@ -195,12 +202,7 @@ def test_after_a_kill_during_the_overlap_no_job_is_staged_behind_a_shared_gpu() 
 def test_a_staged_job_waits_until_its_gpu_is_free_of_every_job() -> None:
     # Given job 1 on GPU-0 and job 3 staged behind it; job 2 adopted on GPU-0 too afterwards
     pool, _q = _staging_pool()
-    hw = HardwareSpecs(gpu_mem=1000, cpu_cores=1, memory=100)
-    assert isinstance(pool.allocate("1", hw), Allocation)
-    found = pool.offer_ahead([])
-    assert found is not None
-    staged = pool.allocate_behind("3", hw, found[1])
-    assert isinstance(staged, Allocation)
+    staged = _staged_behind_1(pool, "3")
     pool.allocate_exact("2", 1, 100, ["GPU-0"])
     # When job 1 ends, job 2 still runs on GPU-0: job 3 waits
     assert pool.release("1") == [] and not staged.ready.is_set()
@@ -213,28 +215,20 @@ def test_a_staged_job_waits_until_its_gpu_is_free_of_every_job() -> None:
 def test_no_job_is_staged_again_behind_a_job_a_staged_one_waited_for_in_vain() -> None:
     # Given job 1 running and job 2 staged behind it, which waited its bound and went back
     pool, _q = _staging_pool()
-    hw = HardwareSpecs(gpu_mem=1000, cpu_cores=1, memory=100)
-    assert isinstance(pool.allocate("1", hw), Allocation)
-    found = pool.offer_ahead([])
-    assert found is not None and isinstance(pool.allocate_behind("2", hw, found[1]), Allocation)
+    _staged_behind_1(pool)
     pool.withdraw("2")
     # Then no other job is staged behind job 1 (each would be claimed, readied, handed back)
     assert pool.offer_ahead([]) is None
     # and once job 1 ends, staging behind the next job works again
     pool.release("1")
-    assert isinstance(pool.allocate("3", hw), Allocation)
+    assert isinstance(pool.allocate("3", HW), Allocation)
     assert pool.offer_ahead([]) is not None
 
 
 def test_a_stop_takes_every_unstarted_staged_job_out_of_reach_of_its_share() -> None:
     # Given job 2 staged behind job 1
     pool, _q = _staging_pool()
-    hw = HardwareSpecs(gpu_mem=1000, cpu_cores=1, memory=100)
-    assert isinstance(pool.allocate("1", hw), Allocation)
-    found = pool.offer_ahead([])
-    assert found is not None
-    staged = pool.allocate_behind("2", hw, found[1])
-    assert isinstance(staged, Allocation)
+    staged = _staged_behind_1(pool)
     # When the worker stops, job 2 is withdrawn; job 1 ending later does not start it
     assert pool.withdraw_unstarted() == ["2"]
     assert pool.release("1") == [] and not staged.ready.is_set()
