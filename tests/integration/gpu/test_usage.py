@@ -33,15 +33,15 @@ def test_a_jobs_gpu_figures_are_in_its_report_its_log_and_the_metrics(
         files_up={"log": "log"},
     )
     fake = FakeNvml([FakeGpu.a100()])
+    fake.set_utilization(0, 87)  # from the first sample on: the mean does not depend on timing
     settings = env.settings(fetcher_id=fetcher_id("figures"), gpu_sample_interval_s=0.2)
     daemon = build_daemon(
         settings, exit_when_idle=True, docker_client=StripGpuRequests(engine), nvml=fake
     )
 
-    def the_job_uses_its_gpu() -> None:
+    def the_job_uses_its_gpu() -> None:  # its memory only once it holds the GPU (else: foreign)
         wait_for(lambda: job.status.value == "running", 30, "running")
         fake.add_process(0, 4242, 10 * GiB)
-        fake.set_utilization(0, 87)
 
     helper = threading.Thread(target=the_job_uses_its_gpu, daemon=True)
     helper.start()
