@@ -179,16 +179,27 @@ def run(argv: list[str] | None = None) -> int:
 
 def stop(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="docker-stop", description="Stop the fetcher's containers on this box"
+        prog="docker-stop",
+        description="Stop and remove the fetcher's containers on this box, running or exited",
     )
     p.add_argument("-t", "--time", default="10", help="seconds docker waits before SIGKILL")
+    p.add_argument(
+        "--filter",
+        action="append",
+        default=[],
+        metavar="FILTER",
+        help="only containers that also match this docker ps filter (repeatable), e.g. name=lab-a",
+    )
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
-    ids = sh(docker_cli(), "ps", "-q", "--filter", f"label={DAEMON_LABEL}", capture=True).split()
+    filters = [arg for f in [f"label={DAEMON_LABEL}", *args.filter] for arg in ("--filter", f)]
+    # -a: one that exited (an engine restart ends a container without a restart policy with 255)
+    # is removed too, or it would stay on the box for good
+    ids = sh(docker_cli(), "ps", "-aq", *filters, capture=True).split()
     if ids:
-        sh(docker_cli(), "stop", "-t", args.time, *ids)
+        sh(docker_cli(), "stop", "-t", args.time, *ids)  # a no-op for one that is not running
         sh(docker_cli(), "rm", *ids)
     else:
-        print("no fetcher container running")
+        print("no fetcher container on this box")
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import time
@@ -243,7 +244,31 @@ def test_a_failed_pip_install_fails_the_image_build(tmp_path: Path, engine: Any)
     assert "No matching distribution found for decode-fetcher==0.0.0" in out
 
 
+def test_docker_stop_removes_a_fetcher_container_that_exited(
+    engine: Any, fetcher_image: str
+) -> None:
+    # Given a fetcher container an engine restart left exited (255: the test run that made it was
+    # cut short), beside a running one: `docker ps` without -a lists only the running one
+    name = f"decode-fetcher-left-{secrets.token_hex(4)}"
+    exited = engine.containers.create(fetcher_image, ["--version"], name=f"{name}-exited")
+    running = engine.containers.run(
+        fetcher_image, name=f"{name}-running", entrypoint=["sleep", "300"], detach=True
+    )
+    try:
+        exited.start()
+        assert exited.wait(timeout=60)["StatusCode"] == 0
+        # When the admin runs docker-stop
+        assert docker_tasks.stop(["-t", "1", "--filter", f"name={name}"]) == 0
+        # Then both are gone
+        assert not engine.containers.list(all=True, filters={"name": name})
+    finally:
+        for container in (exited, running):
+            with contextlib.suppress(Exception):
+                container.remove(force=True)
+
+
 def test_docker_run_stop_and_cleanup_scripts(env: Env, engine: Any, fetcher_image: str) -> None:
+    name = f"decode-fetcher-test-{secrets.token_hex(4)}"
     # Given an .env as a lab admin writes it, and the image built by docker-build
     env_file = env.root / ".env"
     env_file.write_text(
@@ -262,23 +287,24 @@ def test_docker_run_stop_and_cleanup_scripts(env: Env, engine: Any, fetcher_imag
             "--image",
             fetcher_image,
             "--name",
-            "decode-fetcher-test",
+            name,
             "--docker-arg=--network=host",
         ]
     )
     try:
         assert rc == 0
         wait_for(lambda: job.status.value == "finished", 60, "job finished via docker-run")
-        daemon = engine.containers.get("decode-fetcher-test")
+        daemon = engine.containers.get(name)
         assert sorted(daemon.attrs["HostConfig"]["Binds"]) == sorted(
             ["/var/run/docker.sock:/var/run/docker.sock", f"{env.base}:/data"]
         )  # the engine keeps no order of its own
         assert f"PATH_HOST_BASE={env.base}" in daemon.attrs["Config"]["Env"]
-        # Then docker-stop stops every fetcher container cleanly
-        assert docker_tasks.stop([]) == 0
-        assert not engine.containers.list(all=True, filters={"label": docker_tasks.DAEMON_LABEL})
+        # Then docker-stop stops it cleanly and removes it (kept to this test's container: another
+        # run on this engine may have fetcher containers of its own)
+        assert docker_tasks.stop(["--filter", f"name={name}"]) == 0
+        assert not engine.containers.list(all=True, filters={"name": name})
     finally:
-        subprocess.run(["/usr/bin/docker", "rm", "-f", "decode-fetcher-test"], capture_output=True)
+        subprocess.run(["/usr/bin/docker", "rm", "-f", name], capture_output=True)
     # And docker-cleanup removes the fetcher's images
     assert docker_tasks.cleanup([]) == 0
     assert not engine.images.list(name=docker_tasks.IMAGE)
