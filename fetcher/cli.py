@@ -40,21 +40,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_info(args: argparse.Namespace) -> int:
     from fetcher.daemon import connect_docker
-    from fetcher.gpu.board import GpuBoard
     from fetcher.gpu.probe import offer_view
-    from fetcher.host import detect_host, open_nvml
+    from fetcher.host import detect_host_and_board, open_nvml
     from fetcher.pool import ResourcePool
     from fetcher.quarantine import Quarantine
 
     settings = _settings(args)
     nvml = open_nvml()
     try:
-        host = detect_host(connect_docker().info(), settings, nvml.devices() if nvml.ok else [])
-        board = None
-        if host.gpus:
-            board = GpuBoard(
-                nvml, list(host.gpus), Quarantine(1, quiet=True), settings.gpu_foreign_memory_max_mb
-            )
+        quarantine = Quarantine(1, quiet=True)
+        host, board = detect_host_and_board(connect_docker().info(), settings, nvml, quarantine)
         pool = ResourcePool.from_settings(host, settings, board)
         print(json.dumps(offer_view(host, pool, board, settings.group_list), indent=2))
     finally:

@@ -19,10 +19,9 @@ from fetcher.delivery import Deliverer
 from fetcher.engine.container import Limits, remove_container
 from fetcher.engine.health import EngineHealth
 from fetcher.errors import ConfigError, api_label
-from fetcher.gpu.board import GpuBoard
 from fetcher.gpu.nvml import Nvml
 from fetcher.gpu.watch import GpuWatch
-from fetcher.host import Host, detect_host, open_nvml
+from fetcher.host import Host, detect_host_and_board, open_nvml
 from fetcher.images.ledger import ImageLedger
 from fetcher.images.upkeep import ImageUpkeep
 from fetcher.job.deps import JobDeps
@@ -67,11 +66,8 @@ class Daemon:
             log.info("worker: metrics on http://%s:%d/metrics", s.metrics_host, port)
         self.deps.deliverer.start()
         upkeep = self._image_upkeep().start()
-        watch = (
-            None if self.deps.gpus is None else GpuWatch(self.deps.gpus, s.gpu_sample_interval_s)
-        )
-        if watch is not None:
-            watch.start()
+        gpus = self.deps.gpus
+        watch = None if gpus is None else GpuWatch(gpus, s.gpu_sample_interval_s).start()
         try:
             return self.worker.run()
         finally:
@@ -124,15 +120,7 @@ def build_daemon(
         lock.close()
         raise
     gpu_lib = open_nvml(nvml)
-    host = detect_host(deps.docker.info(), settings, gpu_lib.devices() if gpu_lib.ok else [])
-    if host.gpus:
-        deps.gpus = GpuBoard(
-            gpu_lib,
-            list(host.gpus),
-            deps.quarantine,
-            settings.gpu_foreign_memory_max_mb,
-            settings.xid_ignored,
-        )
+    host, deps.gpus = detect_host_and_board(deps.docker.info(), settings, gpu_lib, deps.quarantine)
     pool = ResourcePool.from_settings(host, settings, deps.gpus)
     log.info(
         "worker: fetcher %s, %d CPU cores, %d MB, GPUs: %s",

@@ -9,7 +9,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from fetcher.gpu.board import GpuBoard
 from fetcher.gpu.nvml import Gpu, Nvml
+from fetcher.quarantine import Quarantine
 from fetcher.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -124,3 +126,21 @@ def detect_host(
             )
             gpus = picked
     return Host(cpu, mem, tuple(gpus))
+
+
+def detect_host_and_board(
+    docker_info: dict[str, Any], settings: Settings, nvml: Nvml, quarantine: Quarantine
+) -> tuple[Host, GpuBoard | None]:
+    """The box (`detect_host`) with the GPUs `nvml` shows, and the board of those GPUs (None
+    without any)."""
+    host = detect_host(docker_info, settings, nvml.devices() if nvml.ok else [])
+    if not host.gpus:
+        return host, None
+    board = GpuBoard(
+        nvml,
+        list(host.gpus),
+        quarantine,
+        settings.gpu_foreign_memory_max_mb,
+        settings.xid_ignored,
+    )
+    return host, board

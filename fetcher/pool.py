@@ -168,7 +168,7 @@ class ResourcePool:
         if not self.stage_ahead:
             return None
         with self._lock:
-            if self.waiting or self._box_quarantined():
+            if self.waiting or self._quarantined(None) is not None:
                 return None
             holders: dict[str, int] = {}
             for alloc in self.held.values():
@@ -189,13 +189,12 @@ class ResourcePool:
                 return _offer(groups, alloc.cpu_cores, alloc.memory_mb, best), job_id
         return None
 
-    def _box_quarantined(self) -> bool:
-        return self.board is not None and self.board.quarantine.why(BOX) is not None
-
-    def _quarantined(self, gpu: Gpu) -> str | None:
+    def _quarantined(self, gpu: Gpu | None) -> str | None:
+        """Why `gpu` (None: the box) is kept from jobs: its own quarantine or the box's."""
         if self.board is None:
             return None
-        return self.board.quarantine.why(gpu.uuid) or self.board.quarantine.why(BOX)
+        q = self.board.quarantine
+        return (gpu is not None and q.why(gpu.uuid)) or q.why(BOX)
 
     def allocate(self, job_id: str, hw: HardwareSpecs) -> Allocation | NoFit:
         """Reserve the job's share: the cores and memory it states (else one slot's), and the
@@ -308,7 +307,7 @@ class ResourcePool:
         with self._lock:
             for alloc in list(self.waiting):
                 gpu = alloc.gpus[0] if alloc.gpus else None
-                why = self._quarantined(gpu) if gpu is not None else self._box_why()
+                why = self._quarantined(gpu)
                 if why is not None:
                     self.waiting.remove(alloc)
                     refused.append((alloc, why))
@@ -321,9 +320,6 @@ class ResourcePool:
         for alloc, why in refused:
             alloc.refuse(f"quarantined while it waited: {why}")
         return [a.job_id for a in started]
-
-    def _box_why(self) -> str | None:
-        return None if self.board is None else self.board.quarantine.why(BOX)
 
     def _free_for(self, alloc: Allocation) -> bool:
         if len(self.held) >= self.max_jobs:

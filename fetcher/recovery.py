@@ -22,7 +22,7 @@ from pydantic import ValidationError
 
 from fetcher.engine.container import LABEL_JOB, JobContainer, leftover_containers
 from fetcher.engine.errors import ENGINE_ERRORS
-from fetcher.engine.health import finished_at
+from fetcher.engine.health import ENGINE_STOPPED, ended_while_away
 from fetcher.errors import ApiError, Interrupted, JobGone
 from fetcher.job import safefs
 from fetcher.job.cleanup import clean_up
@@ -36,7 +36,6 @@ from fetcher.worker import Adoption
 log = logging.getLogger(__name__)
 
 RESTARTED = "the worker restarted before the job's container started"
-ENGINE_STOPPED = "the Docker engine restarted and stopped the job's container (exit code {code})"
 ENGINE_LOST_KEY = "engine_lost_at"  # store meta: when this fetcher last saw its engine go away
 
 
@@ -95,8 +94,7 @@ def stopped_by_engine(deps: JobDeps, container: Any, lost_at: object) -> bool:
         return False
     if str(getattr(container, "status", "")) != "exited":
         return False
-    end = finished_at(container)
-    if end is None or end < lost_at - 2.0:
+    if not ended_while_away(container, lost_at):
         return False
     return deps.engine is None or not deps.engine.live_restore()
 

@@ -129,7 +129,7 @@ class Worker:
         self.claiming = True  # False once --exit-when-idle or --max-jobs ends claiming
         self.idle_polls = 0
         self._wake = threading.Event()
-        self._running: dict[str, tuple[threading.Thread, Cancel, JobStart]] = {}
+        self._running: dict[str, tuple[threading.Thread, Cancel]] = {}
         self._finishing: set[str] = set()  # jobs whose container ended, still uploading
         self.leftovers = Leftovers(pool, options.leftover_retry_s)
         self._lock = threading.Lock()
@@ -157,7 +157,7 @@ class Worker:
         self.stop_event.set()
         unstarted = set(self.pool.withdraw_unstarted())  # none of them can start after this
         with self._lock:
-            staged = [c for job_id, (_t, c, _j) in self._running.items() if job_id in unstarted]
+            staged = [c for job_id, (_t, c) in self._running.items() if job_id in unstarted]
         for cancel in staged:  # not started yet: given back now, not after the running job
             cancel.set(
                 "the worker is stopping; the job was staged and not started", CancelKind.unstarted
@@ -168,7 +168,7 @@ class Worker:
         self.stop_event.set()
         self.force_event.set()
         with self._lock:
-            cancels = [cancel for _thread, cancel, _job in self._running.values()]
+            cancels = [cancel for _thread, cancel in self._running.values()]
         for cancel in cancels:
             cancel.set(reason, CancelKind.shutdown)
         self._wake.set()
@@ -330,7 +330,7 @@ class Worker:
             target=self._job_thread, args=(job, cancel), name=f"job-{job.job_id}", daemon=True
         )
         with self._lock:
-            self._running[job.job_id] = (thread, cancel, job)
+            self._running[job.job_id] = (thread, cancel)
         if self.force_event.is_set():
             cancel.set("worker shut down", CancelKind.shutdown)
         thread.start()

@@ -68,10 +68,10 @@ def _check_boundary(boundary: str) -> None:
 class MultipartBody:
     """The body `--B fields... --B file-part <file> --B--` of one file upload, streamed.
 
-    `fields` are sent first, in order, as plain form fields; then the file in field `field` under
-    `filename`, from the current position of `fh` to its end as it is now (`len` counts on that
-    size: a file that shrinks while it is sent raises TransferError; bytes that a growing file
-    gains are not sent). Each iteration sends the whole body from the start (`rewind` also
+    `fields` are sent first, in order, as plain form fields; then the file in field `file` under
+    `filename` (application/octet-stream), from the current position of `fh` to its end as it is
+    now (`len` counts on that size: a file that shrinks while it is sent raises TransferError;
+    bytes that a growing file gains are not sent). Each iteration sends the whole body from the start (`rewind` also
     starts the next one there); every block is a memoryview of one buffer, valid until the next
     block is asked for. Raises Interrupted before the next block once `interrupt` is set.
     """
@@ -82,8 +82,6 @@ class MultipartBody:
         fh: BinaryIO,
         filename: str,
         *,
-        field: str = "file",
-        file_type: str = "application/octet-stream",
         interrupt: threading.Event | None = None,
         boundary: str | None = None,
         block_size: int = BLOCK_SIZE,
@@ -106,9 +104,9 @@ class MultipartBody:
             head += value.encode("utf-8") + b"\r\n"
         head += dash + b"\r\n"
         head += (
-            _disposition(field) + "; " + format_multipart_header_param("filename", filename)
+            _disposition("file") + "; " + format_multipart_header_param("filename", filename)
         ).encode()
-        head += f"\r\nContent-Type: {file_type}\r\n\r\n".encode("latin-1")
+        head += b"\r\nContent-Type: application/octet-stream\r\n\r\n"
         self._head = bytes(head)
         self._tail = b"\r\n" + dash + b"--\r\n"
         self._buffer: bytearray | None = None

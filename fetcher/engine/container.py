@@ -25,7 +25,12 @@ from docker.utils.socket import frames_iter
 
 from fetcher.cancel import Cancel
 from fetcher.engine.errors import ENGINE_ERRORS, docker_message, engine_error
-from fetcher.engine.health import EngineHealth, finished_at, parse_docker_time
+from fetcher.engine.health import (
+    ENGINE_STOPPED,
+    EngineHealth,
+    ended_while_away,
+    parse_docker_time,
+)
 from fetcher.engine.output import LogFollower, hang_up
 from fetcher.engine.pull import ensure_image
 from fetcher.errors import Interrupted, WorkerTrouble
@@ -68,8 +73,12 @@ class RunResult:
     oom_killed: bool = False
     log_tail: str = ""
     ended_by: str | None = None  # why the fetcher stopped it, if it did
-    exited: bool = True  # the engine said it ended (False: it may still run, holding its GPU)
     gpu_line: str | None = None  # what it did with its GPU (fetcher.gpu.usage)
+
+    @property
+    def exited(self) -> bool:
+        """The engine said it ended (False: it may still run, holding its GPU)."""
+        return self.exit_code is not None
 
     def first_line(self) -> str:
         if self.exit_code is None:
@@ -85,6 +94,11 @@ class RunResult:
         """How the job ended (always the first line), then the log's tail and its GPU figures."""
         lines = [self.first_line(), self.log_tail, self.gpu_line or ""]
         return "\n".join(line for line in lines if line)
+
+
+def gpu_device_request(gpu_uuids: list[str]) -> DeviceRequest:
+    """The device request of a job given these GPUs (what `docker run --gpus device=...` sends)."""
+    return DeviceRequest(driver="nvidia", device_ids=list(gpu_uuids), capabilities=[["gpu"]])
 
 
 def shell_command(spec: JobSpecs) -> list[str] | None:
@@ -215,9 +229,7 @@ class JobContainer:
         else:
             kwargs["shm_size"] = o.shm_size
         if gpu_uuids:
-            kwargs["device_requests"] = [
-                DeviceRequest(driver="nvidia", device_ids=gpu_uuids, capabilities=[["gpu"]])
-            ]
+            kwargs["device_requests"] = [gpu_device_request(gpu_uuids)]
         if o.enforce_limits:
             if limits.cpu_cores:
                 kwargs["nano_cpus"] = int(limits.cpu_cores * 1e9)
@@ -350,7 +362,7 @@ class JobContainer:
             self.follower.join(30)
         tail = self.follower.tail() if self.follower is not None else ""
         code = int(box["status"].get("StatusCode", -1)) if "status" in box else None
-        return RunResult(code, self.oom_killed(), tail, stopped_by, exited="status" in box)
+        return RunResult(code, self.oom_killed(), tail, stopped_by)
 
     def _waiter(
         self,
@@ -396,14 +408,10 @@ class JobContainer:
             lost_at, back_at = box.get("lost_at"), box.get("back_at")
             if lost_at is None or back_at is None or engine.live_restore():
                 return
-            end = finished_at(self.container)
-            if end is None or not lost_at - 2.0 <= end <= back_at + 2.0:
+            if not ended_while_away(self.container, lost_at, back_at):
                 return  # it ran on after the engine answered again, and ended on its own
         self._ended.set()
-        raise WorkerTrouble(
-            f"the Docker engine restarted and stopped the job's container (exit code {code})",
-            lasting=False,
-        )
+        raise WorkerTrouble(ENGINE_STOPPED.format(code=code), lasting=False)
 
     def oom_killed(self) -> bool:
         if self.container is None:

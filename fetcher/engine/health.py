@@ -22,6 +22,10 @@ import requests
 
 log = logging.getLogger(__name__)
 
+# What a job ended by an engine restart is handed back with (its run's wait, or the recovery)
+ENGINE_STOPPED = "the Docker engine restarted and stopped the job's container (exit code {code})"
+CLOCK_SLACK_S = 2.0  # the engine's clock against ours
+
 
 class EngineHealth:
     def __init__(self, client: Any, on_lost: Any = None, on_back: Any = None) -> None:
@@ -120,6 +124,13 @@ def finished_at(container: Any) -> float | None:
     if not text or text.startswith("0001-"):
         return None
     return parse_docker_time(text)
+
+
+def ended_while_away(container: Any, lost_at: float, back_at: float = float("inf")) -> bool:
+    """Whether `container` ended between the moment the engine was seen to go away and the
+    moment it answered again (with a little slack for the two clocks)."""
+    end = finished_at(container)
+    return end is not None and lost_at - CLOCK_SLACK_S <= end <= back_at + CLOCK_SLACK_S
 
 
 def parse_docker_time(text: str) -> float | None:

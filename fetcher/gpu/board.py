@@ -82,12 +82,15 @@ class GpuBoard:
             seen = _Seen(reading)
             if reading is not None and gpu.uuid not in held:
                 seen.other_procs = len(reading.processes)
-                known = [p.memory_mb for p in reading.processes]
-                seen.others_mb = (
-                    reading.memory_used_mb if None in known else sum(m or 0 for m in known)
-                )
+                seen.others_mb = reading.processes_mb
             with self._lock:
                 self._seen[gpu.uuid] = seen
+
+    def reading(self, uuid: str) -> Reading | None:
+        """The last refresh's look at the device `uuid`; None before one or where NVML said nothing."""
+        with self._lock:
+            seen = self._seen.get(uuid)
+        return None if seen is None else seen.reading
 
     def on_event(self, event: XidEvent) -> None:
         """A critical event from NVML's event set (the watch thread)."""

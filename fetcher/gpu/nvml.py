@@ -12,7 +12,6 @@ never stop the daemon.
 from __future__ import annotations
 
 import logging
-import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,14 +50,6 @@ class Gpu:
     brand: int | None = None  # nvmlDeviceGetBrand's value (CUDA requirements' `brand=`)
     compute: str | None = None  # compute capability, "8.0"
 
-    @property
-    def is_mig(self) -> bool:
-        return self.parent is not None
-
-    def label(self) -> str:
-        kind = f"MIG instance of GPU {self.index}" if self.is_mig else f"GPU {self.index}"
-        return f"{kind} ({self.model}, {self.memory_mb / 1024:.0f} GiB)"
-
 
 @dataclass(frozen=True)
 class Process:
@@ -74,6 +65,13 @@ class Reading:
     processes: tuple[Process, ...] = ()
     utilization: int | None = None  # percent; None where NVML does not say (MIG instances)
     power_w: float | None = None
+
+    @property
+    def processes_mb(self) -> int:
+        """The memory the processes on the device use: 0 with none, the whole device's use when
+        NVML cannot tell a process's."""
+        known = [p.memory_mb for p in self.processes]
+        return self.memory_used_mb if None in known else sum(m or 0 for m in known)
 
 
 @dataclass(frozen=True)
@@ -108,7 +106,6 @@ class Nvml:
         self.ok = False
         self.why: str | None = None  # why NVML is not open
         self._handles: dict[str, Any] = {}
-        self._lock = threading.Lock()
 
     # --- lifetime --------------------------------------------------------------------------
     def open(self) -> bool:

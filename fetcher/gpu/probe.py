@@ -8,18 +8,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from docker.types import DeviceRequest
-
+from fetcher.engine.container import gpu_device_request
 from fetcher.gpu.board import GpuBoard
 from fetcher.gpu.nvml import Gpu, Nvml
 from fetcher.host import Host
 from fetcher.pool import ResourcePool
 from fetcher.quarantine import Quarantine
-
-
-def device_request(gpu: Gpu) -> dict[str, Any]:
-    """The device request a job given `gpu` gets (what `docker run --gpus device=<uuid>` sends)."""
-    return dict(DeviceRequest(driver="nvidia", device_ids=[gpu.uuid], capabilities=[["gpu"]]))
 
 
 def gpu_dict(gpu: Gpu) -> dict[str, Any]:
@@ -52,11 +46,11 @@ def probe(lib: Any = None, foreign_max_mb: int = 256) -> dict[str, Any]:
             "devices": [],
         }
         for gpu in devices:
-            reading = nvml.reading(gpu)
+            reading = board.reading(gpu.uuid)  # the refresh's look, that the offer was made from
             out["devices"].append(
                 {
                     **gpu_dict(gpu),
-                    "health": nvml.health(gpu) or "ok",
+                    "health": board.quarantine.why(gpu.uuid) or "ok",
                     "processes": [
                         {"pid": p.pid, "memory_mb": p.memory_mb}
                         for p in (reading.processes if reading else ())
@@ -65,7 +59,7 @@ def probe(lib: Any = None, foreign_max_mb: int = 256) -> dict[str, Any]:
                     "utilization": None if reading is None else reading.utilization,
                     "offered": gpu.uuid not in kept,
                     "why_not": kept.get(gpu.uuid),
-                    "device_request": device_request(gpu),
+                    "device_request": dict(gpu_device_request([gpu.uuid])),
                 }
             )
         return out

@@ -23,14 +23,10 @@ class DeviceUse:
 
     def add(self, reading: Reading) -> None:
         self.samples += 1
-        ours = [p.memory_mb for p in reading.processes]
-        if ours:
+        if reading.processes:
             self.processes_seen = True
-        # the job's memory: its processes' (the GPU is the job's alone), or the device's when
-        # NVML cannot tell a process's
-        known = None if not ours or None in ours else sum(p or 0 for p in ours)
-        used = known if known is not None else (reading.memory_used_mb if ours else 0)
-        self.peak_mb = max(self.peak_mb, used)
+        # the job's memory: its processes' (the GPU is the job's alone)
+        self.peak_mb = max(self.peak_mb, reading.processes_mb)
         if reading.utilization is not None:
             self.util_sum += reading.utilization
             self.util_samples += 1
