@@ -285,7 +285,7 @@ class Bench:
         answer: dict[str, Any] = resp.json()
         return answer
 
-    def _child_opts(self, src: Path) -> list[str]:
+    def _child_opts(self) -> list[str]:
         return ["--api-url", self.url, "--token", self.args.token, "--job", self.job]
 
     def upload(self, client: str, src: Path) -> Sample:
@@ -305,7 +305,7 @@ class Bench:
             )
         else:
             mode = "upload" if client == "ours now" else "upload-toolbelt"
-            sample = ours_sample(mode, [*self._child_opts(src), "--file", str(src)], self.server)
+            sample = ours_sample(mode, [*self._child_opts(), "--file", str(src)], self.server)
         landed = self.work / "out/output/bench" / src.name
         check_same(src, landed)
         landed.unlink()
@@ -329,7 +329,7 @@ class Bench:
         else:
             sample = ours_sample(
                 "download",
-                [*self._child_opts(src), "--file", str(dest), "--file-id", str(src)],
+                [*self._child_opts(), "--file", str(dest), "--file-id", str(src)],
                 self.server,
             )
         check_same(src, dest)

@@ -18,11 +18,6 @@ echo "== docker engine, test images, local registry"
 "$DOCKER" tag fetcher-test/busybox:1 127.0.0.1:5000/test/job:1
 "$DOCKER" push -q 127.0.0.1:5000/test/job:1 >/dev/null
 
-apt_install() {
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "$@" >/dev/null \
-    || { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "$@" >/dev/null; }
-}
-
 echo "== tools of the private engines (tests/helpers/private_engine.py: engine restarts)"
 need=()
 for tool in jq:jq curl:curl ip:iproute2 nsenter:util-linux; do
