@@ -427,6 +427,11 @@ def main() -> int:
     p.add_argument("--reps", type=int, default=5, help="runs of each transfer (medians shown)")
     p.add_argument("--budget-mib", type=float, default=60.0, help="our client's peak RSS budget")
     p.add_argument("--no-downloads", action="store_true")
+    p.add_argument(
+        "--no-before",
+        action="store_true",
+        help="leave out the upload as it was (toolbelt): long runs of curl against ours",
+    )
     p.add_argument("--api-url", help="a running server (default: start the mock)")
     p.add_argument("--data-root", help="with --api-url: the server's local file store")
     p.add_argument("--token", default=TOKEN, help="a bearer token the server accepts")
@@ -446,6 +451,7 @@ def main() -> int:
     if not shutil.which("curl"):
         p.error("curl is needed: the figures are ratios against it")
     sizes = [int(s) for s in args.sizes_mib.split(",")]
+    uploads = tuple(c for c in UPLOADS if not (args.no_before and c == "ours before"))
 
     root = Path(args.data_root or tempfile.mkdtemp(prefix="fetcher-bench-"))
     work = Path(tempfile.mkdtemp(prefix="fetcher-bench-", dir=root)).resolve()
@@ -476,7 +482,7 @@ def main() -> int:
             for rnd in range(
                 args.reps
             ):  # each round in another order: no client always follows another
-                for client in rotated(UPLOADS, rnd):
+                for client in rotated(uploads, rnd):
                     bench.keep_alive()  # the server re-queues a job with no news for 300 s
                     results.setdefault(("upload", client), []).append(bench.upload(client, src))
             for rnd in range(0 if args.no_downloads else args.reps):
