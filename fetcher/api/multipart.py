@@ -50,8 +50,8 @@ from fetcher.errors import Interrupted, TransferError
 # WorkerAPI on loopback, 2 cores, interleaved rounds against curl) 64 KiB blocks cost the server
 # 3-9 % less CPU per GiB than 1 MiB ones, for the same bytes in the same system calls, and were
 # 6-13 % faster, level with curl, in three runs of 16 to 30 rounds (docs/development.md), most
-# likely because a 1 MiB buffer fills a whole L2 cache on every block. Our CPU goes from 0.4 to about
-# 0.6 s/GiB, curl's; the sockets stay full, and an interrupt is seen sooner.
+# likely because a 1 MiB buffer fills a whole L2 cache on every block. Our CPU goes from 0.4 to
+# about 0.6 s/GiB, curl's; the sockets stay full, and an interrupt is seen sooner.
 BLOCK_SIZE = 64 * 1024
 MAX_BOUNDARY = 70  # RFC 2046
 
@@ -75,9 +75,10 @@ class MultipartBody:
     `fields` are sent first, in order, as plain form fields; then the file in field `file` under
     `filename` (application/octet-stream), from the current position of `fh` to its end as it is
     now (`len` counts on that size: a file that shrinks while it is sent raises TransferError;
-    bytes that a growing file gains are not sent). Each iteration sends the whole body from the start (`rewind` also
-    starts the next one there); every block is a memoryview of one buffer, valid until the next
-    block is asked for. Raises Interrupted before the next block once `interrupt` is set.
+    bytes that a growing file gains are not sent). Each iteration sends the whole body from the
+    start (`rewind` also starts the next one there); every block is a memoryview of one buffer,
+    valid until the next block is asked for. Raises Interrupted before the next block once
+    `interrupt` is set.
     """
 
     def __init__(
