@@ -36,7 +36,7 @@ class MockServer:
         self.server = uvicorn.Server(config)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._last_check = 0.0
+        self._last_check = -float("inf")
 
     @property
     def url(self) -> str:
@@ -44,8 +44,8 @@ class MockServer:
 
     def _check_timeouts(self) -> None:
         while not self._stop.wait(min(self.state.config.check_interval_s, 1.0)):
-            if time.time() - self._last_check >= self.state.config.check_interval_s:
-                self._last_check = time.time()
+            if time.monotonic() - self._last_check >= self.state.config.check_interval_s:
+                self._last_check = time.monotonic()
                 self.state.check_timeouts()
 
     def start(self) -> MockServer:

@@ -437,7 +437,8 @@ class MockState:
     def set_faults(self, faults: Faults) -> None:
         with self.lock:
             self.faults = faults
-            self._down_until = time.time() + faults.down_for_s if faults.down_for_s else 0.0
+            # the monotonic clock: a step of the wall clock (a clock sync) must not cut an outage short
+            self._down_until = time.monotonic() + faults.down_for_s if faults.down_for_s else 0.0
             self._rng = random.Random(faults.seed)
 
     def next_fault(self) -> tuple[float, int | None]:
@@ -445,7 +446,7 @@ class MockState:
         with self.lock:
             self.requests_seen += 1
             f = self.faults
-            if time.time() < self._down_until:
+            if time.monotonic() < self._down_until:
                 return f.delay_s, 0
             if f.fail_next:
                 return f.delay_s, f.fail_next.pop(0)

@@ -7,6 +7,7 @@ faults."""
 from __future__ import annotations
 
 import time
+import types
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -420,6 +421,23 @@ def test_a_claim_fails_while_the_api_is_down_and_works_once_it_is_back(env: Env)
     with pytest.raises(ApiUnavailable):
         env.client(retry_s=0.3).claim_jobs(claim_offer())
     assert env.client(retry_s=5).claim_jobs(claim_offer()).jobs == {}
+
+
+def test_an_outage_lasts_its_length_when_the_wall_clock_steps(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a 60 s outage, and then the box's wall clock stepped 2 minutes ahead (a clock sync on
+    # a fresh CI machine stepped it once and cut a 10-minute outage short by 6 s)
+    env.state.set_faults(Faults(down_for_s=60))
+    stepped = types.SimpleNamespace(
+        time=lambda: time.time() + 120, monotonic=time.monotonic, sleep=time.sleep
+    )
+    monkeypatch.setattr("mock_api.state.time", stepped)
+    # Then requests are still dropped: the outage is timed on the monotonic clock
+    assert env.state.next_fault()[1] == 0
+    # And it ends when its length has passed on that clock
+    monkeypatch.setattr(stepped, "monotonic", lambda: time.monotonic() + 61)
+    assert env.state.next_fault()[1] is None
 
 
 def test_a_422_answer_is_raised_as_api_rejected(env: Env) -> None:
