@@ -271,11 +271,15 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    # a zombie (a child of ours that has exited) is no longer the engine
+    # A zombie (a child of ours that has exited) is no longer the engine, but only once it is the
+    # last of its threads: when a SIGKILL takes a multi-threaded dockerd down, its first thread can
+    # be a zombie while others still exit and hold its files open (the API socket: a connection
+    # then is reset, not refused). "Threads" drops after each thread's files are let go.
     with contextlib.suppress(OSError):
         stat = Path(f"/proc/{pid}/stat").read_text()
         if stat.rsplit(")", 1)[1].split()[0] == "Z":
-            return False
+            status = Path(f"/proc/{pid}/status").read_text()
+            return int(status.split("\nThreads:", 1)[1].split()[0]) > 1
     return True
 
 
