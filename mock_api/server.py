@@ -44,8 +44,9 @@ class MockServer:
 
     def _check_timeouts(self) -> None:
         while not self._stop.wait(min(self.state.config.check_interval_s, 1.0)):
-            if time.monotonic() - self._last_check >= self.state.config.check_interval_s:
-                self._last_check = time.monotonic()
+            now = time.monotonic()
+            if now - self._last_check >= self.state.config.check_interval_s:
+                self._last_check = now
                 self.state.check_timeouts()
 
     def start(self) -> MockServer:

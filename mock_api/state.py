@@ -437,7 +437,8 @@ class MockState:
     def set_faults(self, faults: Faults) -> None:
         with self.lock:
             self.faults = faults
-            # the monotonic clock: a step of the wall clock (a clock sync) must not cut an outage short
+            # on the monotonic clock: a step of the wall clock (a clock sync) must not cut an
+            # outage short
             self._down_until = time.monotonic() + faults.down_for_s if faults.down_for_s else 0.0
             self._rng = random.Random(faults.seed)
 

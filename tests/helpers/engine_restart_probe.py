@@ -28,7 +28,7 @@ from typing import Any
 from docker.types import LogConfig
 from docker.utils.socket import frames_iter
 
-from tests.helpers.private_engine import PrivateEngine
+from tests.helpers.private_engine import PrivateEngine, alive
 
 IMAGE = "fetcher-test/busybox:1"
 JOB_CMD = 'i=0; while [ $i -lt {n} ]; do echo "line $i"; i=$((i+1)); sleep 0.1; done'
@@ -62,14 +62,6 @@ def parse_ts(text: str) -> float:
     main, _, frac = text.rstrip("Z").partition(".")
     t = time.mktime(time.strptime(main, "%Y-%m-%dT%H:%M:%S")) - time.timezone
     return t + (float("0." + frac) if frac else 0.0)
-
-
-def pid_dead(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] == "Z"
 
 
 def main() -> None:
@@ -161,7 +153,7 @@ def main() -> None:
             standin_lines = 0
             while not stop.is_set():
                 for name, pid in (("job", job_pid), ("standin", standin_pid)):
-                    if name not in seen and pid_dead(pid):
+                    if name not in seen and not alive(pid):
                         seen.add(name)
                         tl.add(f"{name}'s process {pid} is gone")
                 with_term = (out / "signals").read_text().splitlines()
@@ -188,7 +180,7 @@ def main() -> None:
         pid = engine.signal(sig)
         engine.wait_exit(pid)
         time.sleep(args.down)
-        report["job_process_alive_while_down"] = not pid_dead(job_pid)
+        report["job_process_alive_while_down"] = alive(job_pid)
         report["managed_containerd_alive_while_down"] = engine.managed_containerd_pid() is not None
         restart_live = {"same": None, "on": True, "off": False}[args.restart_live]
         tl.add("starting dockerd again")

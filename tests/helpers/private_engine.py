@@ -189,7 +189,7 @@ class PrivateEngine:
         fail); returns the seconds waited."""
         t0 = time.monotonic()
         for p in (pid, self._containerd):
-            while p is not None and _alive(p):
+            while p is not None and alive(p):
                 if time.monotonic() - t0 > timeout_s:
                     raise TimeoutError(f"{p} (dockerd {pid}) still runs after {timeout_s} s")
                 time.sleep(0.005)
@@ -264,7 +264,13 @@ class PrivateEngine:
             )
 
 
-def _alive(pid: int) -> bool:
+def proc_state(pid: int) -> str:
+    """The one-letter state of `pid` in /proc/<pid>/stat (`R`, `S`, `Z`, ...); OSError when gone."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def alive(pid: int) -> bool:
+    """`pid` still runs: it exists and is not a zombie left by its last thread."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -276,8 +282,7 @@ def _alive(pid: int) -> bool:
     # be a zombie while others still exit and hold its files open (the API socket: a connection
     # then is reset, not refused). "Threads" drops after each thread's files are let go.
     with contextlib.suppress(OSError):
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        if stat.rsplit(")", 1)[1].split()[0] == "Z":
+        if proc_state(pid) == "Z":
             status = Path(f"/proc/{pid}/status").read_text()
             return int(status.split("\nThreads:", 1)[1].split()[0]) > 1
     return True
@@ -292,7 +297,7 @@ def _pid_of(pidfile: Path, marker: str) -> int | None:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
     except OSError:
         return None
-    return pid if marker in cmdline and _alive(pid) else None
+    return pid if marker in cmdline and alive(pid) else None
 
 
 def _log_line(log: Path, text: str) -> None:

@@ -47,7 +47,7 @@ from docker.utils.socket import frames_iter
 
 from tests.conftest import IN_CI
 from tests.helpers import IMAGE
-from tests.helpers.private_engine import SCRIPT, PrivateEngine
+from tests.helpers.private_engine import SCRIPT, PrivateEngine, alive
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -175,15 +175,6 @@ def start_standin(engine: PrivateEngine, out: Path, stop_timeout: int, policy: s
     )
     api.start(created["Id"])
     return engine.client.containers.get(created["Id"])
-
-
-def gone(pid: int) -> bool:
-    """The process ended (a zombie not reaped yet counts as ended)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] == "Z"
 
 
 def pid_of(container: Any) -> int:
@@ -368,9 +359,9 @@ def test_sigterm_without_live_restore(
     marks = Marks(
         {
             "socket gone": lambda: not engine.socket.exists(),
-            "job gone": lambda: gone(job.pid),
+            "job gone": lambda: not alive(job.pid),
             "standin TERM": lambda: "TERM" in (out / "signals").read_text(),
-            "standin gone": lambda: gone(standin_pid),
+            "standin gone": lambda: not alive(standin_pid),
         },
         seconds=6,
     )
@@ -451,11 +442,11 @@ def test_sigkill_without_live_restore(
     assert isinstance(fresh, requests.exceptions.ConnectionError)
     assert isinstance(fresh.args[0].args[1], ConnectionRefusedError)  # the socket file stays
     time.sleep(1)
-    assert not gone(job.pid)  # the job runs on, its shim holds it
+    assert alive(job.pid)  # the job runs on, its shim holds it
     if own_containerd:
         assert engine.own_containerd_pid() is not None
     else:  # dockerd's own containerd dies with it (a parent-death signal)
-        assert containerd is not None and gone(containerd)
+        assert containerd is not None and not alive(containerd)
     attached_last = int(job.output().splitlines()[-1].split()[1])
 
     t_start = time.time()
@@ -465,7 +456,7 @@ def test_sigkill_without_live_restore(
     state = engine.client.api.inspect_container(job.container.id)["State"]
     assert {k: state[k] for k in STATE_STOPPED_143} == STATE_STOPPED_143
     assert t_start < engine_time(state["FinishedAt"]) < t_api
-    assert gone(job.pid)
+    assert not alive(job.pid)
     events = [
         (
             e["Action"],
@@ -519,7 +510,7 @@ def test_live_restore_job_runs_on_and_its_log_is_whole(
     assert t_signal < t_eof < t_exit + 0.1
     assert t_signal < job.wait_at < t_exit + 0.1
     time.sleep(1)
-    assert not gone(job.pid)
+    assert alive(job.pid)
 
     t_start = time.time()
     engine.start()
@@ -575,7 +566,7 @@ def test_live_restore_job_ending_while_dockerd_is_down(
     job = start_job(engine, "echo a; sleep 1.5; echo b; exit 3")
     until(lambda: job.output() == "a\n", 10, "the job's first line")
     engine.sigterm()
-    until(lambda: gone(job.pid), 10, "the job ends while dockerd is down")
+    until(lambda: not alive(job.pid), 10, "the job ends while dockerd is down")
     t_end = time.time()
     time.sleep(0.5)
     t_start = time.time()
@@ -670,7 +661,7 @@ def test_fetchers_container_keeps_its_network_until_its_stop_timeout(
         pid = pid_of(engine.client.containers.get(standin))
         t_signal = time.time()
         engine.sigterm()
-        assert gone(pid)
+        assert not alive(pid)
         results = (out / "net").read_text().split()
         assert results[0] == "UP"
         assert len(results) >= 1 + 7  # asked every 0.3 s for 3 s

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 
-from tests.helpers.private_engine import _alive
+from tests.helpers.private_engine import alive, proc_state
 
 # a process whose first thread exits while a second one keeps a listening socket open
 HALF_EXITED = """
@@ -23,11 +23,6 @@ ctypes.CDLL(None).pthread_exit(None)
 """
 
 
-def _state(pid: int) -> str:
-    with open(f"/proc/{pid}/stat") as f:
-        return f.read().rsplit(")", 1)[1].split()[0]
-
-
 def test_a_process_whose_first_thread_exited_is_alive_until_its_last_thread_is_gone() -> None:
     proc = subprocess.Popen(
         [sys.executable, "-c", HALF_EXITED],
@@ -39,20 +34,20 @@ def test_a_process_whose_first_thread_exited_is_alive_until_its_last_thread_is_g
         assert proc.stdout is not None and proc.stdin is not None
         port = int(proc.stdout.readline())
         deadline = time.monotonic() + 10
-        while _state(proc.pid) != "Z":
+        while proc_state(proc.pid) != "Z":
             assert time.monotonic() < deadline, "the first thread did not exit"
             time.sleep(0.01)
         # Given its first thread a zombie, its second still holding the socket
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
         # Then it is alive
-        assert _alive(proc.pid)
+        assert alive(proc.pid)
         # When the last thread ends, Then it is gone (a zombie not reaped yet included)
         proc.stdin.close()
         deadline = time.monotonic() + 10
-        while _alive(proc.pid):
+        while alive(proc.pid):
             assert time.monotonic() < deadline, "still alive after its last thread ended"
             time.sleep(0.01)
-        assert _state(proc.pid) == "Z"  # not reaped yet: the zombie alone is not the process
+        assert proc_state(proc.pid) == "Z"  # not reaped yet: the zombie alone is not the process
     finally:
         proc.kill()
         proc.wait()
