@@ -135,11 +135,17 @@ class ResourcePool:
             stage_ahead=settings.stage_ahead,
         )
 
-    def _free(self) -> tuple[int, int, list[tuple[Gpu, int]]]:
-        """Free cores, memory, and the GPUs that may be given now with the memory each offers."""
-        cpu = self.host.cpu_cores - sum(a.cpu_cores for a in self.held.values())
-        mem = self.host.memory_mb - sum(a.memory_mb for a in self.held.values())
-        used = {g.uuid for a in self.held.values() for g in a.gpus}
+    def _free(self, *, for_waiting: bool = False) -> tuple[int, int, list[tuple[Gpu, int]]]:
+        """Free cores, memory, and the GPUs that may be given now with the memory each offers.
+        The share a staged job waits for is promised to it: kept from every new claim (its job
+        released it a moment ago, or another still holds its GPU); `for_waiting`: what the
+        waiting jobs themselves may take."""
+        shares = list(self.held.values())
+        if not for_waiting:
+            shares += self.waiting
+        cpu = self.host.cpu_cores - sum(a.cpu_cores for a in shares)
+        mem = self.host.memory_mb - sum(a.memory_mb for a in shares)
+        used = {g.uuid for a in shares for g in a.gpus}
         if self.board is not None:
             return cpu, mem, self.board.offerable(used)
         return cpu, mem, [(g, g.memory_mb) for g in self.host.gpus if g.uuid not in used]
@@ -152,7 +158,7 @@ class ResourcePool:
     def offer_for(self, groups: list[str]) -> tuple[ClaimOffer, Gpu | None] | None:
         """The offer, and the GPU it is for (the free one with the most memory)."""
         with self._lock:
-            if len(self.held) >= self.max_jobs:
+            if len(self.held) + len(self.waiting) >= self.max_jobs:
                 return None
             cpu, mem, gpus = self._free()
             if cpu < 1 or mem < 1:
@@ -206,7 +212,7 @@ class ResourcePool:
         cpu, mem, gpus = self._free()
         need_cpu = hw.cpu_cores or self.default_cpu
         need_mem = hw.memory or self.default_memory_mb
-        if len(self.held) >= self.max_jobs:
+        if len(self.held) + len(self.waiting) >= self.max_jobs:
             return NoFit(f"no free slot ({self.max_jobs} jobs running)")
         if need_cpu > cpu:
             return NoFit(f"needs {need_cpu} CPU cores, {cpu} free")
@@ -324,7 +330,7 @@ class ResourcePool:
     def _free_for(self, alloc: Allocation) -> bool:
         if len(self.held) >= self.max_jobs:
             return False
-        cpu, mem, gpus = self._free()
+        cpu, mem, gpus = self._free(for_waiting=True)
         if alloc.cpu_cores > cpu or alloc.memory_mb > mem:
             return False
         return all(any(g.uuid == f.uuid for f, _m in gpus) for g in alloc.gpus)

@@ -245,3 +245,30 @@ def test_a_listener_added_while_the_share_is_given_is_woken() -> None:
         t.join()
         # Then every listener is woken, whichever came first
         assert woken.is_set()
+
+
+def test_a_claim_made_as_a_running_job_ends_never_takes_the_gpu_its_staged_job_was_promised() -> (
+    None
+):
+    # Given two GPUs, job A on the first and S staged behind it
+    gpus = (gpu(0), gpu(1))
+    pool = ResourcePool(Host(8, 16000, gpus), 2, 1, 1000, stage_ahead=True)
+    hw = HardwareSpecs(gpu_mem=1000, cpu_cores=1, memory=1000)
+    a = pool.allocate("A", hw)
+    assert isinstance(a, Allocation) and a.gpus == [gpus[0]]
+    assert isinstance(pool.allocate_behind("S", hw, "A"), Allocation)
+    # When a fresh claim J is allocated just as A releases its share (between A's release and
+    # S's start)
+    start_waiting = pool.start_waiting
+    got: dict[str, Allocation | NoFit] = {}
+
+    def claim_in_between() -> list[str]:
+        got["J"] = pool.allocate("J", hw)
+        return start_waiting()
+
+    pool.start_waiting = claim_in_between  # type: ignore[method-assign]
+    started = pool.release("A")
+    # Then S starts on its GPU, and J gets the other one
+    assert started == ["S"]
+    j = got["J"]
+    assert isinstance(j, Allocation) and j.gpus == [gpus[1]]
