@@ -230,6 +230,11 @@ class JobContainer:
             kwargs["shm_size"] = o.shm_size
         if gpu_uuids:
             kwargs["device_requests"] = [gpu_device_request(gpu_uuids)]
+        else:
+            # CUDA images carry NVIDIA_VISIBLE_DEVICES=all: on a box whose default runtime is
+            # nvidia, a container without a device request would get every GPU, those of other
+            # jobs and quarantined ones included; `void` gives it none (the job's env cannot undo it)
+            kwargs["environment"]["NVIDIA_VISIBLE_DEVICES"] = "void"
         if o.enforce_limits:
             if limits.cpu_cores:
                 kwargs["nano_cpus"] = int(limits.cpu_cores * 1e9)

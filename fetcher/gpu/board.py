@@ -86,6 +86,33 @@ class GpuBoard:
             with self._lock:
                 self._seen[gpu.uuid] = seen
 
+    def check_health(self) -> None:
+        """Quarantine each GPU with a health signal now (without reading its use)."""
+        if self.nvml is None or not self.nvml.ok:
+            return
+        for gpu in self.gpus:
+            problem = self.nvml.health(gpu)
+            if problem is not None:
+                self.quarantine.put(gpu.uuid, problem)
+
+    def trouble(self, uuids: list[str]) -> str | None:
+        """Whether the GPUs a job was given are in trouble now (quarantined while it ran, by an
+        Xid or at a pass, or showing a health signal at this fresh look, which quarantines
+        them): the first one's, in words (`gpu 1: ...`); None when all are healthy. A job that
+        failed on such a GPU failed for the box's trouble, not its own."""
+        for gpu in self.gpus:
+            if gpu.uuid not in uuids:
+                continue
+            why = self.quarantine.why(gpu.uuid)
+            if why is None and self.nvml is not None and self.nvml.ok:
+                why = self.nvml.health(gpu)
+                if why is not None:
+                    self.quarantine.put(gpu.uuid, why)
+            if why is not None:
+                name = f"{gpu.index}" if gpu.parent is None else f"{gpu.index} ({gpu.uuid})"
+                return f"gpu {name}: {why}"
+        return None
+
     def reading(self, uuid: str) -> Reading | None:
         """The last refresh's look at the device `uuid`; None before one or where NVML said nothing."""
         with self._lock:

@@ -11,6 +11,7 @@ never stop the daemon.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -96,6 +97,33 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def _address(handle: Any) -> int:
+    """The address a device handle (pynvml's `c_nvmlDevice_t`, a ctypes pointer) points to: two
+    handles of one device are equal by it, not by `==` (ctypes compares the Python objects)."""
+    try:
+        return ctypes.cast(handle, ctypes.c_void_p).value or 0
+    except (TypeError, ctypes.ArgumentError):
+        return id(handle)
+
+
+def _mismatch(lib: Any, exc: Exception) -> bool:
+    """`exc` says the driver lacks the C function the binding called (an unversioned pynvml
+    function raises NVMLLibraryMismatchError, a versioned one NVMLError_FunctionNotFound)."""
+    kinds = tuple(
+        k
+        for k in (
+            getattr(lib, "NVMLLibraryMismatchError", None),
+            getattr(lib, "NVMLError_FunctionNotFound", None),
+        )
+        if isinstance(k, type)
+    )
+    return bool(kinds) and isinstance(exc, kinds)
+
+
+def _why(exc: Exception) -> str:
+    return str(exc) or type(exc).__name__
+
+
 class Nvml:
     def __init__(self, lib: Any = None) -> None:
         if lib is None:
@@ -106,6 +134,8 @@ class Nvml:
         self.ok = False
         self.why: str | None = None  # why NVML is not open
         self._handles: dict[str, Any] = {}
+        self.left_out: list[tuple[int, str]] = []  # GPUs NVML counts but cannot read: index, why
+        self._fallback: dict[str, str] = {}  # a function this driver lacks -> the older one used
 
     # --- lifetime --------------------------------------------------------------------------
     def open(self) -> bool:
@@ -137,6 +167,22 @@ class Nvml:
         except Exception:  # noqa: BLE001 - every NVMLError: the caller reads None
             return None
 
+    def _versioned(self, name: str, *args: Any) -> Any:
+        """`_call` of the unversioned function `name` (pynvml binds it to the newest version, the
+        process lists to `_v3`, which drivers before R510 lack); on a driver without it, its
+        `_v2` (then always, without asking again)."""
+        fn = getattr(self.lib, self._fallback.get(name, name), None)
+        if fn is None:
+            return None
+        try:
+            return fn(*args)
+        except Exception as exc:  # noqa: BLE001 - every NVMLError: the caller reads None
+            if name in self._fallback or not _mismatch(self.lib, exc):
+                return None
+        self._fallback[name] = f"{name}_v2"
+        log.info("gpu: this driver has no %s; using %s_v2", name, name)
+        return self._call(f"{name}_v2", *args)
+
     # --- inventory ---------------------------------------------------------------------------
     def devices(self) -> list[Gpu]:
         """Every device a job can be given: each GPU, or, where MIG is on, each of its MIG
@@ -144,10 +190,26 @@ class Nvml:
         made: CUDA in a container given it would see no device)."""
         lib = self.lib
         found: list[Gpu] = []
-        for i in range(int(lib.nvmlDeviceGetCount())):
-            handle = lib.nvmlDeviceGetHandleByIndex(i)
-            mig_on = self._mig_enabled(handle)
-            gpu = self._describe(i, handle, mig_on)
+        self.left_out = []
+        try:
+            count = int(lib.nvmlDeviceGetCount())
+        except Exception as exc:  # noqa: BLE001 - any NVMLError: the box then has no GPU to give
+            log.warning("gpu: NVML cannot count the GPUs (%s); no GPU is offered", _why(exc))
+            self.left_out.append((-1, _why(exc)))
+            return found
+        for i in range(count):
+            try:  # a GPU that fell off the bus, or one a device cgroup hides (NoPermission)
+                handle = lib.nvmlDeviceGetHandleByIndex(i)
+                mig_on = self._mig_enabled(handle)
+                gpu = self._describe(i, handle, mig_on)
+            except Exception as exc:  # noqa: BLE001 - never let one GPU keep the others out
+                log.warning(
+                    "gpu %d: left out, NVML cannot read it (%s); the other GPUs are used",
+                    i,
+                    _why(exc),
+                )
+                self.left_out.append((i, _why(exc)))
+                continue
             self._handles[gpu.uuid] = handle
             if not mig_on:
                 found.append(gpu)
@@ -194,14 +256,24 @@ class Nvml:
             mig = self._call("nvmlDeviceGetMigDeviceHandleByIndex", handle, i)
             if mig is None:  # NotFound: no instance at this index
                 continue
-            uuid = _text(lib.nvmlDeviceGetUUID(mig))
+            try:
+                uuid = _text(lib.nvmlDeviceGetUUID(mig))
+                memory_mb = int(lib.nvmlDeviceGetMemoryInfo(mig).total) // MIB
+            except Exception as exc:  # noqa: BLE001 - an instance destroyed meanwhile, ...
+                log.warning(
+                    "gpu %d: MIG device %d left out, NVML cannot read it (%s)",
+                    parent.index,
+                    i,
+                    _why(exc),
+                )
+                continue
             self._handles[uuid] = mig
             instances.append(
                 Gpu(
                     index=parent.index,
                     uuid=uuid,
                     model=parent.model,
-                    memory_mb=int(lib.nvmlDeviceGetMemoryInfo(mig).total) // MIB,
+                    memory_mb=memory_mb,
                     archi=parent.archi,
                     parent=parent.uuid,
                     gpu_instance=self._call("nvmlDeviceGetGpuInstanceId", mig),
@@ -230,7 +302,7 @@ class Nvml:
             return None
         procs: dict[int, Process] = {}
         for fn in ("nvmlDeviceGetComputeRunningProcesses", "nvmlDeviceGetGraphicsRunningProcesses"):
-            for p in self._call(fn, handle) or []:
+            for p in self._versioned(fn, handle) or []:
                 used = getattr(p, "usedGpuMemory", None)
                 procs[int(p.pid)] = Process(int(p.pid), None if used is None else int(used) // MIB)
         util = self._call("nvmlDeviceGetUtilizationRates", handle)
@@ -281,15 +353,26 @@ class Nvml:
         except Exception as exc:  # noqa: BLE001 - NotSupported, ...
             log.info("gpu: no NVML events (%s): health is read at each pass only", exc)
             return None
-        kinds = lib.nvmlEventTypeXidCriticalError | lib.nvmlEventTypeDoubleBitEccError
+        kinds = int(lib.nvmlEventTypeXidCriticalError | lib.nvmlEventTypeDoubleBitEccError)
         registered = 0
         for uuid in sorted({g.parent or g.uuid for g in gpus}):
+            handle = self._handles[uuid]
+            # only the kinds the GPU supports: asked for one it does not (double-bit ECC on a GPU
+            # without ECC), NVML registers none of them (nvml.h), Xids included
+            supported = self._call("nvmlDeviceGetSupportedEventTypes", handle)
+            mask = kinds if supported is None else kinds & int(supported)
+            if not mask:
+                log.info("gpu %s: no Xid events from it (it supports none)", uuid)
+                continue
             try:
-                lib.nvmlDeviceRegisterEvents(self._handles[uuid], kinds, events)
+                lib.nvmlDeviceRegisterEvents(handle, mask, events)
                 registered += 1
             except Exception as exc:  # noqa: BLE001 - NotSupported on this GPU
                 log.info("gpu %s: no Xid events from it (%s)", uuid, exc)
-        return events if registered else None
+        if not registered:
+            self.free_events(events)
+            return None
+        return events
 
     def wait_event(self, events: Any, gpus: list[Gpu], timeout_ms: int) -> XidEvent | None:
         """The next critical event within `timeout_ms`, mapped to the devices it is about (a MIG
@@ -299,7 +382,7 @@ class Nvml:
             data = lib.nvmlEventSetWait_v2(events, timeout_ms)
         except lib.NVMLError_Timeout:
             return None
-        parent = _text(lib.nvmlDeviceGetUUID(data.device))
+        parent = self._uuid_of(data.device)
         instance = int(data.gpuInstanceId)
         uuids = [
             g.uuid
@@ -309,6 +392,20 @@ class Nvml:
         ]
         ecc = int(data.eventType) == int(lib.nvmlEventTypeDoubleBitEccError)
         return XidEvent(uuids or [parent], int(data.eventData), "ecc" if ecc else "xid")
+
+    def _uuid_of(self, handle: Any) -> str:
+        """The UUID of the GPU an event names: from the handles known (a GPU that fell off the bus
+        answers no call any more, and its Xid 79 must still name it), else from NVML."""
+        address = _address(handle)
+        for uuid, known in self._handles.items():
+            if _address(known) == address:
+                return uuid
+        return _text(self.lib.nvmlDeviceGetUUID(handle))
+
+    def readable(self, gpu: Gpu) -> bool:
+        """NVML still answers for the device (not lost)."""
+        handle = self._handles.get(gpu.uuid)
+        return handle is not None and self._call("nvmlDeviceGetMemoryInfo", handle) is not None
 
     def free_events(self, events: Any) -> None:
         if events is not None:

@@ -44,6 +44,7 @@ def probe(lib: Any = None, foreign_max_mb: int = 256) -> dict[str, Any]:
             "driver": driver.version,
             "cuda": driver.cuda_text(),
             "devices": [],
+            "left_out": [{"index": i, "why": why} for i, why in nvml.left_out],
         }
         for gpu in devices:
             reading = board.reading(gpu.uuid)  # the refresh's look, that the offer was made from
@@ -85,6 +86,9 @@ def render(info: dict[str, Any]) -> str:
         lines.append(f"  processes: {procs or 'none'}; memory used: {d['memory_used_mb']} MB")
         lines.append(f"  offered to jobs: {'yes' if d['offered'] else 'no: ' + d['why_not']}")
         lines.append(f"  a job on it gets: {json.dumps(d['device_request'])}")
+    for gone in info.get("left_out", []):
+        index = "?" if gone["index"] < 0 else gone["index"]
+        lines.append(f"GPU {index}: left out, NVML cannot read it: {gone['why']}")
     if not info["devices"]:
         lines.append("no GPU: only CPU jobs would be claimed")
     return "\n".join(lines)

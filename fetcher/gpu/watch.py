@@ -68,12 +68,29 @@ class GpuWatch:
         try:
             event = nvml.wait_event(events, self.board.gpus, int(timeout_s * 1000))
         except Exception as exc:  # noqa: BLE001 - NVMLError (a GPU lost, ...): never die
-            log.warning("gpu: waiting for NVML events failed (%s); reading health each pass", exc)
-            nvml.free_events(events)
-            return None
+            return self._renew(events, exc)
         if event is not None:
             self._guarded(lambda: self.board.on_event(event))
         return events
+
+    def _renew(self, events: Any, exc: Exception) -> Any:
+        """A wait failed: most often a GPU of the set was lost (NVML then fails every wait on
+        the set). Its trouble is put on the board (quarantined), and the GPUs NVML still reads
+        are registered in a new set, so that the others' Xids are still seen. None (events given
+        up, health read at each pass) when none of them can be registered."""
+        nvml = self.board.nvml
+        assert nvml is not None
+        nvml.free_events(events)
+        self._guarded(self.board.check_health)
+        readable = [g for g in self.board.gpus if nvml.readable(g)]
+        lost = sorted({g.parent or g.uuid for g in self.board.gpus if g not in readable})
+        log.warning(
+            "gpu %s: waiting for NVML events failed (%s); watching the other GPUs' events",
+            ",".join(lost) or "?",
+            exc,
+        )
+        self._stop.wait(min(self.interval_s, 1.0))  # a set that fails at once is not spun on
+        return nvml.event_set(readable) if readable else None
 
     def _guarded(self, fn: Any) -> None:
         try:

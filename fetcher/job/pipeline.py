@@ -269,9 +269,27 @@ def wait(run: JobRun) -> None:
         run.container.follow_logs(run.log_file)
         run.result = run.container.wait(run.cancel, run.deps.settings.job_time_limit_s)
         run.result.gpu_line = run.gpu_figures()
+        trouble = gpu_trouble(run)  # before the GPU is freed: a GPU in trouble is quarantined
     if run.result.exited:
         run.on_exit()
     run.check_cancel()
+    if trouble is not None:
+        raise WorkerTrouble(
+            f"{trouble}; the job's container ended ({run.result.first_line()}) on a GPU in trouble",
+            gpu_related=True,
+        )
+
+
+def gpu_trouble(run: JobRun) -> str | None:
+    """A job whose container failed while one of its GPUs got into trouble (an Xid, a GPU that
+    fell off the bus: CUDA in the container then dies with a non-zero exit code) failed for the
+    box's trouble, not its own: what trouble, or None. A job that finished is left as it is."""
+    board, result = run.deps.gpus, run.result
+    if board is None or not run.gpu_uuids or result is None:
+        return None
+    if result.exit_code == 0 and not result.ended_by:
+        return None
+    return board.trouble(run.gpu_uuids)
 
 
 def upload(run: JobRun) -> None:

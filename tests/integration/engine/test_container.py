@@ -352,3 +352,31 @@ def test_a_mig_instance_is_requested_by_its_own_uuid(engine: Any, tmp_path: Path
         assert container.labels["org.decode-opencloud.fetcher.gpus"] == second.uuid
     finally:
         container.remove(force=True)
+
+
+def test_a_job_given_no_gpu_gets_none_even_from_an_image_asking_for_all(
+    engine: Any, tmp_path: Path
+) -> None:
+    # CUDA images carry ENV NVIDIA_VISIBLE_DEVICES=all: on a box whose default runtime is nvidia,
+    # a container without a device request would get every GPU (NVIDIA/nvidia-container-toolkit
+    # #451); the job's own env may ask for all as well
+    ws = Workspace("12", tmp_path, tmp_path)
+    ws.create(Layout((), ()))
+    spec = JobSpecs.model_validate(
+        {
+            "handler": {"image_url": IMAGE},
+            "app": {"cmd": ["true"], "env": {"NVIDIA_VISIBLE_DEVICES": "all"}},
+        }
+    )
+    job = JobContainer(engine, "12", fetcher_id("nogpu"), ContainerOptions(shm_size="64m"))
+    args = job._create_args(spec, ws, [], Limits(1, 64))
+    # When its container is created (not started)
+    container = engine.containers.create(IMAGE, **args)
+    try:
+        # Then it has no device request, and the variable the nvidia runtime reads says `void`
+        container.reload()
+        assert not container.attrs["HostConfig"].get("DeviceRequests")
+        env = dict(e.split("=", 1) for e in container.attrs["Config"]["Env"])
+        assert env["NVIDIA_VISIBLE_DEVICES"] == "void"
+    finally:
+        container.remove(force=True)

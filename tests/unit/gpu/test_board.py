@@ -148,3 +148,34 @@ def test_the_jobs_own_environment_can_disable_the_check_as_the_runtime_honours_i
     assert (
         b.cuda_unmet([REQUIRE_12_8], {"NVIDIA_DISABLE_REQUIRE": "true"}, [b.gpus[0].uuid]) is None
     )
+
+
+def test_a_humans_notebook_on_an_r470_box_keeps_its_gpu_out_of_the_offer() -> None:
+    # Given a driver older than R510 (no _v3 process lists) and someone's 20 GiB notebook
+    fake = FakeNvml(
+        [FakeGpu.a100(), FakeGpu.a100()],
+        driver="470.182.03",
+        cuda=11040,
+        missing_functions={
+            "nvmlDeviceGetComputeRunningProcesses_v3",
+            "nvmlDeviceGetGraphicsRunningProcesses_v3",
+        },
+    )
+    fake.add_process(0, 4242, 20 * GiB)
+    b = board(fake)
+    # When the board looks
+    b.refresh(held=set())
+    # Then that GPU is kept out
+    assert [g.uuid for g, _ in b.offerable(held=set())] == [b.gpus[1].uuid]
+
+
+def test_trouble_names_a_jobs_gpu_that_was_lost_and_quarantines_it() -> None:
+    fake = FakeNvml([FakeGpu.a100(), FakeGpu.a100()])
+    b = board(fake)
+    uuids = [b.gpus[1].uuid]
+    assert b.trouble(uuids) is None
+    fake.fall_off_bus(1)
+    why = b.trouble(uuids)
+    assert why is not None and why.startswith("gpu 1: NVML cannot read it")
+    assert b.quarantine.why(b.gpus[1].uuid) is not None
+    assert b.trouble([b.gpus[0].uuid]) is None

@@ -207,3 +207,47 @@ def test_a_gpu_in_mig_mode_without_instances_is_not_offered_whole() -> None:
     assert nvml.open()
     # Then no device is offered (the parent whole would give a container no CUDA device)
     assert nvml.devices() == []
+
+
+def test_a_gpu_that_fell_off_the_bus_before_the_start_is_left_out_and_the_others_listed() -> None:
+    # Given two A100s, the second lost before the daemon starts (its lookup: Unknown Error)
+    fake = FakeNvml([FakeGpu.a100(), FakeGpu.a100()])
+    fake.fall_off_bus(1)
+    # When the adapter lists the devices
+    nvml = opened(fake)
+    devices = nvml.devices()
+    # Then the healthy one is listed, and the lost one is left out with NVML's reason
+    assert [d.index for d in devices] == [0]
+    assert [i for i, _ in nvml.left_out] == [1]
+
+
+def test_a_gpu_a_device_cgroup_hides_is_left_out_not_fatal() -> None:
+    # nvml.h: the device count includes devices whose handle lookup answers NO_PERMISSION (a
+    # Slurm job's device cgroup gives exactly that)
+    from fetcher.host import detect_gpus
+
+    fake = FakeNvml([FakeGpu.a100(), FakeGpu.a100()])
+    fake.lose_gpu(0, lookup_error=pynvml.NVML_ERROR_NO_PERMISSION)
+    assert [g.index for g in detect_gpus(fake)] == [1]
+
+
+def test_on_a_driver_before_r510_the_process_lists_come_from_v2() -> None:
+    # Given an R470 driver: no ..._v3 process lists (pynvml's unversioned functions call _v3)
+    fake = FakeNvml(
+        [FakeGpu.a100()],
+        driver="470.182.03",
+        cuda=11040,
+        missing_functions={
+            "nvmlDeviceGetComputeRunningProcesses_v3",
+            "nvmlDeviceGetGraphicsRunningProcesses_v3",
+        },
+    )
+    fake.add_process(0, 4242, 20 * GiB)
+    nvml = opened(fake)
+    gpu = nvml.devices()[0]
+    # When it is read (twice: the fallback is remembered)
+    first, second = nvml.reading(gpu), nvml.reading(gpu)
+    # Then the process is seen, with its memory
+    assert first is not None and second is not None
+    assert [(p.pid, p.memory_mb) for p in first.processes] == [(4242, 20 * 1024)]
+    assert first == second

@@ -81,3 +81,15 @@ def test_the_probe_says_plainly_when_there_is_no_driver() -> None:
     info = probe(FakeNvml([], init_error=pynvml.NVML_ERROR_LIBRARY_NOT_FOUND))
     assert info["nvml"].startswith("not available") and info["devices"] == []
     assert "--gpus all" in render(info)
+
+
+def test_the_probe_on_a_box_with_a_lost_gpu_shows_the_others_and_names_the_lost_one() -> None:
+    # Given two A100s, the first fallen off the bus (the box an admin probes)
+    fake = FakeNvml([FakeGpu.a100(), FakeGpu.a100()])
+    fake.fall_off_bus(0)
+    # When probed
+    info = probe(fake)
+    # Then the healthy one is shown, and the lost one is named with NVML's reason
+    assert [d["index"] for d in info["devices"]] == [1]
+    assert [g["index"] for g in info["left_out"]] == [0]
+    assert "GPU 0: left out, NVML cannot read it" in render(info)

@@ -3,6 +3,8 @@ running job's GPU is sampled; a driver without events still gets its samples."""
 
 from __future__ import annotations
 
+import time
+
 from fetcher.gpu.board import GpuBoard
 from fetcher.gpu.nvml import Nvml
 from fetcher.gpu.watch import GpuWatch
@@ -56,4 +58,41 @@ def test_without_events_the_watch_still_samples() -> None:
         fake.add_process(0, 5, GiB)
         wait_for(lambda: (b.usage.current("1") or b).devices[0].samples >= 1, 5, "a sample")  # type: ignore[union-attr]
     finally:
+        watch.stop()
+
+
+def test_after_one_gpu_falls_off_the_bus_the_others_xids_are_still_seen() -> None:
+    # Given two watched A100s, the second falls off the bus (its Xid 79, then every wait on a
+    # set it is in fails with GpuIsLost)
+    fake = FakeNvml([FakeGpu.a100(), FakeGpu.a100()])
+    b, watch = watched(fake)
+    try:
+        wait_for(lambda: fake.registered_events(0), 5, "the watch to register its events")
+        fake.fall_off_bus(1)
+        # Then its own Xid 79 quarantines it
+        wait_for(lambda: b.quarantine.why(b.gpus[1].uuid), 3, "GPU 1's quarantine by its Xid")
+        # And a later Xid on the healthy GPU is still seen
+        time.sleep(0.3)
+        fake.inject_xid(0, 48)
+        wait_for(lambda: b.quarantine.why(b.gpus[0].uuid), 3, "GPU 0's quarantine")
+    finally:
+        fake.interrupt_waits()
+        watch.stop()
+
+
+def test_gpus_without_ecc_still_get_their_xids_watched() -> None:
+    # Given an RTX 4090 (no ECC) and an A100 with ECC off: no double-bit ECC events; asked for
+    # them with the Xids, NVML registers nothing
+    fake = FakeNvml([FakeGpu.rtx4090(), FakeGpu.a100(ecc_enabled=False)])
+    b, watch = watched(fake)
+    try:
+        wait_for(
+            lambda: fake.registered_events(0) and fake.registered_events(1),
+            3,
+            "Xid events registered on both GPUs",
+        )
+        fake.inject_xid(0, 79)
+        wait_for(lambda: b.quarantine.why(b.gpus[0].uuid), 3, "GPU 0's quarantine")
+    finally:
+        fake.interrupt_waits()
         watch.stop()

@@ -116,3 +116,106 @@ def test_a_staged_job_whose_gpu_is_quarantined_goes_back_at_once() -> None:
     with pytest.raises(NotStarted, match="Xid 79"):
         wait_for_turn(run)  # type: ignore[arg-type]
     assert time.monotonic() - began < 5
+
+
+def test_a_job_whose_gpu_falls_off_the_bus_while_it_runs_is_handed_back_not_failed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fetcher.delivery import Deliverer
+    from fetcher.engine.container import JobContainer, RunResult
+    from fetcher.gpu.board import GpuBoard
+    from fetcher.gpu.nvml import Nvml
+    from fetcher.job import deps as job_deps
+    from fetcher.job import pipeline
+    from fetcher.models import JobSpecs
+    from fetcher.quarantine import Quarantine
+    from fetcher.settings import Settings
+    from fetcher.store import JobStore
+    from tests.fakes.nvml import FakeGpu, FakeNvml
+
+    # Given a job on an A100 that falls off the bus while the job runs (Xid 79): CUDA in the
+    # container dies with exit code 1, before the watch or a pass of the loop saw it
+    fake = FakeNvml([FakeGpu.a100()])
+    nvml = Nvml(fake)
+    assert nvml.open()
+    gpus = nvml.devices()
+    board = GpuBoard(nvml, gpus, Quarantine(3, quiet=True))
+
+    def run_and_lose_the_gpu(_self: object, _cancel: object, _limit: object) -> RunResult:
+        fake.fall_off_bus(0)
+        return RunResult(1, log_tail="CUDA error: unspecified launch failure")
+
+    for step in ("prepare", "download", "pull", "start", "upload"):
+        monkeypatch.setattr(pipeline, step, lambda _run: None)
+    monkeypatch.setattr(pipeline, "clean_up", lambda *_a, **_k: True)
+    monkeypatch.setattr(pipeline, "report", lambda *_a, **_k: None)
+    monkeypatch.setattr(JobContainer, "follow_logs", lambda _self, _f: None)
+    monkeypatch.setattr(JobContainer, "wait", run_and_lose_the_gpu)
+    sink = StatusSink()
+    store = JobStore(tmp_path / "jobs.sqlite")
+    settings = Settings(
+        _env_file=None, api_url="http://x", access_token="tok-12345", path_base=tmp_path
+    )
+    deps = job_deps.JobDeps(
+        settings,
+        sink,  # type: ignore[arg-type]
+        None,
+        store,
+        Deliverer(store, sink),
+        "f",
+        gpus=board,
+    )
+    spec = JobSpecs.model_validate({"handler": {"image_url": "img"}})
+    # When it ends
+    outcome = pipeline.process_job("7", spec, deps, gpu_uuids=[gpus[0].uuid])
+    # Then it is handed back for the box's trouble, naming the GPU, and the GPU is quarantined
+    assert outcome.kind == OutcomeKind.handed_back, outcome.details
+    assert "gpu 0: NVML cannot read it" in outcome.details
+    assert "exit_code: 1" in outcome.details
+    assert board.quarantine.why(gpus[0].uuid) is not None
+
+
+def test_a_job_failing_on_its_own_on_a_healthy_gpu_is_still_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fetcher.delivery import Deliverer
+    from fetcher.engine.container import JobContainer, RunResult
+    from fetcher.gpu.board import GpuBoard
+    from fetcher.gpu.nvml import Nvml
+    from fetcher.job import deps as job_deps
+    from fetcher.job import pipeline
+    from fetcher.models import JobSpecs
+    from fetcher.quarantine import Quarantine
+    from fetcher.settings import Settings
+    from fetcher.store import JobStore
+    from tests.fakes.nvml import FakeGpu, FakeNvml
+
+    fake = FakeNvml([FakeGpu.a100()])
+    nvml = Nvml(fake)
+    assert nvml.open()
+    gpus = nvml.devices()
+    board = GpuBoard(nvml, gpus, Quarantine(3, quiet=True))
+    for step in ("prepare", "download", "pull", "start", "upload"):
+        monkeypatch.setattr(pipeline, step, lambda _run: None)
+    monkeypatch.setattr(pipeline, "clean_up", lambda *_a, **_k: True)
+    monkeypatch.setattr(pipeline, "report", lambda *_a, **_k: None)
+    monkeypatch.setattr(JobContainer, "follow_logs", lambda _self, _f: None)
+    monkeypatch.setattr(JobContainer, "wait", lambda *_a: RunResult(2, log_tail="bad input"))
+    sink = StatusSink()
+    store = JobStore(tmp_path / "jobs.sqlite")
+    settings = Settings(
+        _env_file=None, api_url="http://x", access_token="tok-12345", path_base=tmp_path
+    )
+    deps = job_deps.JobDeps(
+        settings,
+        sink,  # type: ignore[arg-type]
+        None,
+        store,
+        Deliverer(store, sink),
+        "f",
+        gpus=board,
+    )
+    spec = JobSpecs.model_validate({"handler": {"image_url": "img"}})
+    outcome = pipeline.process_job("7", spec, deps, gpu_uuids=[gpus[0].uuid])
+    assert outcome.kind == OutcomeKind.error and outcome.details.startswith("exit_code: 2")
+    assert board.quarantine.why(gpus[0].uuid) is None
