@@ -129,6 +129,10 @@ class GpuBoard:
             )
             return
         what = "a double-bit ECC error" if event.kind == "ecc" else f"critical Xid {event.xid}"
+        if not event.uuids:
+            log.warning(
+                "gpu: %s reported by NVML on a MIG instance this fetcher does not use", what
+            )
         for uuid in event.uuids:
             self.quarantine.put(uuid, f"{what} reported by NVML")
 

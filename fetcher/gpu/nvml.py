@@ -391,7 +391,10 @@ class Nvml:
             and (instance == ALL_INSTANCES or g.gpu_instance in (None, instance))
         ]
         ecc = int(data.eventType) == int(lib.nvmlEventTypeDoubleBitEccError)
-        return XidEvent(uuids or [parent], int(data.eventData), "ecc" if ecc else "xid")
+        if not uuids and not any(g.parent == parent for g in gpus):
+            uuids = [parent]  # a GPU with no device of ours listed: the GPU itself
+        # else: a MIG instance none of ours is (made after the start): no device of ours to name
+        return XidEvent(uuids, int(data.eventData), "ecc" if ecc else "xid")
 
     def _uuid_of(self, handle: Any) -> str:
         """The UUID of the GPU an event names: from the handles known (a GPU that fell off the bus

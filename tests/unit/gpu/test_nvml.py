@@ -156,6 +156,10 @@ def test_an_xid_event_names_its_gpu_and_one_on_a_mig_instance_names_that_instanc
     assert event is not None and event.uuids == [devices[2].uuid]
     # nothing more: a timeout is None
     assert nvml.wait_event(events, devices, 10) is None
+    # an instance that is none of ours (made after the start) names no device, not its parent
+    fake.inject_xid(1, 48, mig=1)
+    event = nvml.wait_event(events, devices[:2], 1000)
+    assert event is not None and event.uuids == []
     nvml.free_events(events)
 
 
