@@ -120,6 +120,7 @@ class ResourcePool:
         self.behind: dict[str, Allocation] = {}  # a running job's id -> the job staged behind it
         self.waiting: list[Allocation] = []  # staged jobs whose job ended, until the share is free
         self.no_stage: set[str] = set()  # running jobs a staged job waited behind in vain
+        self.stopping = False  # the worker stops: no job is staged any more (withdraw_unstarted)
         self._lock = threading.Lock()
 
     @classmethod
@@ -228,8 +229,12 @@ class ResourcePool:
     def allocate_behind(self, job_id: str, hw: HardwareSpecs, ahead: str) -> Allocation | NoFit:
         """Reserve, behind the running job `ahead`, the part of its share this job needs; the
         allocation is `ready` once that share is free (see `release`). If `ahead` ended while
-        the claim was under way, the job gets what is free now, as any claim."""
+        the claim was under way, the job gets what is free now, as any claim. Refused once the
+        worker stops: a stop that lands while the claim is under way must not let the job start
+        in the drain (`withdraw_unstarted` has already taken every staged job out)."""
         with self._lock:
+            if self.stopping:
+                return NoFit("the worker is stopping; no job is staged any more")
             front = self.held.get(ahead)
             if front is None:
                 return self._allocate(job_id, hw)
@@ -350,12 +355,20 @@ class ResourcePool:
 
     def withdraw_unstarted(self) -> list[str]:
         """The worker stops: every staged job that has not got its share gives up its place at
-        once (none of them can get it after this); their ids."""
+        once (none of them can get it after this, and no job is staged after this); their ids."""
         with self._lock:
+            self.stopping = True
             gone = [a.job_id for a in (*self.behind.values(), *self.waiting)]
             self.behind.clear()
             self.waiting.clear()
         return gone
+
+    def withdrawn_by_stop(self, alloc: Allocation) -> bool:
+        """`alloc` is a staged job's place that the worker's stop took (`withdraw_unstarted`)
+        before it got its share: it never will. False for a job that got its share before the
+        stop (the drain lets it run) and while the stop has not reached the pool yet."""
+        with self._lock:
+            return self.stopping and alloc.behind is not None and not alloc.ready.is_set()
 
     def rename(self, job_id: str, key: str) -> bool:
         """Keep a job's share held under another key (the job ended, its container did not): a

@@ -32,6 +32,8 @@ from fetcher.pool import Allocation, NoFit, ResourcePool
 
 log = logging.getLogger(__name__)
 
+STAGED_STOPPED = "the worker is stopping; the job was staged and not started"
+
 
 @dataclass(frozen=True)
 class Adoption:
@@ -159,9 +161,7 @@ class Worker:
         with self._lock:
             staged = [c for job_id, (_t, c) in self._running.items() if job_id in unstarted]
         for cancel in staged:  # not started yet: given back now, not after the running job
-            cancel.set(
-                "the worker is stopping; the job was staged and not started", CancelKind.unstarted
-            )
+            cancel.set(STAGED_STOPPED, CancelKind.unstarted)
         self._wake.set()
 
     def request_force_stop(self, reason: str = "worker shut down") -> None:
@@ -300,13 +300,15 @@ class Worker:
             return
         self.claimed += 1
         if self.stop_event.is_set():
-            log.info("job %s: claimed while the worker stops; handing it back unstarted", job_id)
-            self.source.hand_back(job_id, "the worker is stopping; the job was not started")
+            self._hand_back_unstarted(job_id)
             return
         if ahead is None:
             alloc = self.pool.allocate(job_id, spec.hardware)
         else:
             alloc = self.pool.allocate_behind(job_id, spec.hardware, ahead)
+        if isinstance(alloc, NoFit) and self.pool.stopping:  # the stop came since the check above
+            self._hand_back_unstarted(job_id)
+            return
         if isinstance(alloc, NoFit):
             log.warning("job %s: does not fit what is free (%s); handing it back", job_id, alloc)
             self.source.hand_back(job_id, alloc.reason)
@@ -316,6 +318,11 @@ class Worker:
         except Exception as exc:  # noqa: BLE001 - the job runs even if the store fails
             log.error("job %s: could not note the job durably (%s); running it anyway", job_id, exc)
         self._start(JobStart(job_id, spec, alloc))
+
+    def _hand_back_unstarted(self, job_id: str) -> None:
+        """A job claimed while the worker stops is not started: the drain promises that."""
+        log.info("job %s: claimed while the worker stops; handing it back unstarted", job_id)
+        self.source.hand_back(job_id, "the worker is stopping; the job was not started")
 
     def _adopt(self, job: Adoption) -> None:
         alloc = self.pool.allocate_exact(job.job_id, job.cpu_cores, job.memory_mb, job.gpus)
@@ -333,6 +340,11 @@ class Worker:
             self._running[job.job_id] = (thread, cancel)
         if self.force_event.is_set():
             cancel.set("worker shut down", CancelKind.shutdown)
+        elif self.stop_event.is_set() and self.pool.withdrawn_by_stop(job.alloc):
+            # the stop came while the job was being staged (request_stop did not find it in
+            # _running yet): handed back now, unstarted, not after its bound
+            log.info("job %s: staged while the worker stops; handing it back unstarted", job.job_id)
+            cancel.set(STAGED_STOPPED, CancelKind.unstarted)
         thread.start()
 
     def _job_thread(self, job: JobStart, cancel: Cancel) -> None:

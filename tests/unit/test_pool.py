@@ -234,6 +234,36 @@ def test_a_stop_takes_every_unstarted_staged_job_out_of_reach_of_its_share() -> 
     assert pool.release("1") == [] and not staged.ready.is_set()
 
 
+def test_no_job_is_staged_once_the_worker_stops() -> None:
+    # Given job 1 running and an ahead claim under way behind it
+    pool, _q = _staging_pool()
+    assert isinstance(pool.allocate("1", HW), Allocation)
+    found = pool.offer_ahead([])
+    assert found is not None
+    # When the worker stops before the claimed job is placed
+    assert pool.withdraw_unstarted() == []
+    # Then it is refused a place (it would start on job 1's GPU during the drain)
+    refused = pool.allocate_behind("2", HW, found[1])
+    assert isinstance(refused, NoFit) and "stopping" in refused.reason
+    assert pool.snapshot().staged == 0
+
+
+def test_a_staged_place_the_stop_took_is_told_from_a_share_given_before_it() -> None:
+    # Given job 2 staged behind job 1, and job 4 staged behind job 3, which ended: job 4 started
+    pool = ResourcePool(Host(8, 8000, (gpu(0), gpu(1))), 2, stage_ahead=True)
+    assert isinstance(pool.allocate("1", HW), Allocation)
+    assert isinstance(pool.allocate("3", HW), Allocation)
+    waiting = pool.allocate_behind("2", HW, "1")
+    started = pool.allocate_behind("4", HW, "3")
+    assert isinstance(waiting, Allocation) and isinstance(started, Allocation)
+    assert pool.release("3") == ["4"]
+    assert not pool.withdrawn_by_stop(waiting), "no stop yet"
+    # When the worker stops
+    pool.withdraw_unstarted()
+    # Then job 2 never gets its share; job 4 runs on (the drain lets it finish)
+    assert pool.withdrawn_by_stop(waiting) and not pool.withdrawn_by_stop(started)
+
+
 def test_a_listener_added_while_the_share_is_given_is_woken() -> None:
     # Given a staged allocation; listeners added from other threads while it is activated
     for _ in range(200):

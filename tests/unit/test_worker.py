@@ -20,7 +20,7 @@ from fetcher.gpu.nvml import Gpu
 from fetcher.host import Host
 from fetcher.leftovers import Leftover
 from fetcher.models import ClaimOffer, ClaimResult, HandlerSpecs, HardwareSpecs, JobSpecs
-from fetcher.pool import Allocation, ResourcePool
+from fetcher.pool import Allocation, NoFit, ResourcePool
 from fetcher.quarantine import Quarantine
 from fetcher.worker import Adoption, JobStart, LoopOptions, Worker
 from tests.helpers import wait_for
@@ -685,6 +685,61 @@ def test_a_stop_hands_a_staged_job_back_unstarted_and_lets_the_running_one_finis
     steps.gate(steps.done, "1").set()
     t.join(10)
     assert out == {"rc": 0} and "1 reported" in steps.events
+
+
+def test_a_stop_while_a_staged_job_is_noted_hands_it_back_at_once(steps: Steps) -> None:
+    # Given STAGE_AHEAD, job 1 running and job 2 claimed behind it
+    source = FakeSource([{"1": spec(gpu_mem=1)}, {"2": spec(gpu_mem=1)}])
+    w = gpu_worker(source, steps, stage_ahead=True)
+    accept = source.accept
+
+    def accept_then_stop(job_id: str, spec_: JobSpecs, alloc: Allocation) -> None:
+        accept(job_id, spec_, alloc)
+        if job_id == "2":  # the first signal lands while job 2 is being noted (before _start)
+            w.request_stop()
+
+    source.accept = accept_then_stop  # type: ignore[method-assign,assignment]
+    t, _ = run_in_thread(w)
+    try:
+        wait_for(lambda: "2" in steps.starts, 5, "job 2 to be staged")
+        # Then the staged job is handed back unstarted at once (as when the stop comes later),
+        # not after STAGE_AHEAD_MAX_WAIT_S
+        assert wait_quietly(lambda: "2 handed back unstarted" in steps.events, 2), (
+            f"job 2 not withdrawn by the stop: {steps.events}, cancel={steps.cancels['2'].reason}"
+        )
+        assert steps.cancels["2"].unstarted and not steps.cancels["1"].is_set()
+    finally:
+        steps.open_all()
+        t.join(15)
+
+
+def test_a_stop_during_a_staged_claim_hands_the_job_back_unstarted(steps: Steps) -> None:
+    # Given STAGE_AHEAD, job 1 running, and the first signal landing while job 2's claim is
+    # placed (after _dispatch checked the stop, before the pool takes it behind job 1)
+    source = FakeSource([{"1": spec(gpu_mem=1)}, {"2": spec(gpu_mem=1)}])
+    w = gpu_worker(source, steps, stage_ahead=True)
+    allocate_behind = w.pool.allocate_behind
+
+    def stop_then_allocate(job_id: str, hw: HardwareSpecs, ahead: str) -> Allocation | NoFit:
+        w.request_stop()
+        return allocate_behind(job_id, hw, ahead)
+
+    w.pool.allocate_behind = stop_then_allocate  # type: ignore[method-assign]
+    t, out = run_in_thread(w)
+    try:
+        wait_for(lambda: w.stop_event.is_set(), 5, "the stop")
+        # When job 1 ends during the drain
+        steps.gate(steps.exit, "1").set()
+        steps.gate(steps.done, "1").set()
+        wait_for(lambda: "1 reported" in steps.events, 5, "job 1 to end")
+        # Then job 2 does not start in the drain: it goes back unstarted
+        assert not wait_quietly(lambda: "2 started" in steps.events, 0.5), steps.events
+        assert source.handed_back == [("2", "the worker is stopping; the job was not started")]
+        t.join(5)
+        assert out == {"rc": 0}
+    finally:
+        steps.open_all()
+        t.join(15)
 
 
 def wait_quietly(predicate: object, seconds: float) -> bool:
