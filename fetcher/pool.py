@@ -383,6 +383,13 @@ class ResourcePool:
         return alloc is not None
 
     @property
+    def staged(self) -> int:
+        """Staged jobs that have not got their share yet (each still needs room for its inputs:
+        `source.ApiJobSource._room_to_stage`)."""
+        with self._lock:
+            return len(self.behind) + len(self.waiting)
+
+    @property
     def running(self) -> int:
         with self._lock:
             return len(self.held)

@@ -152,7 +152,8 @@ class Settings(BaseSettings):
         default=10240,
         ge=0,
         description="Stage a job only while PATH_BASE has this much more free than MIN_FREE_DISK_MB"
-        " (room for its inputs beside the running job's outputs)",
+        " for each staged job not started yet, the new one included (room for its inputs beside"
+        " the running job's outputs)",
     )
 
     # --- containers ------------------------------------------------------------------------------

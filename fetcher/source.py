@@ -92,14 +92,19 @@ class ApiJobSource:
         return None if self.deps.gpus is None else self.deps.gpus.none_healthy()
 
     def _room_to_stage(self) -> bool:
-        """A job is staged only while PATH_BASE has STAGE_AHEAD_DISK_MB more free than
-        MIN_FREE_DISK_MB: room for its inputs beside the running job's outputs."""
+        """A job is staged only while PATH_BASE has room for its inputs beside the running jobs'
+        outputs. How disk is counted: each staged job is reckoned to need STAGE_AHEAD_DISK_MB
+        until it starts, and the free space must cover MIN_FREE_DISK_MB plus that much for every
+        staged job not started yet and for the one about to be claimed (N staged jobs need N+1
+        times the room, not one room promised to all). A staged job's bytes already written are
+        counted twice until it starts: the safe side, and simpler than following each
+        download."""
         s = self.deps.settings
         try:
             free_mb = shutil.disk_usage(s.path_base).free // 2**20
         except OSError:
             return False
-        return free_mb >= s.min_free_disk_mb + s.stage_ahead_disk_mb
+        return free_mb >= s.min_free_disk_mb + s.stage_ahead_disk_mb * (self.pool.staged + 1)
 
     def _disk_too_low(self) -> str | None:
         """Why not to claim now: PATH_BASE has less free space than MIN_FREE_DISK_MB (a job

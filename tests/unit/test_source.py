@@ -64,3 +64,65 @@ def test_no_claim_while_path_base_has_too_little_free_space(
         "worker: claiming again (5000 MB free under PATH_BASE)",
         "worker: claiming no job: PATH_BASE cannot be read: [Errno 13] Permission denied",
     ]
+
+
+def test_each_staged_job_not_started_yet_keeps_its_own_room_on_the_disk(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import shutil
+    from types import SimpleNamespace
+    from typing import Any
+
+    from fetcher import source as source_module
+    from fetcher.gpu.nvml import Gpu
+    from fetcher.host import Host
+    from fetcher.models import ClaimOffer, ClaimResult, HardwareSpecs
+    from fetcher.pool import Allocation, ResourcePool
+    from fetcher.quarantine import Quarantine
+    from fetcher.statedir import StateDir
+
+    # Given STAGE_AHEAD on two GPUs, each busy with a job, and PATH_BASE with room for exactly
+    # one staged job's inputs (STAGE_AHEAD_DISK_MB) beside MIN_FREE_DISK_MB
+    asked: list[ClaimOffer] = []
+
+    def claim_jobs(offer: ClaimOffer, **_: Any) -> ClaimResult:
+        asked.append(offer)
+        return ClaimResult()
+
+    settings = SimpleNamespace(
+        min_free_disk_mb=1024,
+        stage_ahead_disk_mb=10240,
+        path_base=tmp_path,
+        state_dir=StateDir.of(tmp_path),
+    )
+    deps: Any = SimpleNamespace(
+        settings=settings,
+        api=SimpleNamespace(claim_jobs=claim_jobs),
+        metrics=SimpleNamespace(claim_succeeded=lambda: None, set_claims_paused=lambda _r: None),
+        quarantine=Quarantine(3),
+        gpus=None,
+    )
+    gpus = (Gpu(0, "GPU-0", "A100", 40960, "ampere"), Gpu(1, "GPU-1", "A100", 40960, "ampere"))
+    pool = ResourcePool(Host(8, 8000, gpus), 2, stage_ahead=True)
+    hw = HardwareSpecs(gpu_mem=1000, cpu_cores=1, memory=100)
+    assert isinstance(pool.allocate("a", hw), Allocation)
+    assert isinstance(pool.allocate("b", hw), Allocation)
+    source = source_module.ApiJobSource(deps, pool, None)  # type: ignore[arg-type]
+    monkeypatch.setattr(
+        shutil,
+        "disk_usage",
+        lambda _p: SimpleNamespace(free=(1024 + 10240) * 2**20, total=0, used=0),
+    )
+    offer = ClaimOffer(memory=1000, cpu_cores=1)
+    # When job 1 is claimed and staged behind job a (it has not written a byte yet)
+    source.claim(offer, threading.Event(), ahead=True)
+    assert len(asked) == 1
+    assert isinstance(pool.allocate_behind("1", hw, "a"), Allocation)
+    # Then no second job is staged behind job b on the same free space
+    assert source.claim(offer, threading.Event(), ahead=True).jobs == {}
+    assert len(asked) == 1, "the room for one staged job's inputs was promised to two"
+    # and once job 1 has started (its inputs are on the disk, counted in the free space), the
+    # next one is staged again
+    assert pool.release("a") == ["1"]
+    source.claim(offer, threading.Event(), ahead=True)
+    assert len(asked) == 2
