@@ -192,6 +192,7 @@ def executor(deps: JobDeps) -> Execute:
             resume=job.resume,
             turn=None if job.alloc.behind is None else job.alloc,
             on_exit=job.ended,
+            on_give_up=job.gave_up,
         )
         deps.quarantine.record(outcome, [g.uuid for g in job.alloc.gpus])
         left = outcome.container_left

@@ -52,13 +52,17 @@ class Adoption:
 class JobStart:
     """What a job thread runs: a claimed job with its share, or an adopted one (`resume`: the id
     of the container an earlier life started). The pipeline calls `ended` the moment the job's
-    container has ended: its share (GPU included) goes to the next job while it uploads."""
+    container has ended: its share (GPU included) goes to the next job while it uploads; and
+    `gave_up` the moment a staged job fails or gives up before its share came (it will not
+    start): it leaves the pool then, not after its report and cleanup, so that a share freed
+    meanwhile is not given to it."""
 
     job_id: str
     spec: JobSpecs
     alloc: Allocation
     resume: str | None = None
     ended: Callable[[], None] = lambda: None
+    gave_up: Callable[[], None] = lambda: None
 
 
 class JobSource(Protocol):
@@ -330,7 +334,11 @@ class Worker:
 
     def _start(self, job: JobStart) -> None:
         cancel = Cancel()
-        job = dataclasses.replace(job, ended=functools.partial(self._container_ended, job.job_id))
+        job = dataclasses.replace(
+            job,
+            ended=functools.partial(self._container_ended, job.job_id),
+            gave_up=functools.partial(self._gave_up, job.job_id),
+        )
         if job.alloc.behind is not None:
             log.info("job %s: staged behind job %s (STAGE_AHEAD)", job.job_id, job.alloc.behind)
         thread = threading.Thread(
@@ -370,6 +378,12 @@ class Worker:
         with self._lock:
             self._finishing.add(job_id)
         self._release(job_id)
+        self._wake.set()
+
+    def _gave_up(self, job_id: str) -> None:
+        """A staged job will not start (its bound passed, its GPU was quarantined, it was
+        cancelled): it leaves its place now; its report and cleanup go on in its thread."""
+        self.pool.withdraw(job_id)
         self._wake.set()
 
     def _release(self, job_id: str) -> None:

@@ -70,6 +70,7 @@ class JobRun:
         self.result: RunResult | None = None
         self.turn: Allocation | None = None  # staged ahead: the share it waits for
         self.on_exit: Callable[[], None] = lambda: None
+        self.on_give_up: Callable[[], None] = lambda: None  # staged: it will not start
 
     @contextlib.contextmanager
     def stage(self, stage: Stage) -> Iterator[None]:
@@ -133,11 +134,14 @@ def process_job(
     resume: str | None = None,
     turn: Allocation | None = None,
     on_exit: Callable[[], None] | None = None,
+    on_give_up: Callable[[], None] | None = None,
 ) -> Outcome:
     """Run one claimed job to its end and report it. Never raises: every failure is an Outcome.
     `resume`: the id of the job's container, started by an earlier life of this fetcher; `turn`:
     a job staged ahead waits for this share before its container starts; `on_exit` is called the
-    moment its container has ended (its GPU is free then, while the outputs upload)."""
+    moment its container has ended (its GPU is free then, while the outputs upload);
+    `on_give_up` the moment a staged job fails or gives up before its share came (before its
+    report and cleanup, which take a while: the share must not be given to it meanwhile)."""
     run = JobRun(
         job_id,
         spec,
@@ -148,12 +152,14 @@ def process_job(
         adopted=resume is not None,
     )
     run.turn, run.on_exit = turn, on_exit or (lambda: None)
+    run.on_give_up = on_give_up or (lambda: None)
     log.info("job %s: %s (%s)", job_id, "adopted" if resume else "started", spec.handler.image_url)
     run.keepalive.start(JobStatus.running if resume else JobStatus.preprocessing)
     try:
         try:
             outcome = run_steps(run, resume)
         except Exception as exc:  # noqa: BLE001 - every failure becomes an outcome
+            give_up_place(run)
             policy = deps.settings.on_worker_failure
             outcome = outcomes.of_failure(exc, job_id, run.cancel, policy, run.result)
     finally:
@@ -167,6 +173,16 @@ def process_job(
     if not clean_up(deps, run.container, image=spec.handler.image_url, keep_dir=keep):
         return dataclasses.replace(outcome, container_left=run.container.left_behind)
     return outcome
+
+
+def give_up_place(run: JobRun) -> None:
+    """A staged job that failed or gave up before it got its share (its bound passed, its GPU
+    was quarantined, it was cancelled, a step failed) leaves its place behind the running job
+    now: its report and cleanup take a while, and the share freed meanwhile must go to the next
+    job, not to one that will not start. Its container never ran (it runs only once the share is
+    the job's), so nothing it holds is freed too early."""
+    if run.turn is not None and not run.turn.ready.is_set():
+        run.on_give_up()
 
 
 def run_steps(run: JobRun, resume: str | None) -> Outcome:

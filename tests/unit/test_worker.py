@@ -742,6 +742,40 @@ def test_a_stop_during_a_staged_claim_hands_the_job_back_unstarted(steps: Steps)
         t.join(15)
 
 
+def test_a_staged_job_that_gave_up_is_not_given_the_gpu_while_it_cleans_up() -> None:
+    # Given STAGE_AHEAD on one GPU: job 1 running, job 2 staged behind it
+    pool = ResourcePool(Host(8, 8000, (GPU,)), 1, 1, 100, stage_ahead=True)
+    source = FakeSource([{"1": spec(gpu_mem=1)}, {"2": spec(gpu_mem=1)}])
+    one_exits, gave_up, cleanup_done = threading.Event(), threading.Event(), threading.Event()
+
+    def execute(job: JobStart, cancel: Cancel) -> Leftover | None:
+        if job.alloc.behind is not None:  # staged: waits its (short) bound in vain
+            job.alloc.ready.wait(0.05)
+            job.gave_up()  # NotStarted: the pipeline gives up its place at once ...
+            gave_up.set()
+            cleanup_done.wait(10)  # ... then reports and removes its container and directory
+            return None
+        one_exits.wait(10)
+        job.ended()  # job 1's container exits (it uploads on)
+        cleanup_done.wait(10)
+        return None
+
+    w = Worker(source, pool, execute, LoopOptions(poll_interval_s=30))
+    t, _ = run_in_thread(w)
+    try:
+        assert gave_up.wait(5)
+        # When job 1 ends while job 2, already given up, is still cleaning up
+        one_exits.set()
+        wait_for(lambda: "1" not in pool.held_gpus().values(), 5, "job 1 to free the GPU")
+        # Then the GPU is free for the next job, not given to job 2 (which would keep it idle)
+        assert pool.held_gpus() == {}, pool.held_gpus()
+        assert pool.snapshot().staged == 0
+    finally:
+        w.request_stop()
+        cleanup_done.set()
+        t.join(10)
+
+
 def wait_quietly(predicate: object, seconds: float) -> bool:
     """Whether `predicate` becomes true within `seconds` (False is the expected answer)."""
     try:

@@ -77,6 +77,78 @@ class _StagedRun:
         JobRun.check_cancel(self)  # type: ignore[arg-type]
 
 
+def test_a_staged_job_that_gives_up_leaves_its_place_before_its_report_and_cleanup(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fetcher.delivery import Deliverer
+    from fetcher.job import deps as job_deps
+    from fetcher.job import pipeline
+    from fetcher.models import JobSpecs
+    from fetcher.settings import Settings
+    from fetcher.store import JobStore
+
+    # Given a job staged behind job 4 that waits its bound in vain
+    def bound_passed(*_: object) -> None:
+        raise NotStarted("staged ahead and job 4 still holds the GPU it waits for")
+
+    order: list[str] = []
+
+    def clean_up(*_a: object, **_k: object) -> bool:
+        order.append("cleanup")
+        return True
+
+    monkeypatch.setattr(pipeline, "run_steps", bound_passed)
+    monkeypatch.setattr(pipeline, "report", lambda *_a, **_k: order.append("report"))
+    monkeypatch.setattr(pipeline, "clean_up", clean_up)
+    sink = StatusSink()
+    store = JobStore(tmp_path / "jobs.sqlite")
+    settings = Settings(
+        _env_file=None, api_url="http://x", access_token="tok-12345", path_base=tmp_path
+    )
+    deps = job_deps.JobDeps(settings, sink, None, store, Deliverer(store, sink), "f")  # type: ignore[arg-type]
+    spec = JobSpecs.model_validate({"handler": {"image_url": "img"}})
+    turn = Allocation("5", 1, 100, [], behind="4")
+    # When it gives up
+    outcome = pipeline.process_job(
+        "5", spec, deps, turn=turn, on_give_up=lambda: order.append("gave up")
+    )
+    # Then it left its place first: a share freed during its report and cleanup is not its
+    assert outcome.kind == OutcomeKind.handed_back
+    assert order == ["gave up", "report", "cleanup"]
+
+
+def test_a_job_that_got_its_share_does_not_give_it_up_when_it_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fetcher.delivery import Deliverer
+    from fetcher.job import deps as job_deps
+    from fetcher.job import pipeline
+    from fetcher.models import JobSpecs
+    from fetcher.settings import Settings
+    from fetcher.store import JobStore
+
+    # Given a staged job whose share came (its container may run): a later failure
+    def fails(*_: object) -> None:
+        raise ValueError("a step failed")
+
+    gave_up: list[str] = []
+    monkeypatch.setattr(pipeline, "run_steps", fails)
+    monkeypatch.setattr(pipeline, "report", lambda *_a, **_k: None)
+    monkeypatch.setattr(pipeline, "clean_up", lambda *_a, **_k: True)
+    sink = StatusSink()
+    store = JobStore(tmp_path / "jobs.sqlite")
+    settings = Settings(
+        _env_file=None, api_url="http://x", access_token="tok-12345", path_base=tmp_path
+    )
+    deps = job_deps.JobDeps(settings, sink, None, store, Deliverer(store, sink), "f")  # type: ignore[arg-type]
+    spec = JobSpecs.model_validate({"handler": {"image_url": "img"}})
+    turn = Allocation("5", 1, 100, [], behind="4")
+    turn.activate()
+    pipeline.process_job("5", spec, deps, turn=turn, on_give_up=lambda: gave_up.append("5"))
+    # Then its share is given back with its container's end (the job thread), not before
+    assert gave_up == []
+
+
 def test_a_staged_job_never_started_is_handed_back_even_with_on_worker_failure_error() -> None:
     # Given ON_WORKER_FAILURE=error (a lab whose boxes share one account) and STAGE_AHEAD
     run = _StagedRun()
