@@ -8,6 +8,7 @@ offer. A job that does not fit what is free gets a NoFit with the reason (it is 
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 
 from fetcher.gpu.board import GpuBoard
@@ -47,6 +48,8 @@ class Allocation:
     behind: str | None = None  # staged ahead: the job whose share it takes when that one ends
     ready: threading.Event = field(default_factory=threading.Event, compare=False, repr=False)
     refused: str | None = None  # staged: why it will not get the share after all
+    # when it was made, right after the claim (monotonic): a staged job's bound counts from it
+    made_at: float = field(default_factory=time.monotonic, compare=False, repr=False)
     _listeners: list[threading.Event] = field(default_factory=list, compare=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, compare=False, repr=False)
 

@@ -146,7 +146,8 @@ class Settings(BaseSettings):
     stage_ahead_max_wait_s: float = Field(
         default=600.0,
         gt=0,
-        description="A staged job not started within this long is handed back",
+        description="A staged job not started within this long of its claim (its download and image"
+        " included) is handed back",
     )
     stage_ahead_disk_mb: int = Field(
         default=10240,

@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 from fetcher import outcome as outcomes
@@ -245,8 +246,10 @@ def check_cuda(run: JobRun) -> None:
 def wait_for_turn(run: JobRun) -> None:
     """A job staged ahead (STAGE_AHEAD), its inputs and image ready, waits for the share of the
     job it was claimed behind. It is handed back unstarted (NotStarted) when that share is not
-    free within STAGE_AHEAD_MAX_WAIT_S (it never waits behind an hours-long training while
-    another worker is idle), when its GPU is quarantined meanwhile, or when the worker stops."""
+    free within STAGE_AHEAD_MAX_WAIT_S of its claim (it never waits behind an hours-long training
+    while another worker is idle: the server sees it `preprocessing` from its claim on, so its
+    download, image and container count in the bound, and only what is left of it is waited),
+    when its GPU is quarantined meanwhile, or when the worker stops."""
     turn = run.turn
     if turn is None or turn.ready.is_set():
         return
@@ -255,15 +258,21 @@ def wait_for_turn(run: JobRun) -> None:
     run.cancel.subscribe(woken)
     turn.listen(woken)
     with run.stage(Stage.staged):
-        log.info("job %s: staged; waiting for job %s to free its share", run.job_id, turn.behind)
-        woken.wait(limit)
+        left = max(0.0, limit - (time.monotonic() - turn.made_at))
+        log.info(
+            "job %s: staged; waiting up to %.0f s for job %s to free its share",
+            run.job_id,
+            left,
+            turn.behind,
+        )
+        woken.wait(left)
     run.check_cancel()
     if turn.refused is not None:
         raise NotStarted(f"staged ahead; the GPU it waited for was {turn.refused}")
     if not turn.ready.is_set():
         raise NotStarted(
-            f"staged ahead for {limit:.0f} s (STAGE_AHEAD_MAX_WAIT_S) and job {turn.behind}"
-            " still holds the GPU it waits for"
+            f"staged ahead and not started within {limit:.0f} s of its claim"
+            f" (STAGE_AHEAD_MAX_WAIT_S): job {turn.behind} still holds the GPU it waits for"
         )
 
 

@@ -246,7 +246,9 @@ def test_a_staged_job_not_started_within_its_bound_is_handed_back(env: Env, engi
         # Then the second job is claimed while the first runs, and handed back after its bound
         wait_for(lambda: staged.claims and staged.status.value == "queued", 60, "the hand-back")
         details = staged.history[-1]["runtime_details"] or ""
-        assert details.startswith("handed back by the worker: staged ahead for 2 s"), details
+        assert details.startswith(
+            "handed back by the worker: staged ahead and not started within 2 s of its claim"
+        ), details
         assert long.status.value == "running"  # it never waited for the first to end
         daemon.worker.request_stop()
     assert run.rc == 0 and finals(long) == ["finished"]

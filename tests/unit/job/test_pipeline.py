@@ -178,6 +178,34 @@ def test_a_staged_job_cancelled_by_a_stop_is_handed_back_even_with_on_worker_fai
     assert "staged and not started" in outcome.details
 
 
+def test_the_stage_ahead_bound_counts_from_the_claim_not_from_the_end_of_staging() -> None:
+    # Given STAGE_AHEAD_MAX_WAIT_S=1 and a staged job whose download took 1.5 s (slow storage):
+    # the server has seen it `preprocessing` since its claim
+    run = _StagedRun()
+    run.deps.settings.stage_ahead_max_wait_s = 1.0
+    run.turn.made_at = time.monotonic() - 1.5
+    # When it is ready to start and its GPU is still busy
+    began = time.monotonic()
+    with pytest.raises(NotStarted) as info:
+        wait_for_turn(run)  # type: ignore[arg-type]
+    # Then it goes back at once: its bound passed during its download
+    waited = time.monotonic() - began
+    assert waited < 0.5, f"waited {waited:.2f} s more after 1.5 s of staging, bound 1 s"
+    assert "within 1 s of its claim" in str(info.value)
+
+
+def test_a_staged_job_waits_only_what_is_left_of_its_bound() -> None:
+    # Given STAGE_AHEAD_MAX_WAIT_S=1 and a staged job whose staging took 0.6 s
+    run = _StagedRun()
+    run.deps.settings.stage_ahead_max_wait_s = 1.0
+    run.turn.made_at = time.monotonic() - 0.6
+    began = time.monotonic()
+    with pytest.raises(NotStarted):
+        wait_for_turn(run)  # type: ignore[arg-type]
+    # Then it waited the 0.4 s left, not the whole bound again
+    assert 0.3 <= time.monotonic() - began < 0.8
+
+
 def test_a_staged_job_whose_gpu_is_quarantined_goes_back_at_once() -> None:
     # Given a staged job whose GPU is quarantined while it waits (the pool refuses it the share)
     run = _StagedRun()
