@@ -233,7 +233,8 @@ class Settings(BaseSettings):
         default=1800.0,
         ge=0,
         description="How often the `:latest` (and untagged) images of recent jobs are pulled again"
-        " in the background, so that a moved tag is not pulled in a job's time; 0 = off",
+        " in the background, so that a moved tag is not pulled in a job's time; 0 = off (also off"
+        " with IMAGE_PULL_POLICY=if-not-present or never)",
     )
     image_refresh_within_days: float = Field(
         default=7.0, gt=0, description="Refresh only images a job used within this many days"

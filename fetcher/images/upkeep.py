@@ -1,7 +1,8 @@
 """The image upkeep thread, so that a job never waits on work that could have been done before:
 - every IMAGE_REFRESH_INTERVAL_S, pull again the `:latest` (and untagged) images jobs used within
   IMAGE_REFRESH_WITHIN_DAYS: a moved tag is fetched now, and the pull at the next job's start
-  (which `auto` does for those images) finds every layer there;
+  (which `auto` does for those images) finds every layer there; off under the pull policies
+  that keep a present image (`if-not-present`, `never`);
 - every IMAGE_PRUNE_INTERVAL_S, remove the job images the policy (IMAGE_KEEP_DAYS,
   IMAGE_CACHE_MAX_GB) lets go, never one in use or about to be (a staged job's included)."""
 
@@ -22,6 +23,11 @@ from fetcher.settings import Settings
 from fetcher.store import JobStore
 
 log = logging.getLogger(__name__)
+
+# the pull policies under which a job pulls its `:latest` image again: only there does a refresh
+# fetch what the next job would fetch anyway (`if-not-present` and `never` keep a present image,
+# a locally built `decode:latest` for one: a refresh would move its tag under the jobs)
+REFRESHED_POLICIES = ("auto", "always")
 
 
 class ImageUpkeep:
@@ -50,7 +56,7 @@ class ImageUpkeep:
     @property
     def refreshing(self) -> bool:
         s = self.settings
-        return bool(s.image_refresh_interval_s) and s.image_pull_policy != "never"
+        return bool(s.image_refresh_interval_s) and s.image_pull_policy in REFRESHED_POLICIES
 
     def start(self) -> ImageUpkeep:
         if self.pruning or self.refreshing:
@@ -87,10 +93,13 @@ class ImageUpkeep:
 
     def refresh_once(self, now: float | None = None) -> list[str]:
         """Pull again the recent jobs' images that `auto` pulls at each job (`:latest`,
-        untagged); returns those whose tag moved. Never raises for the engine or a registry."""
+        untagged), unless IMAGE_PULL_POLICY keeps present images as they are; returns those
+        whose tag moved. Never raises for the engine or a registry."""
         now = time.time() if now is None else now
         within = self.settings.image_refresh_within_days * DAY_S
-        moved = []
+        moved: list[str] = []
+        if self.settings.image_pull_policy not in REFRESHED_POLICIES:
+            return moved
         for ref, used in sorted(self.ledger.snapshot().items()):
             if now - used > within or effective_policy(ref, "auto") != "always":
                 continue

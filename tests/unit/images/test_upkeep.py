@@ -85,3 +85,29 @@ def test_the_refresh_is_off_with_a_zero_interval_or_a_never_pull_policy(tmp_path
     for s in (off, never):
         u = ImageUpkeep(s, None, None, None, Metrics(), threading.Event())  # type: ignore[arg-type]
         assert not u.refreshing
+
+
+def test_no_image_is_refreshed_under_a_policy_that_keeps_present_images(tmp_path: Path) -> None:
+    # Given IMAGE_PULL_POLICY=if-not-present and a locally built decode:latest a job used today
+    settings = Settings(
+        _env_file=None,
+        api_url="http://x",
+        access_token="tok-12345",
+        path_base=tmp_path,
+        image_pull_policy="if-not-present",
+    )
+    now = time.time()
+    book = ImageLedger(tmp_path / "images.json")
+    book.used("local/decode:latest", now)
+    images = FakeImages(moves={"local/decode:latest"})
+    images.ids = {"local/decode:latest": "sha256:locally-built"}
+    client = type("Client", (), {"images": images})()
+    u = ImageUpkeep(
+        settings, client, JobStore(tmp_path / "j.sqlite"), book, Metrics(), threading.Event()
+    )
+    # Then the refresh is off and pulls nothing (a job never pulls a present image under it: a
+    # refresh would move the tag under the jobs, to the registry's image)
+    u.refresh_once(now)
+    assert images.pulled == [], f"refresh pulled {images.pulled} under if-not-present"
+    assert images.ids["local/decode:latest"] == "sha256:locally-built"
+    assert not u.refreshing
