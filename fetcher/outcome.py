@@ -6,7 +6,8 @@
   `error`; this worker's is a hand-back (`queued`, or `error` with ON_WORKER_FAILURE=error); a job
   the server no longer has for us is `gone` (nothing is reported). A job stopped because the
   worker shuts down is handed back whatever the failure its stop caused; a staged job that never
-  started (nobody's fault) is handed back whatever ON_WORKER_FAILURE says.
+  started (nobody's fault) is handed back whatever ON_WORKER_FAILURE says, be it stopped, given
+  up, or found by crash recovery (`after_restart`).
 """
 
 from __future__ import annotations
@@ -106,6 +107,23 @@ def worker_failure(
     )
 
 
+def unstarted(text: str) -> Outcome:
+    """A staged job that never started: nobody's fault (it waited for a GPU that stayed busy,
+    the worker stopped or restarted meanwhile), so handed back whatever ON_WORKER_FAILURE says
+    (reporting `error` would end a job that never ran)."""
+    return Outcome(
+        OutcomeKind.handed_back, f"handed back by the worker: {text}", Reason.other, Fault.nobody
+    )
+
+
+def after_restart(policy: WorkerFailurePolicy, text: str, *, staged: bool = False) -> Outcome:
+    """A job an earlier life of this fetcher left unreported, whose container never ran or is
+    gone, given back at the next start. A `staged` job (its container created, waiting for its
+    GPU) is `unstarted`, as when a stop hands it back; any other is this worker's failure (it
+    died under the job)."""
+    return unstarted(text) if staged else worker_failure(policy, text)
+
+
 def of_failure(
     exc: Exception,
     job_id: str,
@@ -122,8 +140,7 @@ def of_failure(
     if fault == Fault.nobody or cancel.unstarted:
         text = cancel.reason if cancel.unstarted and cancel.reason else str(exc)
         log.info("job %s: %s; handed back", job_id, text)
-        details = f"handed back by the worker: {text}"
-        return Outcome(OutcomeKind.handed_back, details, Reason.other, Fault.nobody)
+        return unstarted(text)
     if err is None:
         log.exception("job %s: unexpected failure", job_id)
         text = f"fetcher internal error: {type(exc).__name__}: {exc}"

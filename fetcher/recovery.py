@@ -6,7 +6,8 @@ Each job the store knows, and each container of this fetcher on the engine, is s
   status, or given to another worker): left alone; nothing is sent; its container and directory go.
 - its container still exists: the job is adopted and run on from there, as if nothing happened
   (a running container is waited for; an ended one's outputs are uploaded and its exit reported).
-- no container (the fetcher died before starting it): handed back to the queue.
+- no container (the fetcher died before starting it): handed back to the queue; a staged job
+  (STAGE_AHEAD: its container created, waiting for its GPU) whatever ON_WORKER_FAILURE says.
 Leftover job directories (queue-id names no job owns) are removed, links never followed.
 """
 
@@ -27,8 +28,9 @@ from fetcher.errors import ApiError, Interrupted, JobGone
 from fetcher.job import safefs
 from fetcher.job.cleanup import clean_up
 from fetcher.job.deps import JobDeps
+from fetcher.lifecycle import Stage
 from fetcher.models import JobSpecs, JobStatus, valid_queue_id
-from fetcher.outcome import worker_failure
+from fetcher.outcome import after_restart
 from fetcher.ownership import still_ours
 from fetcher.store import JobRecord
 from fetcher.worker import Adoption
@@ -36,6 +38,7 @@ from fetcher.worker import Adoption
 log = logging.getLogger(__name__)
 
 RESTARTED = "the worker restarted before the job's container started"
+STAGED_RESTARTED = "the worker restarted while the job was staged; its container never started"
 ENGINE_LOST_KEY = "engine_lost_at"  # store meta: when this fetcher last saw its engine go away
 
 
@@ -151,8 +154,10 @@ def settle(
             "job %s: its container %s outlived the fetcher; adopting it", job_id, container.short_id
         )
         return Adoption(job_id, spec, rec.cpu_cores, rec.memory_mb, list(rec.gpus), container.id)
+    staged = container is None and rec is not None and rec.stage == Stage.staged
     reason = RESTARTED if container is None else "the worker restarted and lost the job's record"
-    hand_back(deps, job_id, rec, container, reason, verify=not view.reachable)
+    reason = STAGED_RESTARTED if staged else reason
+    hand_back(deps, job_id, rec, container, reason, verify=not view.reachable, staged=staged)
     return None
 
 
@@ -164,11 +169,14 @@ def hand_back(
     reason: str,
     *,
     verify: bool = True,
+    staged: bool = False,
 ) -> None:
     """Clean up what the job left and give it back to the queue (the deliverer asks the server
-    first when `verify`: the job may have been re-queued meanwhile)."""
+    first when `verify`: the job may have been re-queued meanwhile). `staged`: a staged job
+    whose container never started, handed back whatever ON_WORKER_FAILURE says
+    (`outcome.after_restart` decides)."""
     clean(deps, job_id, container, rec)
-    outcome = worker_failure(deps.settings.on_worker_failure, reason)
+    outcome = after_restart(deps.settings.on_worker_failure, reason, staged=staged)
     assert outcome.status is not None
     log.warning("job %s: %s", job_id, outcome.details)
     deps.deliverer.submit(job_id, outcome.status, outcome.details, verify=verify)
