@@ -244,7 +244,10 @@ class Worker:
         with self._lock:
             uploading = len(self._finishing)
         if uploading > self.pool.max_jobs:
-            # each slot's last job may upload beside the next one; more waits (an end wakes us)
+            # each slot's last job may upload beside the next one; more waits (an end wakes us).
+            # Checked here only, before each claim: the claimed job uploads too when it ends, and
+            # a staged job starts whatever uploads are under way (the GPU never waits for them),
+            # so a slot has up to two uploads at once, three with STAGE_AHEAD
             return self.options.poll_interval_s
         groups = list(self.options.groups)
         offer, ahead = self.pool.offer(groups), None

@@ -618,7 +618,7 @@ def test_the_next_job_starts_while_the_previous_one_still_uploads(steps: Steps) 
         t.join(10)
 
 
-def test_uploads_are_bounded_to_one_per_slot(steps: Steps) -> None:
+def test_no_claim_while_more_jobs_upload_than_there_are_slots(steps: Steps) -> None:
     # Given job 1 uploading and job 2 ended too, still uploading
     source = FakeSource([{"1": spec()}, {"2": spec()}, {"3": spec()}])
     w = gpu_worker(source, steps)
@@ -663,6 +663,42 @@ def test_stage_ahead_claims_behind_the_running_job_and_starts_the_moment_it_ends
         wait_for(lambda: "2 started" in steps.events, 5, "job 2 to start")
         assert steps.events.index("1 exited") < steps.events.index("2 started")
         assert "1 reported" not in steps.events
+    finally:
+        w.request_stop()
+        steps.open_all()
+        t.join(10)
+
+
+def test_with_stage_ahead_a_slot_has_at_most_three_uploads_at_once(steps: Steps) -> None:
+    # Given STAGE_AHEAD on one slot and a queue of jobs whose uploads do not end
+    source = FakeSource([{str(n): spec(gpu_mem=1)} for n in range(1, 5)])
+    pool = ResourcePool(Host(8, 8000, (GPU,)), 1, 1, 100, stage_ahead=True)
+    w = Worker(source, pool, steps, LoopOptions(poll_interval_s=0.05))
+
+    def uploading() -> int:
+        with w._lock:
+            return len(w._finishing)
+
+    t, _ = run_in_thread(w)
+    try:
+        wait_for(lambda: "2" in steps.starts, 5, "job 2 staged behind job 1")
+        steps.gate(steps.exit, "1").set()
+        wait_for(lambda: "2 started" in steps.events, 5, "job 2 to start")
+        # job 3 is claimed beside one upload (the limit is one per slot, checked at each claim)
+        wait_for(lambda: "3" in steps.starts, 5, "job 3 staged behind job 2")
+        steps.gate(steps.exit, "2").set()
+        # job 3 starts the moment the GPU is free, whatever uploads are under way
+        wait_for(lambda: "3 started" in steps.events, 5, "job 3 to start")
+        steps.gate(steps.exit, "3").set()
+        wait_for(lambda: uploading() == 3, 5, "job 3 to upload")
+        # Then three uploads run at once on the one slot (the documented bound), and no fourth
+        # job is claimed while more than one of them goes on
+        assert not wait_quietly(lambda: "4" in steps.starts, 0.3)
+        steps.gate(steps.done, "1").set()
+        assert not wait_quietly(lambda: "4" in steps.starts, 0.3)
+        assert uploading() == 2
+        steps.gate(steps.done, "2").set()
+        wait_for(lambda: "4 started" in steps.events, 5, "job 4 once one upload is left")
     finally:
         w.request_stop()
         steps.open_all()
