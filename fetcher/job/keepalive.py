@@ -2,18 +2,26 @@
 
 Every PUT refreshes the job on the server. A status change is sent at once, and every change is
 sent, in order, even when the job moves on faster than the thread (a short job still shows
-`running` and `postprocessing`). Only a 404 stops the job (it is gone: deleted by its user, or
+`running` and `postprocessing`). A 404 stops the job (it is gone: deleted by its user, or
 re-queued and taken elsewhere). Any other failure (the API down, a 401, a malformed login answer,
 a bug) is logged once and tried again at the next interval: hours of GPU work are never ended by
-the keep-alive's own trouble; if the server hears nothing for its failure timeout, it re-queues
-the job, and the next PUT's 404 then stops it here.
+the keep-alive's own trouble.
+
+But a PUT after a failed one, or after a long silence, must not be sent blindly: the server may
+have re-queued the job meanwhile (a later PUT then silently takes it back), failed it at its
+retry limit (a PUT would overwrite its final `error`), or forgotten the id (a PUT answers 500 for
+ever, never the 404 that stops the job). So the keep-alive first asks (`GET /jobs/{id}/status`,
+`fetcher.ownership.still_ours`), as it does before the first PUT of an adopted job, and stops a
+job that is no longer ours as gone.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
+from collections.abc import Callable
 from typing import Protocol
 
 from fetcher.cancel import Cancel, CancelKind
@@ -24,6 +32,13 @@ from fetcher.ownership import still_ours
 log = logging.getLogger(__name__)
 
 GONE_REASON = "the job is gone (deleted by its user, or re-queued)"
+# The real server re-queues (or, at its retry limit, fails) a job it has not heard of for its
+# failure timeout (TIMEOUT_FAILURE, 300 s by default, checked every 60 s; see the protocol notes).
+SERVER_FAILURE_TIMEOUT_S = 300.0
+# No PUT reached the server for this long (a stalled thread, a suspended box, an interval set
+# too long): the server may be about to time the job out, or have done so already. Half the
+# failure timeout leaves room for a PUT that takes its own retry budget to land.
+VERIFY_AFTER_SILENCE_S = SERVER_FAILURE_TIMEOUT_S / 2
 
 
 class StatusSink(Protocol):
@@ -53,11 +68,13 @@ class KeepAlive:
         cancel: Cancel,
         *,
         verify_first: bool = False,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.api = api
         # an adopted job: ask the server before the first PUT, which would silently take back a
         # job the server re-queued while the fetcher was away
         self.verify_first = verify_first
+        self._clock = clock
         self.job_id = job_id
         self.interval_s = interval_s
         self.cancel = cancel
@@ -113,8 +130,9 @@ class KeepAlive:
         self.cancel.set(why, CancelKind.gone)
 
     def _still_ours(self) -> bool:
-        """Before the first PUT of an adopted job: does the server still have it running for us?
-        Sets the cancel (gone) when it does not. Retries at each interval until it can tell."""
+        """Before a PUT whose job's fate is uncertain (an adopted job's first, the first after a
+        failed PUT or a long silence): does the server still have it running for us? Sets the
+        cancel (gone) when it does not. Retries at each interval until it can tell."""
         failing: str | None = None
         while not self._halt.is_set() and not self._closing.is_set():
             try:
@@ -122,6 +140,9 @@ class KeepAlive:
                     self.job_id, retry_s=min(self.interval_s, 30.0), interrupt=self._halt
                 )
             except JobGone:
+                log.warning(
+                    "job %s: the server no longer knows this job (404): stopping it", self.job_id
+                )
                 self._gone(GONE_REASON)
                 return False
             except Interrupted:
@@ -133,8 +154,8 @@ class KeepAlive:
                 continue
             if not still_ours(status):
                 log.warning(
-                    "job %s: the server has it as %s (re-queued while the fetcher was away):"
-                    " stopping it here",
+                    "job %s: the server has it as %s (re-queued or ended while it did not hear"
+                    " from this worker): stopping it here",
                     self.job_id,
                     status.value,
                 )
@@ -143,10 +164,10 @@ class KeepAlive:
         return False
 
     def _run(self) -> None:
-        if self.verify_first and not self._still_ours():
-            return
+        verify = self.verify_first  # ask the server before the next PUT
         failing: str | None = None
         ping_due = False  # the interval passed since the last PUT
+        last_ok = self._clock()  # the last PUT that reached the server (the claim, at first)
         while not self._halt.is_set():
             status, change = self._next()
             if not change and not ping_due:
@@ -155,6 +176,10 @@ class KeepAlive:
                 ping_due = not self._wake.wait(self.interval_s)  # a change, a stop, the interval
                 self._wake.clear()
                 continue
+            if verify or self._silent_too_long(last_ok):
+                if not self._still_ours():
+                    return
+                verify = False
             try:
                 self._put(status, change)
             except JobGone:
@@ -168,16 +193,31 @@ class KeepAlive:
                 return
             except Exception as exc:  # noqa: BLE001 - anything else: log once, try again later
                 failing = self._failed(exc, failing)
+                # the server may have re-queued, failed or forgotten the job meanwhile
+                verify = True
                 if self._closing.is_set():
                     return
                 self._wake.wait(self.interval_s)
                 self._wake.clear()
                 ping_due = True
                 continue
+            last_ok = self._clock()
             if failing is not None:
                 log.info("job %s: keep-alive delivered again", self.job_id)
                 failing = None
             ping_due = False
+
+    def _silent_too_long(self, last_ok: float) -> bool:
+        """No PUT reached the server for VERIFY_AFTER_SILENCE_S: it may have timed the job out."""
+        silence = self._clock() - last_ok
+        if silence <= VERIFY_AFTER_SILENCE_S:
+            return False
+        log.warning(
+            "job %s: no keep-alive reached the server for %.0f s: asking it before the next",
+            self.job_id,
+            silence,
+        )
+        return True
 
     def _put(self, status: JobStatus, change: bool) -> None:
         """One PUT of `status`; a change is taken off the queue once it reached the server."""

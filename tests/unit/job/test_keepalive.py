@@ -1,5 +1,6 @@
 """The keep-alive: a status ping every interval and each change at once, in order; a 404
-cancels the job as gone, no other failure does; stopping it never waits long."""
+cancels the job as gone, no other failure does; after a failed PUT or a long silence it asks the
+server before the next PUT, and stops a job that is no longer ours; stopping it never waits long."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ import pytest
 
 from fetcher.cancel import Cancel
 from fetcher.errors import ApiUnavailable, AuthError, BadResponse, JobGone
-from fetcher.job.keepalive import KeepAlive
+from fetcher.job.keepalive import VERIFY_AFTER_SILENCE_S, KeepAlive
 from fetcher.models import JobStatus
-from tests.fakes import StatusSink
+from tests.fakes import FakeClock, StatusServer, StatusSink
+from tests.helpers import wait_for
 
 
 def test_keepalive_pings_every_interval_and_sends_changes_at_once() -> None:
@@ -100,3 +102,62 @@ def test_keepalive_stop_does_not_wait_for_an_api_that_is_down() -> None:
     started = time.monotonic()
     ka.stop(flush_s=1.0)
     assert time.monotonic() - started < 1.5
+
+
+def test_keepalive_after_a_failed_put_does_not_take_back_a_job_the_server_failed() -> None:
+    # Given a job kept alive (an interval of an hour: the test says when the next try comes),
+    # whose next PUT fails (the API out of reach)
+    server = StatusServer()
+    server.put_plan["1"] = ["ok", "down"]
+    cancel = Cancel()
+    ka = KeepAlive(server, "1", 3600, cancel).start(JobStatus.running)
+    wait_for(lambda: server.received, 2, "a first PUT")
+    ka.set_status(JobStatus.postprocessing)
+    wait_for(lambda: len(server.puts) >= 2, 2, "a failed PUT")
+    # When the server, hearing nothing, fails the job at its retry limit, then answers again
+    with server._lock:
+        server.status["1"] = JobStatus.error
+        server.put_plan["1"] = ["ok"]
+    ka.set_status(JobStatus.postprocessing)  # wakes the thread: the next try now
+    # Then the keep-alive asks first, leaves the server's final `error` alone and stops the job
+    wait_for(cancel.is_set, 2, "the job to be stopped")
+    ka.stop()
+    assert server.status["1"] == JobStatus.error and server.received == [("1", JobStatus.running)]
+    assert cancel.gone and "error" in (cancel.reason or "")
+
+
+def test_keepalive_after_a_long_silence_asks_before_it_puts_again(clock: FakeClock) -> None:
+    # Given a job kept alive, on a clock that stands still
+    server = StatusServer()
+    cancel = Cancel()
+    ka = KeepAlive(server, "1", 3600, cancel, clock=clock).start(JobStatus.running)
+    wait_for(lambda: server.received, 2, "a first PUT")
+    # When no PUT reached the server for longer than it waits before re-queueing, and it did
+    server.status["1"] = JobStatus.queued
+    clock.now += VERIFY_AFTER_SILENCE_S + 1
+    ka.set_status(JobStatus.postprocessing)
+    # Then the keep-alive asks first, and does not silently take the re-queued job back
+    wait_for(cancel.is_set, 2, "the job to be stopped")
+    ka.stop()
+    assert server.status["1"] == JobStatus.queued and cancel.gone
+
+
+def test_keepalive_asks_nothing_while_its_pings_get_through(clock: FakeClock) -> None:
+    server = StatusServer()
+    ka = KeepAlive(server, "1", 0.02, Cancel(), clock=clock).start(JobStatus.running)
+    wait_for(lambda: len(server.received) >= 3, 2, "three PUTs")
+    clock.now += VERIFY_AFTER_SILENCE_S - 1
+    ka.set_status(JobStatus.postprocessing)
+    wait_for(lambda: server.status["1"] == JobStatus.postprocessing, 2, "the change")
+    ka.stop()
+    assert server.gets == []
+
+
+def test_keepalive_after_a_failed_put_goes_on_for_a_job_still_ours() -> None:
+    server = StatusServer()
+    server.put_plan["1"] = ["down", "ok"]
+    cancel = Cancel()
+    ka = KeepAlive(server, "1", 0.05, cancel).start(JobStatus.running)
+    wait_for(lambda: len(server.received) >= 2, 2, "PUTs again")
+    ka.stop()
+    assert server.gets and not cancel.is_set()
