@@ -13,12 +13,15 @@ from fetcher.models import JobStatus
 class StatusServer:
     """A server that remembers each job's status. `put_plan` per job: what each PUT does, in
     order (the last one for every PUT after it): "ok", "lost" (recorded, but the answer never
-    arrives), "down" (not recorded), "gone" (404). A job in `gone` is 404 to every call."""
+    arrives), "down" (not recorded), "gone" (404). A job in `gone` is 404 to every call; one in
+    `unknown` (an id the server no longer knows) is 500 to a PUT and 404 to a GET, as on the real
+    server."""
 
     def __init__(self) -> None:
         self.status: dict[str, JobStatus] = {}
         self.put_plan: dict[str, list[str]] = {}
         self.gone: set[str] = set()
+        self.unknown: set[str] = set()
         self.puts: list[tuple[str, JobStatus]] = []
         self.gets: list[str] = []
         self.received: list[tuple[str, JobStatus]] = []  # PUTs that took effect
@@ -39,7 +42,7 @@ class StatusServer:
             what = plan.pop(0) if len(plan) > 1 else plan[0]
             if job_id in self.gone or what == "gone":
                 raise JobGone(f"job {job_id}: gone", 404)
-            if what == "down":
+            if what == "down" or job_id in self.unknown:
                 raise ApiUnavailable("HTTP 500 Internal Server Error", 500)
             self.status[job_id] = status
             self.received.append((job_id, status))
@@ -51,7 +54,7 @@ class StatusServer:
     ) -> JobStatus:
         with self._lock:
             self.gets.append(job_id)
-            if job_id in self.gone:
+            if job_id in self.gone or job_id in self.unknown:
                 raise JobGone(f"job {job_id}: gone", 404)
             return self.status.get(job_id, JobStatus.running)
 

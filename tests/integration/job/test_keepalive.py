@@ -1,6 +1,6 @@
-"""The keep-alive against the mock API: a job the server failed during an outage is stopped, not
-taken back; on a real engine: a job its user deletes is stopped within one interval, and a
-refused token for a while does not cancel the job."""
+"""The keep-alive against the mock API: a job the server failed during an outage, or whose id it
+no longer knows, is stopped, not taken back; on a real engine: a job its user deletes is stopped
+within one interval, and a refused token for a while does not cancel the job."""
 
 from __future__ import annotations
 
@@ -105,4 +105,24 @@ def test_a_job_the_server_failed_during_an_outage_is_stopped_not_taken_back(env:
     # and its user told of a second final status later)
     assert job.status == JobStatus.error, statuses(job)
     assert job.history[-1]["runtime_details"] == "max retries reached"
+    assert cancel.gone
+
+
+def test_a_job_whose_id_the_server_no_longer_knows_is_stopped(env: Env) -> None:
+    # Given a job kept alive
+    cancel = Cancel()
+    job, ka = kept_alive(env, cancel)
+    try:
+        # When its user deletes it and the server learns of it at its timeout check, so that the
+        # worker never sees the one 404 (as when that answer is lost in transit)
+        with env.state.lock:
+            env.state.delete(job.id)
+            env.state.config.failure_timeout_s = 0.0
+            env.state.check_timeouts()
+            assert job.gone
+        # Then (every PUT now answers 500, GET status 404) the keep-alive stops the job within a
+        # few intervals, instead of keeping it running for hours
+        wait_for(cancel.is_set, 5, "the job to be stopped")
+    finally:
+        ka.stop()
     assert cancel.gone

@@ -126,6 +126,20 @@ def test_keepalive_after_a_failed_put_does_not_take_back_a_job_the_server_failed
     assert cancel.gone and "error" in (cancel.reason or "")
 
 
+def test_keepalive_stops_a_job_whose_id_the_server_no_longer_knows() -> None:
+    # Given a job kept alive, whose id the server then forgets without the worker seeing the one
+    # 404 (a deletion it learnt at its timeout check, a 404 lost in transit)
+    server = StatusServer()
+    cancel = Cancel()
+    ka = KeepAlive(server, "1", 0.05, cancel).start(JobStatus.running)
+    wait_for(lambda: server.received, 2, "a first PUT")
+    server.unknown.add("1")
+    # When every PUT now answers 500 (never 404), then the status check's 404 stops the job
+    wait_for(cancel.is_set, 2, "the job to be stopped")
+    ka.stop()
+    assert cancel.gone and server.gets
+
+
 def test_keepalive_after_a_long_silence_asks_before_it_puts_again(clock: FakeClock) -> None:
     # Given a job kept alive, on a clock that stands still
     server = StatusServer()
