@@ -3,17 +3,20 @@
 `GET /files/{id}/url` and `POST /jobs/{id}/files/url` answer with the request to perform (a
 pre-signed S3 URL, or the API's own URL). The fetcher performs only the method it expects, only
 to an http(s) URL off this box (unless the API itself is on it), with the bearer token for the
-API's own origin only. A file the server refuses or describes unusably is the job's problem
-(TransferError: `error`); an API out of reach is this worker's (ApiUnavailable, AuthError).
+API's own origin only (an `authorization` header the server hands out for any other origin is
+dropped; a plain-http URL of an https API's own host goes to the API's origin over TLS). A file
+the server refuses or describes unusably is the job's problem (TransferError: `error`); an API
+out of reach is this worker's (ApiUnavailable, AuthError).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Callable
 from typing import Any, BinaryIO
-from urllib.parse import quote, urljoin
+from urllib.parse import quote, urljoin, urlsplit, urlunsplit
 
 import requests
 import urllib3.exceptions
@@ -21,11 +24,13 @@ from pydantic import ValidationError
 
 from fetcher.api.http import Http, Transient, new_session, read_json
 from fetcher.api.multipart import MultipartBody
-from fetcher.api.peers import checked_adapter, is_local_host, origin
+from fetcher.api.peers import DEFAULT_PORTS, checked_adapter, is_local_host, origin
 from fetcher.api.session import ApiSession
 from fetcher.errors import Interrupted, TransferError
 from fetcher.logs import shown, shown_url
 from fetcher.models import FileHTTPRequest, UploadType
+
+log = logging.getLogger(__name__)
 
 CHUNK = 1024 * 1024
 SERVED_500_LIMIT = 3  # 500s in a row from the API's own download URL make a file the job's error
@@ -47,6 +52,7 @@ class FileRequests:
         self._local_api = self._origin is not None and is_local_host(self._origin[1])
         # file requests: each new connection's peer checked too (a name may resolve anew)
         self._file_session = None if self._local_api else new_session(checked_adapter())
+        self._told_upgrade = False  # the log line about plain-http URLs of the API's own host
 
     @property
     def http(self) -> Http:
@@ -69,7 +75,7 @@ class FileRequests:
                 api_label="bad_response",
             )
         self._check_target(req.url, what)
-        return req
+        return self._over_tls(req)
 
     def _check_target(self, url: str, what: str) -> None:
         """Raises TransferError for a file URL the daemon must not be sent to (also a redirect's)."""
@@ -100,15 +106,44 @@ class FileRequests:
     def _is_own(self, url: str) -> bool:
         return self._origin is not None and origin(url) == self._origin
 
+    def _over_tls(self, req: FileHTTPRequest) -> FileHTTPRequest:
+        """`req` with a plain-http URL of the API's own host (its default port or API_URL's),
+        while API_URL is https, sent to API_URL's origin instead: over TLS, with our token.
+
+        The real server builds its download and upload URLs from the Host header the worker sent
+        and its own scheme (`request.url` in its `get_file_url`, see the protocol notes); behind a
+        TLS-terminating proxy (AWS App Runner, a load balancer) that scheme is plain http. Sent
+        as given, the URL would carry the token in clear (or, without it, be refused with 401: the
+        server's /download and /upload routes want it); refused, every such deployment would fail
+        every file. The same path on API_URL's origin is the route the server meant."""
+        api, target = self._origin, origin(req.url)
+        if api is None or target is None or api[0] != "https" or target[0] != "http":
+            return req
+        if target[1] != api[1] or target[2] not in (DEFAULT_PORTS["http"], api[2]):
+            return req  # another host or port: another origin, sent as given without a token
+        host = f"[{api[1]}]" if ":" in api[1] else api[1]
+        if api[2] != DEFAULT_PORTS["https"]:
+            host = f"{host}:{api[2]}"
+        if not self._told_upgrade:
+            self._told_upgrade = True
+            log.info(
+                "files: the API hands out plain-http URLs of its own host (a TLS-terminating"
+                " proxy in front of it): sending them to https://%s instead",
+                host,
+            )
+        url = urlunsplit(("https", host, *urlsplit(req.url.strip())[2:]))
+        return req.model_copy(update={"url": url})
+
     def _headers_for(self, req: FileHTTPRequest) -> dict[str, str]:
-        """The headers to perform `req` with: as the server gave them, plus our bearer token when the
-        URL is the API's own origin however API_URL is spelled (see `origin`), and never for another
-        origin (a pre-signed S3 URL). For its own download and upload URLs the server echoes the
-        caller's `authorization` header: that one is replaced by ours (current, e.g. after a
-        refresh), so that exactly one Authorization header is sent."""
-        headers = dict(req.headers)
+        """The headers to perform `req` with: as the server gave them, less any `authorization`,
+        plus our bearer token when the URL is the API's own origin however API_URL is spelled (see
+        `origin`). For its own download and upload URLs the server echoes the caller's
+        `authorization` header: that one is replaced by ours (current, e.g. after a refresh), so
+        that exactly one Authorization header is sent. For any other origin (a pre-signed S3 URL,
+        another host, the API's host on another port or scheme) none is: a server that echoes our
+        token into a URL elsewhere must not hand it to whoever is there."""
+        headers = {k: v for k, v in req.headers.items() if k.lower() != "authorization"}
         if self._is_own(req.url):
-            headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
             headers = self.session.authed(headers)
         return headers
 

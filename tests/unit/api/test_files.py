@@ -391,6 +391,7 @@ def test_an_api_on_this_box_may_hand_out_urls_on_this_box(
 
 # --- the bearer token reaches the API however API_URL is spelled, and no other origin -----------
 # API_URL as a user writes it, how requests sends it, and the download URL the server builds back
+API_HTTPS = "https://api.example"
 SAME_ORIGIN = [
     ("http://127.0.0.1:80", "http://127.0.0.1:80", "http://127.0.0.1/files/f/download"),
     (
@@ -466,6 +467,92 @@ def test_an_echoed_authorization_is_replaced_by_ours_never_sent_twice(
     assert rsps.calls[1].request.headers["x-extra"] == "kept"
 
 
+ECHOED_ELSEWHERE = [
+    "https://files.other.example/f",  # another host
+    "https://bucket.s3.amazonaws.com/u/f?X-Amz-Signature=abc",
+    "http://api.example:8080/f",  # the API's host, another port, in clear
+    "https://api.example:8443/f",  # the API's host, another port
+]
+
+
+@pytest.mark.parametrize("download_url", ECHOED_ELSEWHERE)
+def test_an_echoed_authorization_is_never_forwarded_to_another_origin(
+    rsps: responses.RequestsMock, tmp_path: Path, download_url: str
+) -> None:
+    # Given a server that echoes the caller's authorization header into a URL elsewhere
+    rsps.get(
+        f"{API_HTTPS}/files/f/url",
+        json={
+            "method": "get",
+            "url": download_url,
+            "headers": {"Authorization": BEARER, "x-amz-meta": "1"},
+            "data": {},
+        },
+    )
+    rsps.get(download_url, body=b"x")
+    download_to(worker_api(API_HTTPS), "f", tmp_path / "f")
+    # Then the token stays home; the other headers go as given
+    assert authorizations(rsps.calls[1]) == [], "bearer token forwarded to another origin"
+    assert rsps.calls[1].request.headers["x-amz-meta"] == "1"
+
+
+@pytest.mark.parametrize(
+    ("api_url", "handed_out", "fetched"),
+    [
+        (
+            API_HTTPS,
+            "http://api.example/files/d/a.yaml/download",
+            f"{API_HTTPS}/files/d/a.yaml/download",
+        ),
+        (
+            "https://api.example:8443",
+            "http://api.example:8443/files/d/a.yaml/download?x=1",
+            "https://api.example:8443/files/d/a.yaml/download?x=1",
+        ),
+    ],
+)
+def test_a_plain_http_url_of_the_apis_own_host_is_fetched_over_https_with_the_token(
+    rsps_lenient: responses.RequestsMock,
+    tmp_path: Path,
+    api_url: str,
+    handed_out: str,
+    fetched: str,
+) -> None:
+    # Given the real server behind a TLS-terminating proxy: it builds its download URL from the
+    # Host header and its own (plain http) scheme, and echoes the caller's authorization header
+    rsps = rsps_lenient
+    rsps.get(
+        f"{api_url}/files/d/a.yaml/url",
+        json={"method": "get", "url": handed_out, "headers": {"authorization": BEARER}, "data": {}},
+    )
+    rsps.get(handed_out, body=b"x")
+    rsps.get(fetched, body=b"x")
+    # When the file is downloaded
+    download_to(worker_api(api_url), "d/a.yaml", tmp_path / "a")
+    # Then the token never went over plain http: the file came from API_URL's own origin, over
+    # TLS, with the token (the route wants it)
+    in_clear = [c.request.url for c in rsps.calls if str(c.request.url).startswith("http:")]
+    assert in_clear == [], "a request (with the bearer token) went over plain http"
+    assert [c.request.url for c in rsps.calls][1] == fetched
+    assert authorizations(rsps.calls[1]) == [BEARER]
+
+
+def test_a_plain_http_upload_url_of_the_apis_own_host_is_posted_over_https(
+    rsps: responses.RequestsMock, tmp_path: Path
+) -> None:
+    upload = "/jobs/17/files/upload?type=output&base_path=out"
+    rsps.post(
+        f"{API_HTTPS}/jobs/17/files/url",
+        status=201,
+        json={"method": "post", "url": f"http://api.example{upload}", "headers": {}, "data": {}},
+    )
+    rsps.post(f"{API_HTTPS}{upload}", status=201, body="null")
+    f = tmp_path / "r.txt"
+    f.write_text("r")
+    upload_from(worker_api(API_HTTPS), "17", f, UploadType.output, "out")
+    assert authorizations(rsps.calls[1]) == [BEARER]
+
+
 def test_headers_for_the_own_origin_hold_exactly_one_authorization() -> None:
     api = worker_api("HTTP://LOCALHOST:80/", retry_s=1.0)
     req = FileHTTPRequest(
@@ -478,9 +565,13 @@ def test_headers_for_the_own_origin_hold_exactly_one_authorization() -> None:
     assert headers == {"x": "1", "Authorization": BEARER}
 
 
-def test_a_foreign_requests_headers_are_kept_as_given() -> None:
+def test_a_foreign_requests_headers_are_kept_as_given_but_any_authorization() -> None:
     api = worker_api("http://127.0.0.1:80", retry_s=1.0)
-    req = FileHTTPRequest(method="get", url="https://s3.test/b/k", headers={"x-amz-acl": "p"})
+    req = FileHTTPRequest(
+        method="get",
+        url="https://s3.test/b/k",
+        headers={"x-amz-acl": "p", "AuthoriZation": BEARER},
+    )
     assert api.files._headers_for(req) == {"x-amz-acl": "p"}
 
 
