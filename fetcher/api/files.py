@@ -16,7 +16,7 @@ import os
 import threading
 from collections.abc import Callable
 from typing import Any, BinaryIO
-from urllib.parse import quote, urljoin, urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import requests
 import urllib3.exceptions
@@ -24,7 +24,13 @@ from pydantic import ValidationError
 
 from fetcher.api.http import Http, Transient, new_session, read_json
 from fetcher.api.multipart import MultipartBody
-from fetcher.api.peers import DEFAULT_PORTS, checked_adapter, is_local_host, origin
+from fetcher.api.peers import (
+    DEFAULT_PORTS,
+    checked_adapter,
+    is_local_host,
+    origin,
+    redirect_hook,
+)
 from fetcher.api.session import ApiSession
 from fetcher.errors import Interrupted, TransferError
 from fetcher.logs import shown, shown_url
@@ -93,15 +99,7 @@ class FileRequests:
             )
 
     def _redirect_guard(self, what: str) -> Callable[..., None]:
-        def guard(resp: requests.Response, *args: Any, **kwargs: Any) -> None:
-            if resp.is_redirect:
-                try:
-                    self._check_target(urljoin(resp.url, resp.headers.get("location", "")), what)
-                except TransferError:
-                    resp.close()
-                    raise
-
-        return guard
+        return redirect_hook(lambda target: self._check_target(target, what))
 
     def _is_own(self, url: str) -> bool:
         return self._origin is not None and origin(url) == self._origin

@@ -5,6 +5,11 @@ full jitter for up to `retry_s` seconds, then raise ApiUnavailable. 401/403 rais
 raises JobGone where the call is about a job, any other 4xx raises ApiRejected. Waits between tries
 stop at once when the caller's `interrupt` event is set (Interrupted). Error texts never contain
 headers, and URLs in them lose their query string (pre-signed URLs carry signatures).
+
+No call is redirected to this box or a link-local address (the cloud's metadata service), unless
+it was made there in the first place: the rule file requests follow (`fetcher.api.files`), for
+the API's own calls too (`/jobs`, statuses, `/access_info`, the login), whose answers a hostile or
+hijacked server could otherwise point at the daemon's neighbours.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_aft
 from tenacity.wait import wait_random_exponential
 
 from fetcher import __version__
+from fetcher.api.peers import is_local_host, origin, redirect_hook
 from fetcher.errors import (
     ApiRejected,
     ApiUnavailable,
@@ -137,6 +143,30 @@ def _retry_after(resp: requests.Response) -> float:
         except (TypeError, ValueError, IndexError, OverflowError):
             return 0.0  # e.g. "120s": the backoff decides
     return max(0.0, seconds) if math.isfinite(seconds) else 0.0
+
+
+def redirect_guard(url: str, what: str, refused: Refused = None) -> Callable[..., None]:
+    """The response hook of a call to `url`: a redirect to a URL that is not plain http(s), or to
+    this box or a link-local address while `url` is elsewhere, is refused with a bad answer (see
+    `bad_answer`) naming where it pointed, before requests follows it."""
+    here = origin(url)
+
+    def check(target: str) -> None:
+        there = origin(target)
+        if there is None:
+            raise bad_answer(
+                f"{what}: the server redirected to {shown_url(target)}, not an http(s) URL;"
+                " refused",
+                refused,
+            )
+        if is_local_host(there[1], there[2]) and not (here and is_local_host(here[1], here[2])):
+            raise bad_answer(
+                f"{what}: the server redirected to {shown_url(target)}, this box or a link-local"
+                " address; refused",
+                refused,
+            )
+
+    return redirect_hook(check)
 
 
 def new_session(adapter: requests.adapters.HTTPAdapter | None = None) -> requests.Session:
@@ -257,8 +287,9 @@ class Http:
     ) -> requests.Response:
         """One try: send, and map the answer (`error_for_status`). Raises Transient for a failure
         worth retrying. `on_response` sees every answer, each redirect's too, and may raise to
-        refuse it; `session` replaces the helper's own (whose headers it does not carry);
-        `refused`: the class of a refusal of a file request (see `error_for_status`)."""
+        refuse it (by default `redirect_guard`: no redirect to this box); `session` replaces the
+        helper's own (whose headers it does not carry); `refused`: the class of a refusal of a
+        file request (see `error_for_status`)."""
         resp = self._request(
             method,
             url,
@@ -270,7 +301,7 @@ class Http:
             params=params,
             json=json,
             data=data,
-            hooks={"response": [on_response]} if on_response else None,
+            hooks={"response": [on_response or redirect_guard(url, what, refused)]},
         )
         if resp.status_code in expected:
             return resp

@@ -1,7 +1,8 @@
 """Where a server's file request may send the daemon: never to this box or a link-local address.
 
 `origin` says which origin a URL names (the bearer token goes to the API's own origin only).
-`is_local_host` judges a URL's host before the request (every address its name resolves to).
+`is_local_host` judges a URL's host before the request (every address its name resolves to);
+`redirect_hook` lets a check judge each redirect before requests follows it.
 Names can resolve differently a moment later (DNS rebinding), so `checked_session` also checks
 the address each new connection actually reached, before a byte is sent on it.
 """
@@ -11,8 +12,9 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import socket
+from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import requests
 import urllib3
@@ -101,6 +103,21 @@ def origin(url: str) -> tuple[str, str, int] | None:
     if (u3_scheme, norm_host(u3.host or ""), u3_port) != found:
         return None
     return found
+
+
+def redirect_hook(check: Callable[[str], None]) -> Callable[..., None]:
+    """A requests response hook that hands each redirect's target (made absolute) to `check`
+    before requests follows it; `check` raises to refuse it (the answer is closed first)."""
+
+    def hook(resp: requests.Response, *args: Any, **kwargs: Any) -> None:
+        if resp.is_redirect:
+            try:
+                check(urljoin(resp.url, resp.headers.get("location", "")))
+            except Exception:
+                resp.close()
+                raise
+
+    return hook
 
 
 class LocalPeerRefused(TransferError):

@@ -371,6 +371,19 @@ def test_a_redirect_cannot_send_the_daemon_to_this_box_either(
     assert [c.request.url for c in rsps.calls][-1] == "https://bucket.s3.test/x.bin"
 
 
+def test_the_apis_file_request_answer_cannot_be_redirected_to_this_box_either(
+    rsps_lenient: responses.RequestsMock, tmp_path: Path
+) -> None:
+    meta = "http://169.254.169.254/latest/meta-data/"
+    rsps_lenient.get(
+        "https://api.example/files/data/x.bin/url", status=302, headers={"Location": meta}
+    )
+    rsps_lenient.get(meta, json={"method": "get", "url": "https://s3.test/x", "headers": {}})
+    with pytest.raises(TransferError, match="link-local address; refused"):
+        download_to(worker_api("https://api.example", retry_s=0.5), "data/x.bin", tmp_path / "x")
+    assert len(rsps_lenient.calls) == 1
+
+
 def test_a_redirect_loop_is_the_jobs_error(rsps: responses.RequestsMock, tmp_path: Path) -> None:
     """A redirect loop is the job's error (TooManyRedirects), not this box's trouble."""
     offer(rsps, {"method": "get", "url": "https://s3.test/a"})

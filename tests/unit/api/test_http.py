@@ -1,19 +1,21 @@
 """The one HTTP helper: transient failures retried within the budget (and not a moment longer
-once interrupted), every other answer mapped to its error class, Retry-After read defensively, and
-an answer read within bounds (its size, its nesting, a deadline for one that trickles in)."""
+once interrupted), every other answer mapped to its error class, Retry-After read defensively, an
+answer read within bounds (its size, its nesting, a deadline for one that trickles in), and no
+call redirected to this box or a link-local address."""
 
 from __future__ import annotations
 
+import re
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import requests
 import responses
 
-from fetcher.api.auth import FixedToken
+from fetcher.api.auth import CognitoLogin, FixedToken
 from fetcher.api.client import WorkerApi
 from fetcher.api.http import Http, Transient
 from fetcher.errors import ApiRejected, ApiUnavailable, AuthError, BadResponse, Interrupted
@@ -177,3 +179,83 @@ def test_a_trickling_answer_is_given_up_within_a_deadline(trickler: str) -> None
     assert not t.is_alive(), "still reading the answer after 8 s (it trickles for 10000 s)"
     assert time.monotonic() - started < 8
     assert isinstance(outcome["result"], Exception), outcome
+
+
+# --- redirects -----------------------------------------------------------------------------------
+API_ELSEWHERE = "https://api.example"
+CLAIM = f"{API_ELSEWHERE}/jobs?memory=1000&cpu_cores=1&gpu_mem=0&limit=1&older_than=0"
+
+
+def claim(api: WorkerApi) -> object:
+    return api.claim_jobs(ClaimOffer(memory=1000, cpu_cores=1), retry_s=0)
+
+
+def put_running(api: WorkerApi) -> object:
+    api.put_status("1", JobStatus.running, retry_s=0)
+    return None
+
+
+def get_status(api: WorkerApi) -> object:
+    return api.get_status("1", retry_s=0)
+
+
+def log_in(api: WorkerApi) -> object:
+    login = CognitoLogin(api.http, API_ELSEWHERE, "u", "pw", endpoint="https://cognito.test/")
+    return login.token()  # asks /access_info first
+
+
+API_CALLS: list[tuple[str, str, Callable[[WorkerApi], object]]] = [
+    ("GET", CLAIM, claim),
+    ("PUT", f"{API_ELSEWHERE}/jobs/1/status?status=running", put_running),
+    ("GET", f"{API_ELSEWHERE}/jobs/1/status", get_status),
+    ("GET", f"{API_ELSEWHERE}/access_info", log_in),
+]
+
+
+@pytest.mark.parametrize(
+    "to", ["http://169.254.169.254/latest/meta-data/", "http://127.0.0.1:2375/containers/json"]
+)
+@pytest.mark.parametrize(
+    ("method", "url", "call"), API_CALLS, ids=[c[2].__name__ for c in API_CALLS]
+)
+def test_an_api_call_is_not_redirected_to_this_box_or_a_link_local_address(
+    rsps_lenient: responses.RequestsMock,
+    method: str,
+    url: str,
+    call: Callable[[WorkerApi], object],
+    to: str,
+) -> None:
+    # Given an API elsewhere whose answer redirects the root daemon to the cloud's metadata
+    # service, or to a service on this box
+    rsps_lenient.add(method, url, status=307, headers={"Location": to})
+    rsps_lenient.add(method, to, json={})
+    # When the fetcher makes the call, then it is refused, naming where it was sent, and the
+    # daemon never went there
+    with pytest.raises(
+        BadResponse,
+        match=f"redirected to '{re.escape(to)}', this box or a link-local address; refused",
+    ):
+        call(worker_api(API_ELSEWHERE, retry_s=0))
+    assert [c.request.url for c in rsps_lenient.calls] == [url]
+
+
+def test_an_api_call_still_follows_a_redirect_elsewhere(rsps: responses.RequestsMock) -> None:
+    # Given an API_URL in plain http whose proxy redirects to https
+    rsps.get(CLAIM.replace("https:", "http:"), status=301, headers={"Location": CLAIM})
+    rsps.get(CLAIM, json={})
+    assert claim(worker_api(API_ELSEWHERE.replace("https:", "http:"), retry_s=0)).jobs == {}  # type: ignore[attr-defined]
+
+
+def test_an_api_on_this_box_may_redirect_on_this_box(rsps: responses.RequestsMock) -> None:
+    local = "http://127.0.0.1:8001"
+    rsps.put(
+        f"{local}/jobs/1/status", status=307, headers={"Location": f"{local}/v2/jobs/1/status"}
+    )
+    rsps.put(f"{local}/v2/jobs/1/status", status=204)
+    worker_api(local, retry_s=0).put_status("1", JobStatus.running, retry_s=0)
+
+
+def test_an_api_redirect_to_another_scheme_is_refused(rsps: responses.RequestsMock) -> None:
+    rsps.get(CLAIM, status=302, headers={"Location": "file:///etc/passwd"})
+    with pytest.raises(BadResponse, match="redirected to 'file:///etc/passwd', not an http"):
+        claim(worker_api(API_ELSEWHERE, retry_s=0))
