@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from fetcher.api.files import check_relative_path
 from fetcher.errors import InvalidJobSpec, TransferError
 from fetcher.job import safefs
 from fetcher.logs import shown
@@ -101,6 +102,33 @@ def split_relative(job_id: str, field: str, value: object) -> tuple[str, ...]:
     return parts
 
 
+def sendable(base_path: str) -> bool:
+    """Whether the upload sends `base_path` (`check_relative_path`), so that a path the fetcher
+    accepts is never one that its upload refuses."""
+    try:
+        check_relative_path(base_path, "base_path")
+    except ValueError:
+        return False
+    return True
+
+
+def check_sendable(job_id: str, field: str, parts: tuple[str, ...]) -> None:
+    """A `files_up` directory starts the `base_path` of every upload of its files, so it must
+    pass the check the upload itself applies (`check_relative_path`: besides `..` and a leading
+    `/`, a leading `\\`, an `X:` drive prefix, a `..` between backslashes). Refused here, before
+    the job runs, it is the job's own `invalid job spec`; found only at the upload, it was a
+    fetcher error that handed the job back, to waste a run on every worker. Raises InvalidJobSpec
+    naming `field` and the path."""
+    rel = "/".join(parts)
+    if not sendable(rel):
+        raise _bad(
+            job_id,
+            field,
+            f"{shown(rel)} cannot be sent as an upload's base_path (a drive prefix such as 'a:',"
+            " a leading '\\' or a '..' between backslashes)",
+        )
+
+
 def check_file_id(job_id: str, field: str, value: object) -> str:
     if not isinstance(value, str) or not value:
         raise _bad(job_id, field, "the file id must be a non-empty string")
@@ -136,6 +164,7 @@ def plan_layout(job_id: str, spec: JobSpecs) -> Layout:
     for kind, rel in (spec.handler.files_up or {}).items():
         field = f"handler.files_up[{shown(kind.value)}]"
         parts = split_relative(job_id, field, rel)
+        check_sendable(job_id, field, parts)
         for inp in inputs:
             if _is_under(parts, inp.parts):
                 raise _bad(job_id, field, f"{shown(rel)} is also an input file ({shown(inp.rel)})")
@@ -332,6 +361,10 @@ class Workspace:
             return None
         if len(base_path.encode()) > MAX_PATH_BYTES:
             self._skipped(out, f.parts, f"its directory is longer than {MAX_PATH_BYTES} bytes")
+            return None
+        if not sendable(base_path):
+            # a directory the job named `a\..\b`: the upload would refuse it (see check_sendable)
+            self._skipped(out, f.parts, "its directory cannot be sent as an upload's base_path")
             return None
         return OutputFile(out.kind, base_path, name, parts, f.size)
 

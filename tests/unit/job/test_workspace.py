@@ -68,6 +68,20 @@ def test_a_files_up_directory_outside_or_at_the_job_directory_is_refused(rel: st
         plan_layout("7", spec(files_up={"output": rel}))
 
 
+@pytest.mark.parametrize("rel", ["a:out", "./c:/x", "\\\\srv\\share", "out\\..\\..\\x"])
+def test_a_files_up_directory_the_upload_cannot_send_is_an_invalid_spec_up_front(rel: str) -> None:
+    """A `files_up` directory that passes as a Linux path but that the upload refuses as its
+    base_path (a drive prefix, a leading backslash, a `..` between backslashes) is the job's own
+    invalid spec before it runs, naming the path: never a bare ValueError at the upload, a fetcher
+    error that hands the job back to fail again on every worker."""
+    with pytest.raises(InvalidJobSpec) as info:
+        plan_layout("7", spec(files_up={"output": rel}))
+    err = info.value
+    assert err.field == "handler.files_up['output']"
+    assert "cannot be sent as an upload's base_path" in err.problem
+    assert repr(rel.removeprefix("./")) in err.problem
+
+
 def test_a_files_up_directory_that_is_an_input_file_is_refused() -> None:
     with pytest.raises(InvalidJobSpec, match="also an input file"):
         plan_layout("7", spec({"log": "f"}, {"log": "log"}))
@@ -182,5 +196,18 @@ def test_an_output_whose_name_is_not_utf8_is_skipped_not_a_crash(tmp_path: Path)
         fh.write(b"x")
     with open(os.fsencode(tmp_path / "7/out/sub") + b"/d\xffir/c.txt", "wb") as fh:
         fh.write(b"x")
+    found = {(f.base_path, f.name) for f in ws.output_files(layout)}
+    assert found == {("out", "ok.txt")}
+
+
+def test_an_output_directory_the_upload_cannot_send_is_skipped_not_a_crash(tmp_path: Path) -> None:
+    """A directory the job named `a\\..\\b` (a Linux name the upload would refuse in its
+    base_path) is skipped with a log line, like a link: never a ValueError at the upload."""
+    layout = plan_layout("7", spec(files_up={"output": "out"}))
+    ws = Workspace("7", tmp_path, tmp_path)
+    ws.create(layout)
+    (tmp_path / "7/out/a\\..\\b").mkdir()
+    (tmp_path / "7/out/a\\..\\b/x.txt").write_text("x")
+    (tmp_path / "7/out/ok.txt").write_text("fine")
     found = {(f.base_path, f.name) for f in ws.output_files(layout)}
     assert found == {("out", "ok.txt")}
