@@ -27,7 +27,7 @@ from typing import Protocol
 from fetcher.cancel import Cancel, CancelKind
 from fetcher.errors import Interrupted, JobGone
 from fetcher.models import JobStatus
-from fetcher.ownership import still_ours
+from fetcher.ownership import runs_on, still_ours
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,9 @@ class KeepAlive:
         # job the server re-queued while the fetcher was away
         self.verify_first = verify_first
         self._clock = clock
+        self._last_ok = clock()  # the last PUT that reached the server (the claim, at first)
+        self._last_failed = False  # the last PUT failed
+        self._silence_limit_s = max(VERIFY_AFTER_SILENCE_S, 1.5 * interval_s)
         self.job_id = job_id
         self.interval_s = interval_s
         self.cancel = cancel
@@ -129,10 +132,11 @@ class KeepAlive:
     def _gone(self, why: str) -> None:
         self.cancel.set(why, CancelKind.gone)
 
-    def _still_ours(self) -> bool:
-        """Before a PUT whose job's fate is uncertain (an adopted job's first, the first after a
-        failed PUT or a long silence): does the server still have it running for us? Sets the
-        cancel (gone) when it does not. Retries at each interval until it can tell."""
+    def _still_ours(self, rule: Callable[[JobStatus | None], bool] = still_ours) -> bool:
+        """Before a PUT whose job's fate is uncertain (an adopted job's first: `still_ours`; the
+        first after a failed PUT or a long silence: `runs_on`): does the server still have it
+        for us? Sets the cancel (gone) when it does not. Retries at each interval until it can
+        tell."""
         failing: str | None = None
         while not self._halt.is_set() and not self._closing.is_set():
             try:
@@ -152,7 +156,7 @@ class KeepAlive:
                 self._wake.wait(self.interval_s)
                 self._wake.clear()
                 continue
-            if not still_ours(status):
+            if not rule(status):
                 log.warning(
                     "job %s: the server has it as %s (re-queued or ended while it did not hear"
                     " from this worker): stopping it here",
@@ -160,14 +164,32 @@ class KeepAlive:
                     status.value,
                 )
                 self._gone(f"the server has the job as {status.value}")
-            return still_ours(status)
+                return False
+            if status == JobStatus.queued:
+                log.warning(
+                    "job %s: the server re-queued it while it did not hear from this worker, and"
+                    " no other worker took it: taking it back",
+                    self.job_id,
+                )
+            return True
         return False
 
+    def uncertain(self) -> bool:
+        """Whether the server may have re-queued, failed or forgotten the job unknown to this
+        worker: its last PUT failed, or none got through for too long. The job's final report is
+        then sent only after asking the server (`Deliverer.submit(verify=True)`)."""
+        with self._lock:
+            failed, last_ok = self._last_failed, self._last_ok
+        return failed or self._clock() - last_ok > self._silence_limit_s
+
     def _run(self) -> None:
-        verify = self.verify_first  # ask the server before the next PUT
+        # ask the server before the next PUT: an adopted job's first (was it re-queued while the
+        # fetcher was away?); after a failed PUT or a long silence (is it gone, or ended?)
+        verify: Callable[[JobStatus | None], bool] | None = (
+            still_ours if self.verify_first else None
+        )
         failing: str | None = None
         ping_due = False  # the interval passed since the last PUT
-        last_ok = self._clock()  # the last PUT that reached the server (the claim, at first)
         while not self._halt.is_set():
             status, change = self._next()
             if not change and not ping_due:
@@ -176,10 +198,12 @@ class KeepAlive:
                 ping_due = not self._wake.wait(self.interval_s)  # a change, a stop, the interval
                 self._wake.clear()
                 continue
-            if verify or self._silent_too_long(last_ok):
-                if not self._still_ours():
+            if verify is None and self._silent_too_long():
+                verify = runs_on
+            if verify is not None:
+                if not self._still_ours(verify):
                     return
-                verify = False
+                verify = None
             try:
                 self._put(status, change)
             except JobGone:
@@ -193,24 +217,29 @@ class KeepAlive:
                 return
             except Exception as exc:  # noqa: BLE001 - anything else: log once, try again later
                 failing = self._failed(exc, failing)
+                with self._lock:
+                    self._last_failed = True
                 # the server may have re-queued, failed or forgotten the job meanwhile
-                verify = True
+                verify = verify or runs_on
                 if self._closing.is_set():
                     return
                 self._wake.wait(self.interval_s)
                 self._wake.clear()
                 ping_due = True
                 continue
-            last_ok = self._clock()
+            with self._lock:
+                self._last_ok, self._last_failed = self._clock(), False
             if failing is not None:
                 log.info("job %s: keep-alive delivered again", self.job_id)
                 failing = None
             ping_due = False
 
-    def _silent_too_long(self, last_ok: float) -> bool:
-        """No PUT reached the server for VERIFY_AFTER_SILENCE_S: it may have timed the job out."""
-        silence = self._clock() - last_ok
-        if silence <= VERIFY_AFTER_SILENCE_S:
+    def _silent_too_long(self) -> bool:
+        """No PUT reached the server for VERIFY_AFTER_SILENCE_S (or one and a half intervals, for
+        an interval set longer than that): it may have timed the job out."""
+        with self._lock:
+            silence = self._clock() - self._last_ok
+        if silence <= self._silence_limit_s:
             return False
         log.warning(
             "job %s: no keep-alive reached the server for %.0f s: asking it before the next",

@@ -169,7 +169,9 @@ def process_job(
             deps.gpus.usage.finish(job_id)
     # an adopted job's status on the server is asked before its report is sent (it may have been
     # re-queued while the fetcher was away, and the keep-alive may never have reached the server)
-    report(deps, job_id, outcome, verify=run.adopted)
+    # so is a job whose keep-alive lost touch with the server near its end (it may have been
+    # re-queued, or failed at the server's retry limit, meanwhile)
+    report(deps, job_id, outcome, verify=run.adopted or run.keepalive.uncertain())
     keep = deps.settings.keep_failed_job_dirs and outcome.kind == OutcomeKind.error
     if not clean_up(deps, run.container, image=spec.handler.image_url, keep_dir=keep):
         return dataclasses.replace(outcome, container_left=run.container.left_behind)
@@ -294,7 +296,11 @@ def wait(run: JobRun) -> None:
         run.container.follow_logs(run.log_file)
         run.result = run.container.wait(run.cancel, run.deps.settings.job_time_limit_s)
         run.result.gpu_line = run.gpu_figures()
-        trouble = gpu_trouble(run)  # before the GPU is freed: a GPU in trouble is quarantined
+        try:  # before the GPU is freed: a GPU in trouble is quarantined
+            trouble = gpu_trouble(run)
+        except Exception:  # a bug here must not keep the GPU from the next job
+            log.exception("job %s: checking its GPUs after its run failed", run.job_id)
+            trouble = None
     if run.result.exited:
         run.on_exit()
     run.check_cancel()

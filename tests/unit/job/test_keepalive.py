@@ -144,16 +144,60 @@ def test_keepalive_after_a_long_silence_asks_before_it_puts_again(clock: FakeClo
     # Given a job kept alive, on a clock that stands still
     server = StatusServer()
     cancel = Cancel()
-    ka = KeepAlive(server, "1", 3600, cancel, clock=clock).start(JobStatus.running)
+    ka = KeepAlive(server, "1", 60, cancel, clock=clock).start(JobStatus.running)
     wait_for(lambda: server.received, 2, "a first PUT")
-    # When no PUT reached the server for longer than it waits before re-queueing, and it did
-    server.status["1"] = JobStatus.queued
+    # When no PUT reached the server for longer than it waits before re-queueing, and it failed
+    # the job meanwhile (its retry limit)
+    server.status["1"] = JobStatus.error
     clock.now += VERIFY_AFTER_SILENCE_S + 1
     ka.set_status(JobStatus.postprocessing)
-    # Then the keep-alive asks first, and does not silently take the re-queued job back
+    # Then the keep-alive asks first, leaves the server's final status alone and stops the job
     wait_for(cancel.is_set, 2, "the job to be stopped")
     ka.stop()
-    assert server.status["1"] == JobStatus.queued and cancel.gone
+    assert server.gets and server.status["1"] == JobStatus.error and cancel.gone
+
+
+def test_keepalive_takes_back_a_job_the_server_requeued_and_nobody_took(clock: FakeClock) -> None:
+    # Given a 5-hour training whose pings did not get through for longer than the server waits:
+    # it re-queued the job, and no other worker has taken it (that one would make it a 404)
+    server = StatusServer()
+    cancel = Cancel()
+    ka = KeepAlive(server, "1", 60, cancel, clock=clock).start(JobStatus.running)
+    wait_for(lambda: server.received, 2, "a first PUT")
+    server.status["1"] = JobStatus.queued
+    clock.now += VERIFY_AFTER_SILENCE_S + 1
+    assert ka.uncertain()
+    ka.set_status(JobStatus.postprocessing)
+    # Then the keep-alive asks, and takes it back: the GPU's hours are not thrown away
+    wait_for(lambda: server.status["1"] == JobStatus.postprocessing, 2, "the job taken back")
+    ka.stop()
+    assert server.gets and not cancel.is_set()
+    assert not ka.uncertain()  # its last PUT got through just now
+
+
+def test_a_keepalive_whose_last_put_failed_is_uncertain() -> None:
+    server = StatusServer()
+    ka = KeepAlive(server, "1", 3600, Cancel()).start(JobStatus.running)
+    wait_for(lambda: server.received, 2, "a first PUT")
+    assert not ka.uncertain()
+    server.put_plan["1"] = ["down"]
+    ka.set_status(JobStatus.postprocessing)
+    wait_for(ka.uncertain, 2, "the failed PUT to be noted")
+    ka.stop()
+
+
+def test_an_interval_longer_than_the_silence_limit_asks_nothing_while_pings_get_through(
+    clock: FakeClock,
+) -> None:
+    # TIMEOUT_STATUS set above half the server's failure timeout: its own pings are not silence
+    server = StatusServer()
+    ka = KeepAlive(server, "1", 200, Cancel(), clock=clock).start(JobStatus.running)
+    wait_for(lambda: server.received, 2, "a first PUT")
+    clock.now += 200
+    ka.set_status(JobStatus.postprocessing)
+    wait_for(lambda: server.status["1"] == JobStatus.postprocessing, 2, "the change")
+    ka.stop()
+    assert server.gets == []
 
 
 def test_keepalive_asks_nothing_while_its_pings_get_through(clock: FakeClock) -> None:

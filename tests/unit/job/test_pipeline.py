@@ -18,6 +18,7 @@ from fetcher.lifecycle import OutcomeKind
 from fetcher.outcome import of_failure
 from fetcher.pool import Allocation
 from tests.fakes import StatusSink
+from tests.helpers import wait_for
 
 
 def test_the_keepalive_never_outlives_its_job_even_when_reporting_fails(
@@ -319,3 +320,48 @@ def test_a_job_failing_on_its_own_on_a_healthy_gpu_is_still_an_error(
     outcome = pipeline.process_job("7", spec, deps, gpu_uuids=[gpus[0].uuid])
     assert outcome.kind == OutcomeKind.error and outcome.details.startswith("exit_code: 2")
     assert board.quarantine.why(gpus[0].uuid) is None
+
+
+def test_the_report_of_a_job_whose_keepalive_lost_touch_asks_the_server_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fetcher.delivery import Deliverer
+    from fetcher.errors import TransferError
+    from fetcher.job import deps as job_deps
+    from fetcher.job import pipeline
+    from fetcher.models import JobSpecs, JobStatus
+    from fetcher.outcome import Outcome
+    from fetcher.settings import Settings
+    from fetcher.store import JobStore
+    from tests.fakes import StatusServer
+
+    # Given a job whose keep-alive's last PUT failed (the API out of reach near the job's end:
+    # the server may re-queue it, or fail it at its retry limit, meanwhile)
+    server = StatusServer()
+    server.put_plan["7"] = ["ok", "down"]
+
+    def fails_after_its_ping_failed(run: JobRun, _resume: object) -> None:
+        wait_for(lambda: server.received, 2, "the first PUT")
+        run.keepalive.set_status(JobStatus.running)
+        wait_for(lambda: len(server.puts) >= 2, 2, "the failed PUT")
+        wait_for(run.keepalive.uncertain, 2, "the failure to be noted")
+        raise TransferError("input data/x: 500")  # the job's own `error`
+
+    seen: dict[str, object] = {}
+
+    def report(_deps: object, _job: str, outcome: Outcome, *, verify: bool = False) -> None:
+        seen.update(outcome=outcome, verify=verify)
+
+    monkeypatch.setattr(pipeline, "run_steps", fails_after_its_ping_failed)
+    monkeypatch.setattr(pipeline, "report", report)
+    monkeypatch.setattr(pipeline, "clean_up", lambda *_a, **_k: True)
+    store = JobStore(tmp_path / "jobs.sqlite")
+    settings = Settings(
+        _env_file=None, api_url="http://x", access_token="tok-12345", path_base=tmp_path
+    )
+    deps = job_deps.JobDeps(settings, server, None, store, Deliverer(store, server), "f")  # type: ignore[arg-type]
+    spec = JobSpecs.model_validate({"handler": {"image_url": "img"}})
+    # When it ends
+    pipeline.process_job("7", spec, deps)
+    # Then its `error` is not sent blind: the deliverer asks the server first
+    assert seen["verify"] is True
