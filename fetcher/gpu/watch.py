@@ -15,12 +15,16 @@ from fetcher.gpu.board import GpuBoard
 
 log = logging.getLogger(__name__)
 
+RENEW_MAX_PAUSE_S = 60.0  # the longest pause between renewals of an event set that keeps failing
+
 
 class GpuWatch:
     def __init__(self, board: GpuBoard, interval_s: float = 2.0) -> None:
         self.board = board
         self.interval_s = interval_s
         self._stop = threading.Event()
+        self._last_failure: str | None = None  # the last failed wait, logged once
+        self._failures = 0  # failed waits in a row
         self._thread = threading.Thread(target=self._run, name="gpu-watch", daemon=True)
 
     def start(self) -> GpuWatch:
@@ -69,6 +73,7 @@ class GpuWatch:
             event = nvml.wait_event(events, self.board.gpus, int(timeout_s * 1000))
         except Exception as exc:  # noqa: BLE001 - NVMLError (a GPU lost, ...): never die
             return self._renew(events, exc)
+        self._failures = 0
         if event is not None:
             self._guarded(lambda: self.board.on_event(event))
         return events
@@ -83,13 +88,21 @@ class GpuWatch:
         nvml.free_events(events)
         self._guarded(self.board.check_health)
         readable = [g for g in self.board.gpus if nvml.readable(g)]
-        lost = sorted({g.parent or g.uuid for g in self.board.gpus if g not in readable})
-        log.warning(
-            "gpu %s: waiting for NVML events failed (%s); watching the other GPUs' events",
-            ",".join(lost) or "?",
-            exc,
-        )
-        self._stop.wait(min(self.interval_s, 1.0))  # a set that fails at once is not spun on
+        lost = ",".join(sorted({g.parent or g.uuid for g in self.board.gpus if g not in readable}))
+        failure = f"{lost}: {exc}"
+        if failure != self._last_failure:  # once per failure, not at every renewal
+            if lost:
+                log.warning(
+                    "gpu %s: waiting for NVML events failed (%s); watching the others' events",
+                    lost,
+                    exc,
+                )
+            else:
+                log.warning("gpu: waiting for NVML events failed (%s); trying again", exc)
+            self._last_failure, self._failures = failure, 0
+        # a set that fails at once is not spun on: the pause doubles up to a minute
+        self._stop.wait(min(self.interval_s * 2**self._failures, RENEW_MAX_PAUSE_S))
+        self._failures += 1
         return nvml.event_set(readable) if readable else None
 
     def _guarded(self, fn: Any) -> None:

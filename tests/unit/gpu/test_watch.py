@@ -3,7 +3,11 @@ running job's GPU is sampled; a driver without events still gets its samples."""
 
 from __future__ import annotations
 
+import logging
 import time
+
+import pynvml
+import pytest
 
 from fetcher.gpu.board import GpuBoard
 from fetcher.gpu.nvml import Nvml
@@ -96,3 +100,31 @@ def test_gpus_without_ecc_still_get_their_xids_watched() -> None:
     finally:
         fake.interrupt_waits()
         watch.stop()
+
+
+def test_a_wait_that_keeps_failing_is_logged_once_and_retried_ever_less_often(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given NVML waits that fail for a reason other than a lost GPU (every GPU still reads fine)
+    fake = FakeNvml([FakeGpu.a100(), FakeGpu.a100()])
+    nvml = Nvml(fake)
+    assert nvml.open()
+    board = GpuBoard(nvml, nvml.devices(), Quarantine(3, quiet=True))
+    waits: list[float] = []
+
+    def broken_wait(*_a: object, **_k: object) -> None:
+        waits.append(time.monotonic())
+        raise pynvml.NVMLError(pynvml.NVML_ERROR_UNKNOWN)
+
+    monkeypatch.setattr(nvml, "wait_event", broken_wait)
+    caplog.set_level(logging.WARNING, logger="fetcher.gpu.watch")
+    watch = GpuWatch(board, interval_s=0.1).start()
+    try:
+        time.sleep(1.6)
+    finally:
+        watch.stop()
+    # Then it is logged once, and the pauses between tries double (0.1, 0.2, 0.4, 0.8 s: at most
+    # 5 tries in 1.6 s, where a fixed pause would make 16)
+    warnings = [r for r in caplog.records if "waiting for NVML events failed" in r.getMessage()]
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]
+    assert 2 <= len(waits) <= 5, waits
