@@ -11,7 +11,7 @@ from typing import Any
 
 from fetcher.gpu.board import GpuBoard
 from fetcher.gpu.nvml import Gpu, Nvml
-from fetcher.quarantine import Quarantine
+from fetcher.quarantine import BOX, Quarantine
 from fetcher.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -132,8 +132,18 @@ def detect_host_and_board(
     docker_info: dict[str, Any], settings: Settings, nvml: Nvml, quarantine: Quarantine
 ) -> tuple[Host, GpuBoard | None]:
     """The box (`detect_host`) with the GPUs `nvml` shows, and the board of those GPUs (None
-    without any)."""
-    host = detect_host(docker_info, settings, nvml.devices() if nvml.ok else [])
+    without any). A box whose GPUs NVML counts but can read none of is quarantined (`BOX`):
+    run on as a CPU worker, it would claim the GPU jobs that ask for no GPU by name (DECODE's do
+    not) and fail each as the job's own `error` (CUDA finds no device)."""
+    devices = nvml.devices() if nvml.ok else []
+    host = detect_host(docker_info, settings, devices)
+    if nvml.left_out and not devices and slurm_gpu_selection(os.environ) != []:
+        lost = "; ".join(f"gpu {i}: {why}" if i >= 0 else why for i, why in nvml.left_out)
+        quarantine.put(
+            BOX,
+            f"NVML counts GPUs and can read none of them ({lost}); fix them and restart, or"
+            " `fetcher gpu release box` to run jobs without a GPU",
+        )
     if not host.gpus:
         return host, None
     board = GpuBoard(

@@ -135,3 +135,53 @@ def test_detect_host_takes_the_slurm_jobs_gpus_unless_gpus_is_set() -> None:
     assert len(detect_host(INFO, settings(), NODE, {}).gpus) == 4
     # And a Slurm task without GPUs offers none, even on a GPU node
     assert detect_host(INFO, settings(), NODE, JOB).gpus == ()
+
+
+def test_a_gpu_box_whose_every_gpu_is_lost_at_the_start_claims_nothing_and_says_why(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from fetcher.gpu.nvml import Nvml
+    from fetcher.host import detect_host_and_board
+    from fetcher.quarantine import BOX, Quarantine
+    from tests.fakes.nvml import FakeGpu
+    from tests.fakes.nvml import FakeNvml as FaithfulNvml
+
+    # Given a one-GPU box whose GPU fell off the bus before the start (not a Slurm job)
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    fake = FaithfulNvml([FakeGpu.a100()])
+    fake.fall_off_bus(0)
+    nvml = Nvml(fake)
+    assert nvml.open()
+    quarantine = Quarantine(3, quiet=True)
+    s = settings()
+    host, board = detect_host_and_board({"NCPU": 8, "MemTotal": 16 * 2**30}, s, nvml, quarantine)
+    # Then it is no CPU worker taking DECODE's GPU jobs (they name no GPU) to fail them: the box
+    # is quarantined, naming the lost GPU (the claim loop reads it: `ApiJobSource._unhealthy`)
+    why = quarantine.why(BOX)
+    assert why is not None and "gpu 0:" in why
+    assert host.gpus == () and board is None
+
+
+def test_a_slurm_pilot_given_no_gpu_is_a_cpu_worker_though_nvml_sees_the_nodes_gpus(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given a Slurm job given no GPU on a node whose GPUs its device cgroup hides (NoPermission)
+    import pynvml
+
+    from fetcher.gpu.nvml import Nvml
+    from fetcher.host import detect_host_and_board
+    from fetcher.quarantine import BOX, Quarantine
+    from tests.fakes.nvml import FakeGpu
+    from tests.fakes.nvml import FakeNvml as FaithfulNvml
+
+    monkeypatch.setenv("SLURM_JOB_ID", "42")
+    for name in ("CUDA_VISIBLE_DEVICES", "SLURM_STEP_GPUS", "SLURM_JOB_GPUS"):
+        monkeypatch.delenv(name, raising=False)
+    fake = FaithfulNvml([FakeGpu.a100()])
+    fake.lose_gpu(0, lookup_error=pynvml.NVML_ERROR_NO_PERMISSION)
+    nvml = Nvml(fake)
+    assert nvml.open()
+    quarantine = Quarantine(3, quiet=True)
+    detect_host_and_board({"NCPU": 8, "MemTotal": 16 * 2**30}, settings(), nvml, quarantine)
+    # Then it runs CPU jobs: nothing is quarantined
+    assert quarantine.why(BOX) is None
