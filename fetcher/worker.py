@@ -33,6 +33,7 @@ from fetcher.pool import Allocation, NoFit, ResourcePool
 log = logging.getLogger(__name__)
 
 STAGED_STOPPED = "the worker is stopping; the job was staged and not started"
+CLAIMED_STOPPED = "the worker is stopping; the job was not started"
 
 
 @dataclass(frozen=True)
@@ -329,7 +330,7 @@ class Worker:
     def _hand_back_unstarted(self, job_id: str) -> None:
         """A job claimed while the worker stops is not started: the drain promises that."""
         log.info("job %s: claimed while the worker stops; handing it back unstarted", job_id)
-        self.source.hand_back(job_id, "the worker is stopping; the job was not started")
+        self.source.hand_back(job_id, CLAIMED_STOPPED)
 
     def _adopt(self, job: Adoption) -> None:
         alloc = self.pool.allocate_exact(job.job_id, job.cpu_cores, job.memory_mb, job.gpus)
@@ -356,6 +357,13 @@ class Worker:
             # _running yet): handed back now, unstarted, not after its bound
             log.info("job %s: staged while the worker stops; handing it back unstarted", job.job_id)
             cancel.set(STAGED_STOPPED, CancelKind.unstarted)
+        elif self.stop_event.is_set() and job.resume is None and job.alloc.behind is None:
+            # the stop came while the claimed job was being noted (after _dispatch looked): the
+            # drain starts no job claimed after it began
+            log.info(
+                "job %s: claimed while the worker stops; handing it back unstarted", job.job_id
+            )
+            cancel.set(CLAIMED_STOPPED, CancelKind.unstarted)
         thread.start()
 
     def _job_thread(self, job: JobStart, cancel: Cancel) -> None:

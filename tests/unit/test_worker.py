@@ -890,3 +890,28 @@ def test_a_long_job_does_not_churn_the_queue_through_staged_jobs() -> None:
     # behind the same job (each would be downloaded, pulled, held as `preprocessing` and handed
     # back; the server never gives this worker a job it handed back)
     assert source.ahead_claims <= 2, f"{source.ahead_claims} jobs claimed behind job 1 in 1 s"
+
+
+def test_a_stop_while_a_claimed_job_is_noted_hands_it_back_unstarted(steps: Steps) -> None:
+    # Given one slot, and the first signal landing while job 1's claim is noted (after _dispatch
+    # checked the stop, before the job is among the running ones)
+    source = FakeSource([{"1": spec(gpu_mem=1)}])
+    w = gpu_worker(source, steps)
+    accept = source.accept
+
+    def accept_then_stop(job_id: str, spec_: JobSpecs, alloc: Allocation) -> None:
+        accept(job_id, spec_, alloc)
+        w.request_stop()
+
+    source.accept = accept_then_stop  # type: ignore[method-assign,assignment]
+    t, out = run_in_thread(w)
+    try:
+        wait_for(lambda: "1" in steps.cancels, 5, "job 1's thread")
+        # Then the drain does not start it: it goes back unstarted
+        wait_for(lambda: steps.cancels["1"].is_set(), 2, "job 1 to be handed back")
+        assert steps.cancels["1"].unstarted
+        assert steps.cancels["1"].reason == "the worker is stopping; the job was not started"
+    finally:
+        steps.open_all()
+        t.join(15)
+    assert out == {"rc": 0}
