@@ -75,9 +75,7 @@ class GpuBoard:
         if self.nvml is None or not self.nvml.ok:
             return
         for gpu in self.gpus:
-            problem = self.nvml.health(gpu)
-            if problem is not None:
-                self.quarantine.put(gpu.uuid, problem)
+            self._look_at_health(gpu)
             reading = self.nvml.reading(gpu)
             seen = _Seen(reading)
             if reading is not None and gpu.uuid not in held:
@@ -91,9 +89,15 @@ class GpuBoard:
         if self.nvml is None or not self.nvml.ok:
             return
         for gpu in self.gpus:
-            problem = self.nvml.health(gpu)
-            if problem is not None:
-                self.quarantine.put(gpu.uuid, problem)
+            self._look_at_health(gpu)
+
+    def _look_at_health(self, gpu: Gpu) -> str | None:
+        """The GPU's health signal now (quarantining it), or None when healthy."""
+        assert self.nvml is not None
+        problem = self.nvml.health(gpu)
+        if problem is not None:
+            self.quarantine.put(gpu.uuid, problem)
+        return problem
 
     def trouble(self, uuids: list[str]) -> str | None:
         """Whether the GPUs a job was given are in trouble now (quarantined while it ran, by an
@@ -105,9 +109,7 @@ class GpuBoard:
                 continue
             why = self.quarantine.why(gpu.uuid)
             if why is None and self.nvml is not None and self.nvml.ok:
-                why = self.nvml.health(gpu)
-                if why is not None:
-                    self.quarantine.put(gpu.uuid, why)
+                why = self._look_at_health(gpu)
             if why is not None:
                 name = f"{gpu.index}" if gpu.parent is None else f"{gpu.index} ({gpu.uuid})"
                 return f"gpu {name}: {why}"
