@@ -514,6 +514,20 @@ class FakeNvml:
                 for mig in gpu.migs:
                     self._adopt_mig(gpu, mig)
 
+    @classmethod
+    def r470(cls, gpus: Iterable[FakeGpu]) -> FakeNvml:
+        """A box on an R470 driver (CUDA 11.4): its NVML has no ..._v3 process lists, which came
+        with R510, so pynvml's unversioned process-list functions fail to find their symbol."""
+        return cls(
+            gpus,
+            driver="470.182.03",
+            cuda=11040,
+            missing_functions={
+                "nvmlDeviceGetComputeRunningProcesses_v3",
+                "nvmlDeviceGetGraphicsRunningProcesses_v3",
+            },
+        )
+
     # -- the pynvml face ----------------------------------------------------------------------
 
     def __getattr__(self, name: str) -> Any:

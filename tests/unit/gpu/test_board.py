@@ -152,15 +152,7 @@ def test_the_jobs_own_environment_can_disable_the_check_as_the_runtime_honours_i
 
 def test_a_humans_notebook_on_an_r470_box_keeps_its_gpu_out_of_the_offer() -> None:
     # Given a driver older than R510 (no _v3 process lists) and someone's 20 GiB notebook
-    fake = FakeNvml(
-        [FakeGpu.a100(), FakeGpu.a100()],
-        driver="470.182.03",
-        cuda=11040,
-        missing_functions={
-            "nvmlDeviceGetComputeRunningProcesses_v3",
-            "nvmlDeviceGetGraphicsRunningProcesses_v3",
-        },
-    )
+    fake = FakeNvml.r470([FakeGpu.a100(), FakeGpu.a100()])
     fake.add_process(0, 4242, 20 * GiB)
     b = board(fake)
     # When the board looks

@@ -237,15 +237,7 @@ def test_a_gpu_a_device_cgroup_hides_is_left_out_not_fatal() -> None:
 
 def test_on_a_driver_before_r510_the_process_lists_come_from_v2() -> None:
     # Given an R470 driver: no ..._v3 process lists (pynvml's unversioned functions call _v3)
-    fake = FakeNvml(
-        [FakeGpu.a100()],
-        driver="470.182.03",
-        cuda=11040,
-        missing_functions={
-            "nvmlDeviceGetComputeRunningProcesses_v3",
-            "nvmlDeviceGetGraphicsRunningProcesses_v3",
-        },
-    )
+    fake = FakeNvml.r470([FakeGpu.a100()])
     fake.add_process(0, 4242, 20 * GiB)
     nvml = opened(fake)
     gpu = nvml.devices()[0]

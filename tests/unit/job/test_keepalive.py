@@ -140,16 +140,24 @@ def test_keepalive_stops_a_job_whose_id_the_server_no_longer_knows() -> None:
     assert cancel.gone and server.gets
 
 
-def test_keepalive_after_a_long_silence_asks_before_it_puts_again(clock: FakeClock) -> None:
-    # Given a job kept alive, on a clock that stands still
+def _silent_too_long(
+    clock: FakeClock, server_says: JobStatus
+) -> tuple[StatusServer, Cancel, KeepAlive]:
+    """A job kept alive (on a clock that stands still) of which the server then hears nothing for
+    longer than it waits before re-queueing, and meanwhile puts the job in `server_says`."""
     server = StatusServer()
     cancel = Cancel()
     ka = KeepAlive(server, "1", 60, cancel, clock=clock).start(JobStatus.running)
     wait_for(lambda: server.received, 2, "a first PUT")
-    # When no PUT reached the server for longer than it waits before re-queueing, and it failed
-    # the job meanwhile (its retry limit)
-    server.status["1"] = JobStatus.error
+    server.status["1"] = server_says
     clock.now += VERIFY_AFTER_SILENCE_S + 1
+    return server, cancel, ka
+
+
+def test_keepalive_after_a_long_silence_asks_before_it_puts_again(clock: FakeClock) -> None:
+    # Given a job kept alive; when no PUT reached the server for longer than it waits before
+    # re-queueing, and it failed the job meanwhile (its retry limit)
+    server, cancel, ka = _silent_too_long(clock, JobStatus.error)
     ka.set_status(JobStatus.postprocessing)
     # Then the keep-alive asks first, leaves the server's final status alone and stops the job
     wait_for(cancel.is_set, 2, "the job to be stopped")
@@ -160,12 +168,7 @@ def test_keepalive_after_a_long_silence_asks_before_it_puts_again(clock: FakeClo
 def test_keepalive_takes_back_a_job_the_server_requeued_and_nobody_took(clock: FakeClock) -> None:
     # Given a 5-hour training whose pings did not get through for longer than the server waits:
     # it re-queued the job, and no other worker has taken it (that one would make it a 404)
-    server = StatusServer()
-    cancel = Cancel()
-    ka = KeepAlive(server, "1", 60, cancel, clock=clock).start(JobStatus.running)
-    wait_for(lambda: server.received, 2, "a first PUT")
-    server.status["1"] = JobStatus.queued
-    clock.now += VERIFY_AFTER_SILENCE_S + 1
+    server, cancel, ka = _silent_too_long(clock, JobStatus.queued)
     assert ka.uncertain()
     ka.set_status(JobStatus.postprocessing)
     # Then the keep-alive asks, and takes it back: the GPU's hours are not thrown away

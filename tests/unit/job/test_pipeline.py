@@ -5,32 +5,81 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
+from typing import TYPE_CHECKING
 
 import pytest
 
 from fetcher.cancel import Cancel, CancelKind
+from fetcher.engine.container import RunResult
 from fetcher.errors import Interrupted, NotStarted
+from fetcher.job.deps import JobDeps
 from fetcher.job.pipeline import JobRun, wait_for_turn
 from fetcher.lifecycle import OutcomeKind
+from fetcher.models import JobSpecs
 from fetcher.outcome import of_failure
 from fetcher.pool import Allocation
 from tests.fakes import StatusSink
 from tests.helpers import wait_for
+
+if TYPE_CHECKING:
+    from fetcher.gpu.board import GpuBoard
+    from tests.fakes.nvml import FakeNvml
+
+
+def _job_deps(tmp_path: Path, api: object, gpus: GpuBoard | None = None) -> JobDeps:
+    """The deps of a job run: `api` as the worker API (a fake), a store and deliverer in tmp_path."""
+    from fetcher.delivery import Deliverer
+    from fetcher.settings import Settings
+    from fetcher.store import JobStore
+
+    store = JobStore(tmp_path / "jobs.sqlite")
+    settings = Settings(
+        _env_file=None, api_url="http://x", access_token="tok-12345", path_base=tmp_path
+    )
+    return JobDeps(settings, api, None, store, Deliverer(store, api), "f", gpus=gpus)  # type: ignore[arg-type]
+
+
+def _spec() -> JobSpecs:
+    return JobSpecs.model_validate({"handler": {"image_url": "img"}})
+
+
+def _one_a100() -> tuple[FakeNvml, GpuBoard, str]:
+    """An NVML fake with one A100, its board, and its uuid."""
+    from fetcher.gpu.board import GpuBoard
+    from fetcher.gpu.nvml import Nvml
+    from fetcher.quarantine import Quarantine
+    from tests.fakes.nvml import FakeGpu, FakeNvml
+
+    fake = FakeNvml([FakeGpu.a100()])
+    nvml = Nvml(fake)
+    assert nvml.open()
+    gpus = nvml.devices()
+    return fake, GpuBoard(nvml, gpus, Quarantine(3, quiet=True)), gpus[0].uuid
+
+
+def _only_the_container_runs(
+    monkeypatch: pytest.MonkeyPatch, wait: Callable[..., RunResult]
+) -> None:
+    """Every step of the job but the container's wait (`wait`) does nothing; nothing is reported."""
+    from fetcher.engine.container import JobContainer
+    from fetcher.job import pipeline
+
+    for step in ("prepare", "download", "pull", "start", "upload"):
+        monkeypatch.setattr(pipeline, step, lambda _run: None)
+    monkeypatch.setattr(pipeline, "clean_up", lambda *_a, **_k: True)
+    monkeypatch.setattr(pipeline, "report", lambda *_a, **_k: None)
+    monkeypatch.setattr(JobContainer, "follow_logs", lambda _self, _f: None)
+    monkeypatch.setattr(JobContainer, "wait", wait)
 
 
 def test_the_keepalive_never_outlives_its_job_even_when_reporting_fails(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from fetcher import outcome
-    from fetcher.delivery import Deliverer
-    from fetcher.job import deps as job_deps
     from fetcher.job import pipeline
-    from fetcher.models import JobSpecs
-    from fetcher.settings import Settings
-    from fetcher.store import JobStore
 
     # Given a job whose steps fail, and whose failure cannot even be classified (a bug)
     def boom(*_: object) -> None:
@@ -42,16 +91,11 @@ def test_the_keepalive_never_outlives_its_job_even_when_reporting_fails(
     monkeypatch.setattr(pipeline, "run_steps", boom)
     monkeypatch.setattr(outcome, "of_failure", broken_classify)
     sink = StatusSink()
-    store = JobStore(tmp_path / "jobs.sqlite")
-    settings = Settings(
-        _env_file=None, api_url="http://x", access_token="tok-12345", path_base=tmp_path
-    )
-    deps = job_deps.JobDeps(settings, sink, None, store, Deliverer(store, sink), "f")  # type: ignore[arg-type]
-    spec = JobSpecs.model_validate({"handler": {"image_url": "img"}})
+    deps = _job_deps(tmp_path, sink)
     before = {t.name for t in threading.enumerate()}
     # When it runs, the bug escapes to the job thread's last guard ...
     with pytest.raises(RuntimeError):
-        pipeline.process_job("7", spec, deps)
+        pipeline.process_job("7", _spec(), deps)
     # ... but the keep-alive has stopped: no ping goes on for a job nobody runs
     time.sleep(0.1)
     assert "keepalive-7" not in {t.name for t in threading.enumerate()} - before
@@ -81,12 +125,7 @@ class _StagedRun:
 def test_a_staged_job_that_gives_up_leaves_its_place_before_its_report_and_cleanup(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from fetcher.delivery import Deliverer
-    from fetcher.job import deps as job_deps
     from fetcher.job import pipeline
-    from fetcher.models import JobSpecs
-    from fetcher.settings import Settings
-    from fetcher.store import JobStore
 
     # Given a job staged behind job 4 that waits its bound in vain
     def bound_passed(*_: object) -> None:
@@ -101,17 +140,11 @@ def test_a_staged_job_that_gives_up_leaves_its_place_before_its_report_and_clean
     monkeypatch.setattr(pipeline, "run_steps", bound_passed)
     monkeypatch.setattr(pipeline, "report", lambda *_a, **_k: order.append("report"))
     monkeypatch.setattr(pipeline, "clean_up", clean_up)
-    sink = StatusSink()
-    store = JobStore(tmp_path / "jobs.sqlite")
-    settings = Settings(
-        _env_file=None, api_url="http://x", access_token="tok-12345", path_base=tmp_path
-    )
-    deps = job_deps.JobDeps(settings, sink, None, store, Deliverer(store, sink), "f")  # type: ignore[arg-type]
-    spec = JobSpecs.model_validate({"handler": {"image_url": "img"}})
+    deps = _job_deps(tmp_path, StatusSink())
     turn = Allocation("5", 1, 100, [], behind="4")
     # When it gives up
     outcome = pipeline.process_job(
-        "5", spec, deps, turn=turn, on_give_up=lambda: order.append("gave up")
+        "5", _spec(), deps, turn=turn, on_give_up=lambda: order.append("gave up")
     )
     # Then it left its place first: a share freed during its report and cleanup is not its
     assert outcome.kind == OutcomeKind.handed_back
@@ -121,12 +154,7 @@ def test_a_staged_job_that_gives_up_leaves_its_place_before_its_report_and_clean
 def test_a_job_that_got_its_share_does_not_give_it_up_when_it_fails(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from fetcher.delivery import Deliverer
-    from fetcher.job import deps as job_deps
     from fetcher.job import pipeline
-    from fetcher.models import JobSpecs
-    from fetcher.settings import Settings
-    from fetcher.store import JobStore
 
     # Given a staged job whose share came (its container may run): a later failure
     def fails(*_: object) -> None:
@@ -136,16 +164,10 @@ def test_a_job_that_got_its_share_does_not_give_it_up_when_it_fails(
     monkeypatch.setattr(pipeline, "run_steps", fails)
     monkeypatch.setattr(pipeline, "report", lambda *_a, **_k: None)
     monkeypatch.setattr(pipeline, "clean_up", lambda *_a, **_k: True)
-    sink = StatusSink()
-    store = JobStore(tmp_path / "jobs.sqlite")
-    settings = Settings(
-        _env_file=None, api_url="http://x", access_token="tok-12345", path_base=tmp_path
-    )
-    deps = job_deps.JobDeps(settings, sink, None, store, Deliverer(store, sink), "f")  # type: ignore[arg-type]
-    spec = JobSpecs.model_validate({"handler": {"image_url": "img"}})
+    deps = _job_deps(tmp_path, StatusSink())
     turn = Allocation("5", 1, 100, [], behind="4")
     turn.activate()
-    pipeline.process_job("5", spec, deps, turn=turn, on_give_up=lambda: gave_up.append("5"))
+    pipeline.process_job("5", _spec(), deps, turn=turn, on_give_up=lambda: gave_up.append("5"))
     # Then its share is given back with its container's end (the job thread), not before
     assert gave_up == []
 
@@ -222,117 +244,47 @@ def test_a_staged_job_whose_gpu_is_quarantined_goes_back_at_once() -> None:
 def test_a_job_whose_gpu_falls_off_the_bus_while_it_runs_is_handed_back_not_failed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from fetcher.delivery import Deliverer
-    from fetcher.engine.container import JobContainer, RunResult
-    from fetcher.gpu.board import GpuBoard
-    from fetcher.gpu.nvml import Nvml
-    from fetcher.job import deps as job_deps
     from fetcher.job import pipeline
-    from fetcher.models import JobSpecs
-    from fetcher.quarantine import Quarantine
-    from fetcher.settings import Settings
-    from fetcher.store import JobStore
-    from tests.fakes.nvml import FakeGpu, FakeNvml
 
     # Given a job on an A100 that falls off the bus while the job runs (Xid 79): CUDA in the
     # container dies with exit code 1, before the watch or a pass of the loop saw it
-    fake = FakeNvml([FakeGpu.a100()])
-    nvml = Nvml(fake)
-    assert nvml.open()
-    gpus = nvml.devices()
-    board = GpuBoard(nvml, gpus, Quarantine(3, quiet=True))
+    fake, board, uuid = _one_a100()
 
     def run_and_lose_the_gpu(_self: object, _cancel: object, _limit: object) -> RunResult:
         fake.fall_off_bus(0)
         return RunResult(1, log_tail="CUDA error: unspecified launch failure")
 
-    for step in ("prepare", "download", "pull", "start", "upload"):
-        monkeypatch.setattr(pipeline, step, lambda _run: None)
-    monkeypatch.setattr(pipeline, "clean_up", lambda *_a, **_k: True)
-    monkeypatch.setattr(pipeline, "report", lambda *_a, **_k: None)
-    monkeypatch.setattr(JobContainer, "follow_logs", lambda _self, _f: None)
-    monkeypatch.setattr(JobContainer, "wait", run_and_lose_the_gpu)
-    sink = StatusSink()
-    store = JobStore(tmp_path / "jobs.sqlite")
-    settings = Settings(
-        _env_file=None, api_url="http://x", access_token="tok-12345", path_base=tmp_path
-    )
-    deps = job_deps.JobDeps(
-        settings,
-        sink,  # type: ignore[arg-type]
-        None,
-        store,
-        Deliverer(store, sink),
-        "f",
-        gpus=board,
-    )
-    spec = JobSpecs.model_validate({"handler": {"image_url": "img"}})
+    _only_the_container_runs(monkeypatch, run_and_lose_the_gpu)
+    deps = _job_deps(tmp_path, StatusSink(), gpus=board)
     # When it ends
-    outcome = pipeline.process_job("7", spec, deps, gpu_uuids=[gpus[0].uuid])
+    outcome = pipeline.process_job("7", _spec(), deps, gpu_uuids=[uuid])
     # Then it is handed back for the box's trouble, naming the GPU, and the GPU is quarantined
     assert outcome.kind == OutcomeKind.handed_back, outcome.details
     assert "gpu 0: NVML cannot read it" in outcome.details
     assert "exit_code: 1" in outcome.details
-    assert board.quarantine.why(gpus[0].uuid) is not None
+    assert board.quarantine.why(uuid) is not None
 
 
 def test_a_job_failing_on_its_own_on_a_healthy_gpu_is_still_an_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from fetcher.delivery import Deliverer
-    from fetcher.engine.container import JobContainer, RunResult
-    from fetcher.gpu.board import GpuBoard
-    from fetcher.gpu.nvml import Nvml
-    from fetcher.job import deps as job_deps
     from fetcher.job import pipeline
-    from fetcher.models import JobSpecs
-    from fetcher.quarantine import Quarantine
-    from fetcher.settings import Settings
-    from fetcher.store import JobStore
-    from tests.fakes.nvml import FakeGpu, FakeNvml
 
-    fake = FakeNvml([FakeGpu.a100()])
-    nvml = Nvml(fake)
-    assert nvml.open()
-    gpus = nvml.devices()
-    board = GpuBoard(nvml, gpus, Quarantine(3, quiet=True))
-    for step in ("prepare", "download", "pull", "start", "upload"):
-        monkeypatch.setattr(pipeline, step, lambda _run: None)
-    monkeypatch.setattr(pipeline, "clean_up", lambda *_a, **_k: True)
-    monkeypatch.setattr(pipeline, "report", lambda *_a, **_k: None)
-    monkeypatch.setattr(JobContainer, "follow_logs", lambda _self, _f: None)
-    monkeypatch.setattr(JobContainer, "wait", lambda *_a: RunResult(2, log_tail="bad input"))
-    sink = StatusSink()
-    store = JobStore(tmp_path / "jobs.sqlite")
-    settings = Settings(
-        _env_file=None, api_url="http://x", access_token="tok-12345", path_base=tmp_path
-    )
-    deps = job_deps.JobDeps(
-        settings,
-        sink,  # type: ignore[arg-type]
-        None,
-        store,
-        Deliverer(store, sink),
-        "f",
-        gpus=board,
-    )
-    spec = JobSpecs.model_validate({"handler": {"image_url": "img"}})
-    outcome = pipeline.process_job("7", spec, deps, gpu_uuids=[gpus[0].uuid])
+    _fake, board, uuid = _one_a100()
+    _only_the_container_runs(monkeypatch, lambda *_a: RunResult(2, log_tail="bad input"))
+    deps = _job_deps(tmp_path, StatusSink(), gpus=board)
+    outcome = pipeline.process_job("7", _spec(), deps, gpu_uuids=[uuid])
     assert outcome.kind == OutcomeKind.error and outcome.details.startswith("exit_code: 2")
-    assert board.quarantine.why(gpus[0].uuid) is None
+    assert board.quarantine.why(uuid) is None
 
 
 def test_the_report_of_a_job_whose_keepalive_lost_touch_asks_the_server_first(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from fetcher.delivery import Deliverer
     from fetcher.errors import TransferError
-    from fetcher.job import deps as job_deps
     from fetcher.job import pipeline
-    from fetcher.models import JobSpecs, JobStatus
+    from fetcher.models import JobStatus
     from fetcher.outcome import Outcome
-    from fetcher.settings import Settings
-    from fetcher.store import JobStore
     from tests.fakes import StatusServer
 
     # Given a job whose keep-alive's last PUT failed (the API out of reach near the job's end:
@@ -355,13 +307,8 @@ def test_the_report_of_a_job_whose_keepalive_lost_touch_asks_the_server_first(
     monkeypatch.setattr(pipeline, "run_steps", fails_after_its_ping_failed)
     monkeypatch.setattr(pipeline, "report", report)
     monkeypatch.setattr(pipeline, "clean_up", lambda *_a, **_k: True)
-    store = JobStore(tmp_path / "jobs.sqlite")
-    settings = Settings(
-        _env_file=None, api_url="http://x", access_token="tok-12345", path_base=tmp_path
-    )
-    deps = job_deps.JobDeps(settings, server, None, store, Deliverer(store, server), "f")  # type: ignore[arg-type]
-    spec = JobSpecs.model_validate({"handler": {"image_url": "img"}})
+    deps = _job_deps(tmp_path, server)
     # When it ends
-    pipeline.process_job("7", spec, deps)
+    pipeline.process_job("7", _spec(), deps)
     # Then its `error` is not sent blind: the deliverer asks the server first
     assert seen["verify"] is True
