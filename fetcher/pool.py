@@ -159,10 +159,15 @@ class ResourcePool:
         found = self.offer_for(groups)
         return None if found is None else found[0]
 
+    def _slots_full(self) -> bool:
+        """No slot for a new claim: each is held by a job, or promised to a staged one whose job
+        ended and that waits for the share (see `_free`)."""
+        return len(self.held) + len(self.waiting) >= self.max_jobs
+
     def offer_for(self, groups: list[str]) -> tuple[ClaimOffer, Gpu | None] | None:
         """The offer, and the GPU it is for (the free one with the most memory)."""
         with self._lock:
-            if len(self.held) + len(self.waiting) >= self.max_jobs:
+            if self._slots_full():
                 return None
             cpu, mem, gpus = self._free()
             if cpu < 1 or mem < 1:
@@ -216,7 +221,7 @@ class ResourcePool:
         cpu, mem, gpus = self._free()
         need_cpu = hw.cpu_cores or self.default_cpu
         need_mem = hw.memory or self.default_memory_mb
-        if len(self.held) + len(self.waiting) >= self.max_jobs:
+        if self._slots_full():
             return NoFit(f"no free slot ({self.max_jobs} jobs running)")
         if need_cpu > cpu:
             return NoFit(f"needs {need_cpu} CPU cores, {cpu} free")
@@ -280,7 +285,7 @@ class ResourcePool:
         with self._lock:
             cpu, mem, free = self._free()
             held = len(self.held)
-            staged = len(self.behind) + len(self.waiting)
+            staged = self._staged_count()
 
         def name(g: Gpu) -> str:
             return f"{g.index}:{g.model}:{g.uuid}"
@@ -390,7 +395,10 @@ class ResourcePool:
         """Staged jobs that have not got their share yet (each still needs room for its inputs:
         `source.ApiJobSource._room_to_stage`)."""
         with self._lock:
-            return len(self.behind) + len(self.waiting)
+            return self._staged_count()
+
+    def _staged_count(self) -> int:
+        return len(self.behind) + len(self.waiting)
 
     @property
     def running(self) -> int:

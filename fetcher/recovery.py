@@ -155,8 +155,12 @@ def settle(
         )
         return Adoption(job_id, spec, rec.cpu_cores, rec.memory_mb, list(rec.gpus), container.id)
     staged = container is None and rec is not None and rec.stage == Stage.staged
-    reason = RESTARTED if container is None else "the worker restarted and lost the job's record"
-    reason = STAGED_RESTARTED if staged else reason
+    if staged:
+        reason = STAGED_RESTARTED
+    elif container is None:
+        reason = RESTARTED
+    else:
+        reason = "the worker restarted and lost the job's record"
     hand_back(deps, job_id, rec, container, reason, verify=not view.reachable, staged=staged)
     return None
 

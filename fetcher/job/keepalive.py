@@ -179,8 +179,8 @@ class KeepAlive:
         worker: its last PUT failed, or none got through for too long. The job's final report is
         then sent only after asking the server (`Deliverer.submit(verify=True)`)."""
         with self._lock:
-            failed, last_ok = self._last_failed, self._last_ok
-        return failed or self._clock() - last_ok > self._silence_limit_s
+            failed = self._last_failed
+        return failed or self._silence_s() > self._silence_limit_s
 
     def _run(self) -> None:
         # ask the server before the next PUT: an adopted job's first (was it re-queued while the
@@ -237,8 +237,7 @@ class KeepAlive:
     def _silent_too_long(self) -> bool:
         """No PUT reached the server for VERIFY_AFTER_SILENCE_S (or one and a half intervals, for
         an interval set longer than that): it may have timed the job out."""
-        with self._lock:
-            silence = self._clock() - self._last_ok
+        silence = self._silence_s()
         if silence <= self._silence_limit_s:
             return False
         log.warning(
@@ -247,6 +246,11 @@ class KeepAlive:
             silence,
         )
         return True
+
+    def _silence_s(self) -> float:
+        """How long since the last PUT that reached the server (the claim, before the first)."""
+        with self._lock:
+            return self._clock() - self._last_ok
 
     def _put(self, status: JobStatus, change: bool) -> None:
         """One PUT of `status`; a change is taken off the queue once it reached the server."""
